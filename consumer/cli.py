@@ -1,0 +1,170 @@
+"""Command line: `consumer migrate | run | replay | status | demo`."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from collections.abc import Callable, Sequence
+
+from .config import DSN_ENV, Settings, env_float, resolve_dsn
+from .errors import CheckpointConflict, ConfigError, PrivilegeError
+
+log = logging.getLogger("consumer")
+
+DESCRIPTION = """\
+mana-ai snapshot consumer: follows mana-sync's change log (sync_changes) through
+LISTEN/NOTIFY, applies every row of the AI tables to mana_ai's snapshot tables as it
+commits, decides which AI missions are due and runs them through the planner.
+
+The database URL comes from --database-url or SYNC_DATABASE_URL. Traces are exported
+as configured by the standard OTEL_* variables (OTEL_TRACES_EXPORTER=otlp|console|none,
+OTEL_EXPORTER_OTLP_ENDPOINT, OTEL_SERVICE_NAME).
+"""
+
+
+def _add_db(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--database-url",
+        metavar="URL",
+        help=f"PostgreSQL URL or conninfo of mana-sync's database (default: ${DSN_ENV})",
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="consumer", description=DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("migrate", help="create or upgrade the mana_ai schema and the log trigger")
+    _add_db(p)
+    p.add_argument(
+        "--with-sync-schema", action="store_true",
+        help="also create mana-sync's sync_changes table (tests, demo, fresh dev database only)",
+    )
+
+    p = sub.add_parser("run", help="run the consumer: projection, scheduler and runner")
+    _add_db(p)
+    p.add_argument("--no-scheduler", action="store_true", help="run the projection alone")
+    p.add_argument("--batch-size", type=int, default=2000, help="rows per apply batch (2000)")
+    p.add_argument(
+        "--batch-max-wait", type=float, default=0.0, metavar="SECONDS",
+        help="how long a batch may wait to fill; 0 applies a lone row at once (0)",
+    )
+    p.add_argument(
+        "--safety-poll", type=float, default=30.0, metavar="SECONDS",
+        help="poll interval that covers a lost notification (30)",
+    )
+    p.add_argument(
+        "--max-row-bytes", type=int, default=1_000_000,
+        help="rows with larger data+field_meta are quarantined (1000000)",
+    )
+    p.add_argument(
+        "--metrics-port", type=int, default=None,
+        help="port for /metrics and /healthz; 0 turns the server off (default: $METRICS_PORT or 9464)",
+    )
+    p.add_argument(
+        "--max-sleep", type=float, default=60.0, metavar="SECONDS",
+        help="longest the scheduler sleeps without looking for due missions (60)",
+    )
+
+    p = sub.add_parser("replay", help="rebuild every snapshot from the start of the log")
+    _add_db(p)
+    p.add_argument(
+        "--verify", action="store_true",
+        help="build the shadow and compare with the live snapshots, do not swap; exit 1 if they differ",
+    )
+
+    p = sub.add_parser("status", help="checkpoint, watermark, lag, quarantine and snapshot counts")
+    _add_db(p)
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+
+    p = sub.add_parser(
+        "demo", help="start an embedded PostgreSQL, migrate, run the consumer and write sample traffic"
+    )
+    p.add_argument("--seconds", type=float, default=20.0, help="how long the demo runs (20)")
+    return parser
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    port = args.metrics_port
+    if port is None:
+        port = int(env_float("METRICS_PORT", 9464))
+    return Settings(
+        database_url=resolve_dsn(args.database_url),
+        batch_size=args.batch_size,
+        batch_max_wait=args.batch_max_wait,
+        safety_poll=args.safety_poll,
+        max_row_bytes=args.max_row_bytes,
+        metrics_port=port,
+        scheduler=not args.no_scheduler,
+        max_sleep=args.max_sleep,
+    )
+
+
+def cmd_migrate(args: argparse.Namespace) -> int:
+    from .migrate import migrate
+
+    applied = migrate(resolve_dsn(args.database_url), with_sync_schema=args.with_sync_schema)
+    print(f"applied {', '.join(applied)}" if applied else "schema is up to date")
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from .service import run_service
+
+    return run_service(_settings(args))
+
+
+def cmd_replay(args: argparse.Namespace) -> int:
+    from .replay import run_replay
+
+    return run_replay(resolve_dsn(args.database_url), verify=args.verify)
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from .status import print_status
+
+    return print_status(resolve_dsn(args.database_url), as_json=args.json)
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from .demo import run_demo
+
+    return run_demo(seconds=args.seconds)
+
+
+COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
+    "migrate": cmd_migrate,
+    "run": cmd_run,
+    "replay": cmd_replay,
+    "status": cmd_status,
+    "demo": cmd_demo,
+}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else os.environ.get("LOG_LEVEL", "INFO").upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    try:
+        return COMMANDS[args.command](args)
+    except (ConfigError, PrivilegeError) as exc:
+        print(f"consumer {args.command}: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except NotImplementedError as exc:
+        print(f"consumer {args.command}: not built yet: {exc}", file=sys.stderr)
+        return 3
+    except CheckpointConflict as exc:
+        print(f"consumer {args.command}: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"consumer {args.command}: interrupted", file=sys.stderr)
+        return 130

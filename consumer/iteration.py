@@ -1,0 +1,163 @@
+"""Planner answer → iteration → the one sync_changes row that writes it back (DESIGN §6).
+
+Pure: the caller passes ids and times; nothing here reads a clock or touches the database.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import UTC, datetime
+from typing import Any
+
+import msgspec
+
+LEGACY_PRINCIPAL = "legacy:ai-default"
+LEGACY_DISPLAY_NAME = "Mana"
+SYSTEM_ACTOR: dict[str, Any] = {
+    "kind": "system",
+    "principalId": "system:mission-runner",
+    "displayName": "Mission-Runner",
+}
+
+
+class PlanStep(msgspec.Struct):
+    summary: str
+    toolName: str  # camelCase: the wire name
+    params: dict[str, Any] = {}
+    rationale: str = ""
+
+
+class PlannerAnswer(msgspec.Struct):
+    summary: str
+    steps: list[PlanStep] = []
+
+
+class ParseFailure(Exception):
+    """The planner's reply is not the JSON we asked for. Counted, never a crash."""
+
+
+# One fenced block, ```json or bare ```, anywhere in the reply: models like to add prose.
+_FENCE = re.compile(r"```[ \t]*(?:json)?\s*(.*?)```", re.DOTALL | re.IGNORECASE)
+
+_decoder = msgspec.json.Decoder(PlannerAnswer)
+
+
+def parse_planner_reply(content: str) -> PlannerAnswer:
+    """The planner's answer, from bare JSON or the first ```json fenced block."""
+    if not isinstance(content, str):
+        raise ParseFailure(f"reply is {type(content).__name__}, not text")
+    text = content.strip()
+    if not text.startswith("{"):
+        match = _FENCE.search(text)
+        if match is None:
+            raise ParseFailure("reply is neither a JSON object nor a fenced JSON block")
+        text = match.group(1).strip()
+    try:
+        return _decoder.decode(text)
+    except msgspec.ValidationError as exc:
+        raise ParseFailure(f"reply has the wrong shape: {exc}") from exc
+    except msgspec.DecodeError as exc:
+        raise ParseFailure(f"reply is not valid JSON: {exc}") from exc
+
+
+def iso_ms(dt: datetime) -> str:
+    """JS `toISOString()`: UTC, milliseconds (truncated, as JS does), 'Z'."""
+    if dt.tzinfo is None:
+        # A naive time is ambiguous; in a pure module that is a caller bug, not a guess.
+        raise ValueError("datetime must be timezone-aware")
+    u = dt.astimezone(UTC)
+    return (
+        f"{u.year:04d}-{u.month:02d}-{u.day:02d}T{u.hour:02d}:{u.minute:02d}:{u.second:02d}"
+        f".{u.microsecond // 1000:03d}Z"
+    )
+
+
+def build_iteration(
+    answer: PlannerAnswer, iteration_id: str, started_at: datetime, finished_at: datetime
+) -> dict[str, Any]:
+    plan = [
+        {
+            "id": f"{iteration_id}-{i}",
+            "summary": step.summary,
+            "intent": {"kind": "toolCall", "toolName": step.toolName, "params": dict(step.params)},
+            "status": "planned",
+        }
+        for i, step in enumerate(answer.steps)
+    ]
+    return {
+        "id": iteration_id,
+        "startedAt": iso_ms(started_at),
+        "finishedAt": iso_ms(finished_at),
+        "plan": plan,
+        "summary": answer.summary,
+        # Nothing to review means nothing to approve: the iteration is done as it stands.
+        "overallStatus": "awaiting-review" if plan else "approved",
+        "source": "server",
+    }
+
+
+def build_actor(
+    mission_id: str, iteration_id: str | None, agent: dict[str, Any] | None, rationale: str
+) -> dict[str, Any]:
+    """The write's actor: the agent, else the legacy default identity, else the system.
+
+    An 'ai' actor names the iteration it produced, so without an iteration id only the
+    system actor fits, whether or not there is an agent.
+    """
+    if not iteration_id:
+        return dict(SYSTEM_ACTOR)
+    principal, display = LEGACY_PRINCIPAL, LEGACY_DISPLAY_NAME
+    agent_id = agent.get("id") if agent is not None else None
+    if isinstance(agent_id, str) and agent_id:
+        name = agent.get("name") if agent is not None else None
+        principal = agent_id
+        # The timeline shows displayName; an agent without a usable name still gets its id.
+        display = name if isinstance(name, str) and name else agent_id
+    return {
+        "kind": "ai",
+        "principalId": principal,
+        "displayName": display,
+        "missionId": mission_id,
+        "iterationId": iteration_id,
+        "rationale": rationale,
+    }
+
+
+class WriteBack(msgspec.Struct, frozen=True):
+    """One sync_changes row, ready to insert inside a transaction scoped to user_id."""
+
+    user_id: str
+    record_id: str
+    data: dict[str, Any]
+    field_meta: dict[str, Any]
+    actor: dict[str, Any]
+    app_id: str = "ai"
+    table_name: str = "aiMissions"
+    op: str = "update"
+    client_id: str = "mana-ai-runner"
+    schema_version: int = 1
+    origin: str = "agent"
+
+
+def build_writeback(
+    mission: dict[str, Any],
+    user_id: str,
+    iteration: dict[str, Any],
+    actor: dict[str, Any],
+    now: datetime,
+) -> WriteBack:
+    # RLS scopes the write by user id; an empty one must never reach the database (§2).
+    if not isinstance(user_id, str) or not user_id:
+        raise ValueError("write-back needs a non-empty user id")
+    record_id = mission.get("id")
+    if not isinstance(record_id, str) or not record_id:
+        raise ValueError("write-back needs the mission's id")
+    old = mission.get("iterations")
+    iterations = [*old, iteration] if isinstance(old, list) else [iteration]
+    return WriteBack(
+        user_id=user_id,
+        record_id=record_id,
+        data={"iterations": iterations},
+        field_meta={"iterations": iso_ms(now)},
+        actor=actor,
+    )

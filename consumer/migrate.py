@@ -1,0 +1,124 @@
+"""Versioned migrations: schema/migrations/NNNN_name.sql, each applied once, in its own
+transaction, under an advisory lock so replicas booting together do not race."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import re
+from pathlib import Path
+
+import msgspec
+import psycopg
+from psycopg import errors as pgerr
+
+from .db import connect
+from .errors import ConfigError, PrivilegeError
+from .sql import schema_dir
+
+log = logging.getLogger(__name__)
+
+# Any constant works; it only has to be the same for every replica of this service.
+ADVISORY_LOCK_KEY = 0x6D616E61_6169  # "mana" "ai"
+_NAME = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
+
+
+class Migration(msgspec.Struct, frozen=True):
+    version: int
+    name: str
+    path: Path
+
+    @property
+    def checksum(self) -> str:
+        return hashlib.sha256(self.path.read_bytes()).hexdigest()
+
+
+def discover() -> list[Migration]:
+    found = []
+    for path in sorted((schema_dir() / "migrations").iterdir()):
+        match = _NAME.match(path.name)
+        if match:
+            found.append(Migration(int(match.group(1)), match.group(2), path))
+    versions = [m.version for m in found]
+    if len(set(versions)) != len(versions):
+        raise RuntimeError(f"duplicate migration versions in {versions}")
+    return found
+
+
+def _bookkeeping(conn: psycopg.Connection) -> None:
+    conn.execute("CREATE SCHEMA IF NOT EXISTS mana_ai")
+    conn.execute(
+        """CREATE TABLE IF NOT EXISTS mana_ai.schema_migrations (
+               version    INT PRIMARY KEY,
+               name       TEXT NOT NULL,
+               checksum   TEXT NOT NULL,
+               applied_at TIMESTAMPTZ NOT NULL DEFAULT now())"""
+    )
+
+
+def _sync_changes_exists(conn: psycopg.Connection) -> bool:
+    row = conn.execute("SELECT to_regclass('public.sync_changes') IS NOT NULL").fetchone()
+    return bool(row and row[0])
+
+
+def migrate(dsn: str, *, with_sync_schema: bool = False) -> list[str]:
+    """Apply what is missing; returns the names applied (empty when up to date)."""
+    applied_now: list[str] = []
+    with connect(dsn, autocommit=True) as conn:
+        try:
+            # Session lock: held across the per-migration transactions below.
+            conn.execute("SELECT pg_advisory_lock(%s)", (ADVISORY_LOCK_KEY,))
+            try:
+                if with_sync_schema:
+                    with conn.transaction():
+                        conn.execute((schema_dir() / "sync_changes.sql").read_text())
+                if not _sync_changes_exists(conn):
+                    raise ConfigError(
+                        "table public.sync_changes does not exist: it belongs to mana-sync; "
+                        "start mana-sync first, or pass --with-sync-schema for a dev database"
+                    )
+                with conn.transaction():
+                    _bookkeeping(conn)
+                done = {
+                    row[0]: row[1]
+                    for row in conn.execute("SELECT version, checksum FROM mana_ai.schema_migrations")
+                }
+                for migration in discover():
+                    if migration.version in done:
+                        if done[migration.version] != migration.checksum:
+                            log.warning(
+                                "migration %04d_%s changed after it was applied; not re-run",
+                                migration.version, migration.name,
+                            )
+                        continue
+                    _apply(conn, migration)
+                    applied_now.append(f"{migration.version:04d}_{migration.name}")
+            finally:
+                conn.execute("SELECT pg_advisory_unlock(%s)", (ADVISORY_LOCK_KEY,))
+        except pgerr.InsufficientPrivilege as exc:
+            raise PrivilegeError(_privilege_message(conn, exc)) from None
+    return applied_now
+
+
+def _apply(conn: psycopg.Connection, migration: Migration) -> None:
+    log.info("applying migration %04d_%s", migration.version, migration.name)
+    with conn.transaction():
+        conn.execute(migration.path.read_text())
+        conn.execute(
+            "INSERT INTO mana_ai.schema_migrations (version, name, checksum) VALUES (%s, %s, %s)",
+            (migration.version, migration.name, migration.checksum),
+        )
+
+
+def _privilege_message(conn: psycopg.Connection, exc: pgerr.InsufficientPrivilege) -> str:
+    role = conn.info.parameter_status("session_authorization") or conn.info.user
+    what = (exc.diag.message_primary or str(exc)).strip()
+    hint = ""
+    if "sync_changes" in what:
+        hint = (
+            f"; role {role!r} must own public.sync_changes or hold TRIGGER on it "
+            f"(GRANT TRIGGER ON public.sync_changes TO {role})"
+        )
+    elif "schema" in what or "database" in what:
+        hint = f"; role {role!r} needs CREATE on the database (GRANT CREATE ON DATABASE ... TO {role})"
+    return f"migration failed: {what}{hint}"

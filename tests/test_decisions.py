@@ -1,0 +1,290 @@
+"""The gate table (DESIGN §5): every branch, the order between gates, and is_due."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta, timezone
+from typing import Any
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from consumer.decisions import (
+    AgentLimits,
+    Decision,
+    Verdict,
+    agent_gate_inputs,
+    decide,
+    is_due,
+    parse_instant,
+)
+
+MISSION = {"id": "m1", "state": "active", "agentId": "a1"}
+
+
+def agent(**fields: Any) -> dict[str, Any]:
+    return {"id": "a1", "name": "Scout", "state": "active", **fields}
+
+
+# --- single gates ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("agent_id", [None, ""])
+def test_legacy_mission_runs_under_default_identity(agent_id: str | None) -> None:
+    v = decide({**MISSION, "agentId": agent_id}, None, 0, 0)
+    assert v == Verdict(Decision.RAN, "legacy mission: default identity")
+
+
+def test_mission_without_agent_id_key_is_legacy() -> None:
+    assert decide({"id": "m1"}, None, 0, 0).decision is Decision.RAN
+
+
+def test_legacy_skips_every_agent_gate() -> None:
+    # Even a record that would fail every gate is ignored for a legacy mission.
+    bad = agent(state="archived", maxConcurrentMissions=0, maxTokensPerDay=0)
+    assert decide({"id": "m1"}, bad, 99, 10**9).decision is Decision.RAN
+
+
+def test_agent_missing() -> None:
+    v = decide(MISSION, None, 0, 0)
+    assert v.decision is Decision.SKIPPED_AGENT_MISSING
+    assert "a1" in v.reason
+    assert not v.silent
+
+
+def test_deleted_agent_counts_as_missing() -> None:
+    v = decide(MISSION, agent(deletedAt="2026-01-01T00:00:00Z"), 0, 0)
+    assert v.decision is Decision.SKIPPED_AGENT_MISSING
+
+
+def test_archived_is_silent() -> None:
+    v = decide(MISSION, agent(state="archived"), 0, 0)
+    assert v == Verdict(Decision.SKIPPED_ARCHIVED, "agent archived", silent=True)
+
+
+def test_paused() -> None:
+    v = decide(MISSION, agent(state="paused"), 0, 0)
+    assert v == Verdict(Decision.SKIPPED_PAUSED, "agent paused")
+
+
+def test_concurrency_full() -> None:
+    v = decide(MISSION, agent(maxConcurrentMissions=2), 2, 0)
+    assert v == Verdict(Decision.SKIPPED_CONCURRENCY, "2 of 2 concurrent runs in flight")
+
+
+def test_concurrency_free_slot_runs() -> None:
+    assert decide(MISSION, agent(maxConcurrentMissions=2), 1, 0).decision is Decision.RAN
+
+
+@pytest.mark.parametrize("limit", [0, -1])
+def test_concurrency_zero_or_negative_taken_literally(limit: int) -> None:
+    assert decide(MISSION, agent(maxConcurrentMissions=limit), 0, 0).decision is (
+        Decision.SKIPPED_CONCURRENCY
+    )
+
+
+@pytest.mark.parametrize("limit", [None, "2", True, [], {}, float("nan"), float("inf")])
+def test_concurrency_invalid_is_unset(limit: Any) -> None:
+    assert decide(MISSION, agent(maxConcurrentMissions=limit), 50, 0).decision is Decision.RAN
+
+
+def test_concurrency_fractional_limit_rounds_up() -> None:
+    # in_flight >= 1.5 is the same as in_flight >= 2 for integer counts.
+    assert decide(MISSION, agent(maxConcurrentMissions=1.5), 1, 0).decision is Decision.RAN
+    assert decide(MISSION, agent(maxConcurrentMissions=1.5), 2, 0).decision is (
+        Decision.SKIPPED_CONCURRENCY
+    )
+
+
+def test_budget_exceeded() -> None:
+    v = decide(MISSION, agent(maxTokensPerDay=1000), 0, 1200)
+    assert v == Verdict(Decision.SKIPPED_BUDGET, "used 1200 of 1000 tokens in 24h")
+
+
+def test_budget_reached_exactly_skips() -> None:
+    assert decide(MISSION, agent(maxTokensPerDay=1000), 0, 1000).decision is (
+        Decision.SKIPPED_BUDGET
+    )
+
+
+def test_budget_below_runs() -> None:
+    assert decide(MISSION, agent(maxTokensPerDay=1000), 0, 999).decision is Decision.RAN
+
+
+def test_budget_zero_means_nothing_may_be_spent() -> None:
+    v = decide(MISSION, agent(maxTokensPerDay=0), 0, 0)
+    assert v == Verdict(Decision.SKIPPED_BUDGET, "used 0 of 0 tokens in 24h")
+
+
+def test_budget_null_is_unlimited() -> None:
+    assert decide(MISSION, agent(maxTokensPerDay=None), 0, 10**12).decision is Decision.RAN
+
+
+def test_ran() -> None:
+    v = decide(MISSION, agent(maxConcurrentMissions=3, maxTokensPerDay=10), 2, 9)
+    assert v.decision is Decision.RAN
+    assert not v.silent
+
+
+def test_unknown_state_runs() -> None:
+    # Only 'archived' and 'paused' stop a run; any other state (or none) is not a gate.
+    assert decide(MISSION, agent(state=None), 0, 0).decision is Decision.RAN
+    assert decide(MISSION, {"id": "a1"}, 0, 0).decision is Decision.RAN
+
+
+# --- order between gates --------------------------------------------------------------------
+
+
+def test_archived_beats_paused_and_budget() -> None:
+    # An archived agent can't be paused at the same time, but a broken record must still
+    # resolve by order: archived first.
+    a = agent(state="archived", maxConcurrentMissions=0, maxTokensPerDay=0)
+    assert decide(MISSION, a, 5, 5000).decision is Decision.SKIPPED_ARCHIVED
+
+
+def test_paused_beats_concurrency() -> None:
+    a = agent(state="paused", maxConcurrentMissions=1)
+    assert decide(MISSION, a, 1, 0).decision is Decision.SKIPPED_PAUSED
+
+
+def test_concurrency_beats_budget() -> None:
+    a = agent(maxConcurrentMissions=1, maxTokensPerDay=0)
+    assert decide(MISSION, a, 1, 1).decision is Decision.SKIPPED_CONCURRENCY
+
+
+def test_missing_agent_decided_before_anything_that_needs_the_record() -> None:
+    assert decide(MISSION, None, 99, 10**9).decision is Decision.SKIPPED_AGENT_MISSING
+
+
+# --- property: first matching gate in DESIGN order ------------------------------------------
+
+limits = st.one_of(
+    st.none(),
+    st.integers(min_value=-2, max_value=6),
+    st.floats(min_value=-2, max_value=6, allow_nan=False),
+    st.sampled_from(["3", True, False, float("nan")]),
+)
+
+
+def _valid(limit: Any) -> bool:
+    return isinstance(limit, int | float) and not isinstance(limit, bool) and limit == limit
+
+
+@st.composite
+def agents(draw: st.DrawFn) -> dict[str, Any] | None:
+    if draw(st.booleans()) and draw(st.booleans()):
+        return None
+    record: dict[str, Any] = {"id": "a1"}
+    state = draw(st.sampled_from(["active", "paused", "archived", None, "other"]))
+    if state is not None:
+        record["state"] = state
+    for key in ("maxConcurrentMissions", "maxTokensPerDay"):
+        if draw(st.booleans()):
+            record[key] = draw(limits)
+    if draw(st.integers(0, 9)) == 0:
+        record["deletedAt"] = "2026-01-01T00:00:00Z"
+    return record
+
+
+@given(
+    agent_id=st.sampled_from([None, "", "a1", "__absent__"]),
+    a=agents(),
+    in_flight=st.integers(0, 8),
+    used=st.integers(0, 8),
+)
+def test_decision_is_first_matching_gate(
+    agent_id: str | None, a: dict[str, Any] | None, in_flight: int, used: int
+) -> None:
+    mission: dict[str, Any] = {"id": "m1", "state": "active"}
+    if agent_id != "__absent__":
+        mission["agentId"] = agent_id
+
+    # A straight transcription of DESIGN §5, written independently of decide().
+    legacy = agent_id in (None, "", "__absent__")
+    missing = a is None or bool(a.get("deletedAt"))
+    mc = None if missing else a.get("maxConcurrentMissions")  # type: ignore[union-attr]
+    mt = None if missing else a.get("maxTokensPerDay")  # type: ignore[union-attr]
+    state = None if missing else a.get("state")  # type: ignore[union-attr]
+    gates = [
+        (legacy, Decision.RAN),
+        (missing, Decision.SKIPPED_AGENT_MISSING),
+        (state == "archived", Decision.SKIPPED_ARCHIVED),
+        (state == "paused", Decision.SKIPPED_PAUSED),
+        (_valid(mc) and abs(mc) != float("inf") and in_flight >= mc, Decision.SKIPPED_CONCURRENCY),
+        (_valid(mt) and abs(mt) != float("inf") and used >= mt, Decision.SKIPPED_BUDGET),
+        (True, Decision.RAN),
+    ]
+    expected = next(decision for matched, decision in gates if matched)
+
+    verdict = decide(mission, a, in_flight, used)
+    assert verdict.decision is expected
+    assert verdict.silent == (expected is Decision.SKIPPED_ARCHIVED)
+    assert verdict.reason
+
+
+# --- helpers ----------------------------------------------------------------------------------
+
+
+def test_agent_gate_inputs() -> None:
+    assert agent_gate_inputs({}) == AgentLimits(None, None)
+    assert agent_gate_inputs({"maxConcurrentMissions": 2, "maxTokensPerDay": 0}) == AgentLimits(
+        2, 0
+    )
+    assert agent_gate_inputs({"maxConcurrentMissions": 2.0, "maxTokensPerDay": "x"}) == (
+        AgentLimits(2, None)
+    )
+
+
+NOW = datetime(2026, 11, 26, 8, 0, tzinfo=UTC)
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("2026-11-26T08:00:00Z", NOW),
+        ("2026-11-26T08:00:00.000Z", NOW),
+        ("2026-11-26T08:00:00.000000+00:00", NOW),
+        ("2026-11-26T10:00:00+02:00", NOW),
+        ("2026-11-26T08:00:00.123456789Z", NOW + timedelta(microseconds=123456)),
+        ("2026-11-26T08:00:00", NOW),  # no offset: read as UTC
+    ],
+)
+def test_parse_instant(text: str, expected: datetime) -> None:
+    assert parse_instant(text) == expected
+
+
+@pytest.mark.parametrize("value", [None, "", "tomorrow", 1764144000000, "2026-13-01T00:00:00Z"])
+def test_parse_instant_rejects(value: Any) -> None:
+    assert parse_instant(value) is None
+
+
+def test_is_due() -> None:
+    due = {"state": "active", "nextRunAt": "2026-11-26T08:00:00Z"}
+    assert is_due(due, NOW)
+    assert is_due(due, NOW + timedelta(seconds=1))
+    assert not is_due(due, NOW - timedelta(milliseconds=1))
+    # Offsets compare as instants, not as strings.
+    assert is_due({"state": "active", "nextRunAt": "2026-11-26T09:59:59+02:00"}, NOW)
+    assert not is_due({"state": "active", "nextRunAt": "2026-11-26T08:00:01+00:00"}, NOW)
+    other_zone = NOW.astimezone(timezone(timedelta(hours=-5)))
+    assert is_due(due, other_zone)
+
+
+@pytest.mark.parametrize(
+    "mission",
+    [
+        {"state": "paused", "nextRunAt": "2026-01-01T00:00:00Z"},
+        {"state": "active", "nextRunAt": "2026-01-01T00:00:00Z", "deletedAt": "2026-01-02"},
+        {"state": "active"},
+        {"state": "active", "nextRunAt": None},
+        {"state": "active", "nextRunAt": "soon"},
+        {"nextRunAt": "2026-01-01T00:00:00Z"},
+    ],
+)
+def test_not_due(mission: dict[str, Any]) -> None:
+    assert not is_due(mission, NOW)
+
+
+def test_is_due_rejects_naive_now() -> None:
+    with pytest.raises(ValueError):
+        is_due({"state": "active", "nextRunAt": "2026-01-01T00:00:00Z"}, datetime(2026, 1, 2))

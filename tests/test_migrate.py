@@ -1,0 +1,261 @@
+"""Migrations against a real server: exact seed schema, sync_changes facts, idempotence,
+privilege errors and the CLI's one-line failures."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import psycopg
+import pytest
+
+from consumer.errors import PrivilegeError
+from consumer.migrate import discover, migrate
+
+
+def catalog(dsn: str) -> dict[str, object]:
+    """Everything schema-shaped in mana_ai and public.sync_changes, as comparable data."""
+    with psycopg.connect(dsn) as conn:
+        q = conn.execute
+        columns = q(
+            """SELECT table_schema, table_name, column_name, data_type, is_nullable,
+                      column_default
+               FROM information_schema.columns
+               WHERE table_schema = 'mana_ai' OR (table_schema = 'public'
+                     AND table_name = 'sync_changes')
+               ORDER BY 1, 2, ordinal_position"""
+        ).fetchall()
+        indexes = q(
+            """SELECT schemaname, tablename, indexname, indexdef FROM pg_indexes
+               WHERE schemaname = 'mana_ai' OR tablename = 'sync_changes' ORDER BY 1, 2, 3"""
+        ).fetchall()
+        constraints = q(
+            """SELECT conrelid::regclass::text, conname, pg_get_constraintdef(oid)
+               FROM pg_constraint WHERE connamespace IN ('mana_ai'::regnamespace,
+                 'public'::regnamespace) ORDER BY 1, 2"""
+        ).fetchall()
+        policies = q(
+            """SELECT schemaname, tablename, policyname, cmd, qual, with_check FROM pg_policies
+               ORDER BY 1, 2, 3"""
+        ).fetchall()
+        rls = q(
+            """SELECT c.oid::regclass::text, c.relrowsecurity, c.relforcerowsecurity
+               FROM pg_class c WHERE c.relkind = 'r' AND c.relnamespace IN
+                 ('mana_ai'::regnamespace, 'public'::regnamespace) ORDER BY 1"""
+        ).fetchall()
+        triggers = q(
+            """SELECT tgrelid::regclass::text, tgname, pg_get_triggerdef(oid) FROM pg_trigger
+               WHERE NOT tgisinternal ORDER BY 1, 2"""
+        ).fetchall()
+    return {
+        "columns": columns, "indexes": indexes, "constraints": constraints,
+        "policies": policies, "rls": rls, "triggers": triggers,
+    }
+
+
+SEED_COLUMNS = {
+    "mission_snapshots": [
+        ("user_id", "text", "NO", None),
+        ("mission_id", "text", "NO", None),
+        ("record", "jsonb", "NO", None),
+        ("last_applied_at", "timestamp with time zone", "NO", "'1970-01-01 00:00:00+00'::timestamp with time zone"),
+        ("updated_at", "timestamp with time zone", "NO", "now()"),
+    ],
+    "agent_snapshots": [
+        ("user_id", "text", "NO", None),
+        ("agent_id", "text", "NO", None),
+        ("record", "jsonb", "NO", None),
+        ("last_applied_at", "timestamp with time zone", "NO", "'1970-01-01 00:00:00+00'::timestamp with time zone"),
+        ("updated_at", "timestamp with time zone", "NO", "now()"),
+    ],
+    "decrypt_audit": [
+        ("id", "bigint", "NO", "nextval('mana_ai.decrypt_audit_id_seq'::regclass)"),
+        ("user_id", "text", "NO", None),
+        ("mission_id", "text", "NO", None),
+        ("iteration_id", "text", "YES", None),
+        ("table_name", "text", "NO", None),
+        ("record_id", "text", "NO", None),
+        ("status", "text", "NO", None),
+        ("reason", "text", "YES", None),
+        ("ts", "timestamp with time zone", "NO", "now()"),
+    ],
+}
+
+SYNC_COLUMNS = [
+    ("id", "uuid", "NO", "gen_random_uuid()"),
+    ("app_id", "text", "NO", None),
+    ("table_name", "text", "NO", None),
+    ("record_id", "text", "NO", None),
+    ("user_id", "text", "NO", None),
+    ("op", "text", "NO", None),
+    ("data", "jsonb", "YES", None),
+    ("field_meta", "jsonb", "YES", "'{}'::jsonb"),
+    ("client_id", "text", "NO", None),
+    ("created_at", "timestamp with time zone", "NO", "now()"),
+    ("schema_version", "integer", "NO", "1"),
+    ("actor", "jsonb", "YES", None),
+    ("origin", "text", "YES", None),
+    ("space_id", "text", "YES", None),
+]
+
+SEED_INDEXES = {
+    "mission_snapshots_pkey": "CREATE UNIQUE INDEX mission_snapshots_pkey ON mana_ai.mission_snapshots USING btree (user_id, mission_id)",
+    "idx_mission_snapshots_due": "CREATE INDEX idx_mission_snapshots_due ON mana_ai.mission_snapshots USING btree (((record ->> 'state'::text)), ((record ->> 'nextRunAt'::text))) WHERE ((record ->> 'state'::text) = 'active'::text)",
+    "idx_mission_snapshots_user": "CREATE INDEX idx_mission_snapshots_user ON mana_ai.mission_snapshots USING btree (user_id, last_applied_at)",
+    "decrypt_audit_pkey": "CREATE UNIQUE INDEX decrypt_audit_pkey ON mana_ai.decrypt_audit USING btree (id)",
+    "idx_decrypt_audit_mission": "CREATE INDEX idx_decrypt_audit_mission ON mana_ai.decrypt_audit USING btree (user_id, mission_id, ts DESC)",
+    "agent_snapshots_pkey": "CREATE UNIQUE INDEX agent_snapshots_pkey ON mana_ai.agent_snapshots USING btree (user_id, agent_id)",
+    "idx_agent_snapshots_user": "CREATE INDEX idx_agent_snapshots_user ON mana_ai.agent_snapshots USING btree (user_id, last_applied_at)",
+    "idx_agent_snapshots_state": "CREATE INDEX idx_agent_snapshots_state ON mana_ai.agent_snapshots USING btree (((record ->> 'state'::text))) WHERE ((record ->> 'state'::text) = 'active'::text)",
+}
+
+SYNC_INDEXES = {
+    "sync_changes_pkey": "CREATE UNIQUE INDEX sync_changes_pkey ON public.sync_changes USING btree (id)",
+    "idx_sync_changes_user_app_created": "CREATE INDEX idx_sync_changes_user_app_created ON public.sync_changes USING btree (user_id, app_id, created_at)",
+    "idx_sync_changes_table_record_created": "CREATE INDEX idx_sync_changes_table_record_created ON public.sync_changes USING btree (table_name, record_id, created_at)",
+    "idx_sync_changes_user_app_table_created": "CREATE INDEX idx_sync_changes_user_app_table_created ON public.sync_changes USING btree (user_id, app_id, table_name, created_at)",
+    "idx_sync_changes_user_space_app_created": "CREATE INDEX idx_sync_changes_user_space_app_created ON public.sync_changes USING btree (user_id, space_id, app_id, created_at) WHERE (space_id IS NOT NULL)",
+}
+
+
+def test_migrate_creates_exactly_the_seed_schema(empty_db: str) -> None:
+    applied = migrate(empty_db, with_sync_schema=True)
+    assert applied == [f"{m.version:04d}_{m.name}" for m in discover()]
+    cat = catalog(empty_db)
+
+    by_table: dict[str, list[tuple]] = {}
+    for schema, table, column, dtype, nullable, default in cat["columns"]:  # type: ignore[union-attr]
+        by_table.setdefault(f"{schema}.{table}", []).append((column, dtype, nullable, default))
+    for table, expected in SEED_COLUMNS.items():
+        assert by_table[f"mana_ai.{table}"] == expected, table
+    assert by_table["public.sync_changes"] == SYNC_COLUMNS
+
+    indexes = {name: ddl for _, _, name, ddl in cat["indexes"]}  # type: ignore[misc]
+    for name, ddl in {**SEED_INDEXES, **SYNC_INDEXES}.items():
+        assert indexes[name] == ddl
+    seed_tables = {"mission_snapshots", "agent_snapshots", "decrypt_audit"}
+    seed_index_names = {n for _, t, n, _ in cat["indexes"] if t in seed_tables}  # type: ignore[misc]
+    assert seed_index_names == set(SEED_INDEXES), "no index beyond the seed's on its tables"
+
+    constraints = {(t, d) for t, _, d in cat["constraints"]}  # type: ignore[misc]
+    assert ("mana_ai.decrypt_audit",
+            "CHECK ((status = ANY (ARRAY['ok'::text, 'failed'::text, 'scope-violation'::text])))"
+            ) in constraints
+
+    policies = {(s, t, n): (cmd, qual, chk) for s, t, n, cmd, qual, chk in cat["policies"]}  # type: ignore[misc]
+    assert policies[("mana_ai", "decrypt_audit", "decrypt_audit_user_scope")] == (
+        "ALL", "(user_id = current_setting('app.current_user_id'::text, true))", None)
+    assert policies[("public", "sync_changes", "sync_changes_user_isolation")] == (
+        "ALL", "(user_id = current_setting('app.current_user_id'::text, true))",
+        "(user_id = current_setting('app.current_user_id'::text, true))")
+    cmd, qual, chk = policies[("public", "sync_changes", "sync_changes_space_member_read")]
+    assert cmd == "SELECT" and chk is None
+    assert "string_to_array" in qual and "app.current_user_space_ids" in qual
+    assert len(policies) == 3
+
+    rls = {t: (on, forced) for t, on, forced in cat["rls"]}  # type: ignore[misc]
+    assert rls["sync_changes"] == (True, True)
+    assert rls["mana_ai.decrypt_audit"] == (True, False)
+    assert rls["mana_ai.mission_snapshots"] == (False, False)
+
+    triggers = [name for _, name, _ in cat["triggers"]]  # type: ignore[misc]
+    assert triggers == ["mana_ai_journal"]
+
+
+def test_second_migrate_changes_nothing(empty_db: str) -> None:
+    migrate(empty_db, with_sync_schema=True)
+    before = catalog(empty_db)
+    assert migrate(empty_db, with_sync_schema=True) == []
+    assert catalog(empty_db) == before
+
+
+def test_migrate_without_sync_changes_says_how(empty_db: str) -> None:
+    from consumer.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="sync_changes does not exist.*--with-sync-schema"):
+        migrate(empty_db)
+
+
+def test_concurrent_migrations_do_not_race(empty_db: str) -> None:
+    import threading
+
+    errors: list[BaseException] = []
+
+    def go() -> None:
+        try:
+            migrate(empty_db, with_sync_schema=True)
+        except BaseException as exc:  # noqa: BLE001 - collected for the assertion
+            errors.append(exc)
+
+    threads = [threading.Thread(target=go) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    with psycopg.connect(empty_db) as conn:
+        count = conn.execute("SELECT count(*) FROM mana_ai.schema_migrations").fetchone()
+    assert count == (len(discover()),)
+
+
+def test_missing_trigger_privilege_is_one_clear_line(empty_db: str) -> None:
+    """A role that may create schemas but not triggers on mana-sync's table."""
+    with psycopg.connect(empty_db, autocommit=True) as admin:
+        admin.execute((__import__("consumer.sql").sql.schema_dir() / "sync_changes.sql").read_text())
+        admin.execute("DROP ROLE IF EXISTS limited_ai")
+        admin.execute("CREATE ROLE limited_ai LOGIN")
+        dbname = admin.info.dbname
+        admin.execute(f'GRANT CREATE ON DATABASE "{dbname}" TO limited_ai')
+        admin.execute("GRANT SELECT ON public.sync_changes TO limited_ai")
+    from psycopg.conninfo import make_conninfo
+
+    limited = make_conninfo(empty_db, user="limited_ai")
+    try:
+        with pytest.raises(PrivilegeError) as info:
+            migrate(limited)
+        message = str(info.value)
+        assert "\n" not in message
+        assert "sync_changes" in message and "TRIGGER" in message
+    finally:
+        with psycopg.connect(empty_db, autocommit=True) as admin:
+            admin.execute("DROP OWNED BY limited_ai")
+            admin.execute("DROP ROLE limited_ai")
+
+
+def run_cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "consumer", *args],
+        capture_output=True, text=True, timeout=60, env=env,
+    )
+
+
+def test_cli_unreachable_database_is_one_line_exit_2() -> None:
+    result = run_cli("migrate", "--database-url", "postgresql://nowhere:1/x")
+    assert result.returncode == 2
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert "cannot connect" in result.stderr
+
+
+def test_cli_malformed_and_missing_url_exit_2() -> None:
+    import os
+
+    env = {k: v for k, v in os.environ.items() if k != "SYNC_DATABASE_URL"}
+    result = run_cli("status", "--database-url", "host=x port", env=env)
+    assert result.returncode == 2 and "malformed database URL" in result.stderr
+    result = run_cli("migrate", env=env)
+    assert result.returncode == 2 and "SYNC_DATABASE_URL" in result.stderr
+
+
+def test_cli_migrate_applies_then_reports_up_to_date(empty_db: str) -> None:
+    first = run_cli("migrate", "--with-sync-schema", "--database-url", empty_db)
+    assert first.returncode == 0, first.stderr
+    assert first.stdout.startswith("applied 0001_seed")
+    second = run_cli("migrate", "--with-sync-schema", "--database-url", empty_db)
+    assert second.returncode == 0 and second.stdout.strip() == "schema is up to date"
+
+
+def test_cli_help_lists_every_subcommand() -> None:
+    result = run_cli("--help")
+    assert result.returncode == 0
+    for name in ("migrate", "run", "replay", "status", "demo", "SYNC_DATABASE_URL"):
+        assert name in result.stdout
