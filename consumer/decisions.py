@@ -7,11 +7,16 @@ number of the agent's runs in flight and its rolling 24 h token usage.
 from __future__ import annotations
 
 import math
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from typing import Any
 
 import msgspec
+
+# One instant parser for the package (merge owns it; it is pure and cached).
+from .merge import _parse_instant as _instant_us
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 class Decision(StrEnum):
@@ -107,20 +112,15 @@ def decide(
 
 
 def parse_instant(value: Any) -> datetime | None:
-    """An ISO-8601 instant ('Z' or an offset, any fractional digits) as an aware datetime.
+    """An ISO-8601 instant ('Z' or an offset, any fractional digits) as an aware UTC datetime.
 
-    Anything that is not a parseable string gives None. A value without an offset is read as
-    UTC, as JavaScript does for date-only strings; the writers we know always send 'Z'.
+    Anything that is not a parseable string gives None; a value without an offset is read as
+    UTC. Delegates to the merge's parser so that "due" and "newer" read instants alike.
     """
     if not isinstance(value, str) or not value:
         return None
-    try:
-        parsed = datetime.fromisoformat(value)
-    except ValueError:
-        return None
-    if parsed.tzinfo is None:
-        return parsed.replace(tzinfo=UTC)
-    return parsed
+    us = _instant_us(value)
+    return None if us is None else _EPOCH + timedelta(microseconds=us)
 
 
 def is_due(mission: dict[str, Any], now: datetime) -> bool:

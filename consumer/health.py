@@ -31,8 +31,6 @@ class Health:
             return 503, {"status": "unavailable", "reason": "listener disconnected", **body}
         # `not <` so that a NaN lag counts as unhealthy too.
         if not self.lag_seconds < self.lag_threshold_seconds:
-            reason = (
-                f"apply lag {self.lag_seconds:.1f} s exceeds {self.lag_threshold_seconds:g} s"
-            )
+            reason = f"apply lag {self.lag_seconds:.1f} s exceeds {self.lag_threshold_seconds:g} s"
             return 503, {"status": "unavailable", "reason": reason, **body}
         return 200, {"status": "ok", **body}

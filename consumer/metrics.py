@@ -81,11 +81,13 @@ QUARANTINED_ROWS = Counter(
     registry=REGISTRY,
 )
 LISTENER_RECONNECTS = Counter(
-    "mana_ai_listener_reconnects", "Times the LISTEN connection was re-established.",
+    "mana_ai_listener_reconnects",
+    "Times the LISTEN connection was re-established.",
     registry=REGISTRY,
 )
 LISTENER_CONNECTED = Gauge(
-    "mana_ai_listener_connected", "1 while the LISTEN connection is up, else 0.",
+    "mana_ai_listener_connected",
+    "1 while the LISTEN connection is up, else 0.",
     registry=REGISTRY,
 )
 BAD_STAMPS = Counter(

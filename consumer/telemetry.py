@@ -82,7 +82,8 @@ def _otlp_protocol(protocol: str | None) -> str:
         or os.environ.get("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL")
         or os.environ.get("OTEL_EXPORTER_OTLP_PROTOCOL")
         or "http/protobuf"
-    ).strip().lower()
+    )
+    proto = proto.strip().lower()
     if proto not in PROTOCOLS:
         raise ValueError(
             f"OTEL_EXPORTER_OTLP_PROTOCOL: unsupported value {proto!r}; "

@@ -1,10 +1,10 @@
 """A minimal OTLP/HTTP trace receiver for tests: decodes what the real exporter sends.
 
-    with otlp_receiver() as rx:
-        monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", rx.endpoint)
-        ...emit spans, force_flush...
-        assert rx.wait_for(1)
-        rx.spans[0].name, rx.spans[0].attributes
+with otlp_receiver() as rx:
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", rx.endpoint)
+    ...emit spans, force_flush...
+    assert rx.wait_for(1)
+    rx.spans[0].name, rx.spans[0].attributes
 """
 
 from __future__ import annotations

@@ -247,6 +247,7 @@ NOW = datetime(2026, 11, 26, 8, 0, tzinfo=UTC)
         ("2026-11-26T10:00:00+02:00", NOW),
         ("2026-11-26T08:00:00.123456789Z", NOW + timedelta(microseconds=123456)),
         ("2026-11-26T08:00:00", NOW),  # no offset: read as UTC
+        ("2026-11-26 08:00:00z", NOW),
     ],
 )
 def test_parse_instant(text: str, expected: datetime) -> None:

@@ -1,0 +1,193 @@
+"""Apply a batch of log rows to the snapshot tables: validate, merge, write in bulk.
+
+Runs inside a transaction the caller owns, so the caller can commit the checkpoint with
+the snapshot writes. The same code serves the live projection, the bootstrap and replay
+(which writes into shadow tables: `Targets`).
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import msgspec
+import psycopg
+from psycopg import sql
+
+from . import metrics
+from .merge import RecordState, agent_visible, apply_change, decode_state, encode_state, materialize
+from .model import Change, RawChange
+from .sql import load
+from .validate import Rejected, validate
+
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_json = msgspec.json.Encoder()
+
+Key = tuple[str, str, str]  # (kind, user_id, record_id)
+
+
+class Targets(msgspec.Struct, frozen=True):
+    """Where a batch is written: the live tables, or a replay's shadow copies."""
+
+    schema: str = "mana_ai"
+    missions: str = "mission_snapshots"
+    agents: str = "agent_snapshots"
+    clocks: str = "record_clocks"
+
+    def ident(self, table: str) -> sql.Identifier:
+        return sql.Identifier(self.schema, table)
+
+
+LIVE = Targets()
+
+
+class Applied(msgspec.Struct):
+    """What one batch did, for metrics and for waking the scheduler."""
+
+    rows: int = 0
+    new: int = 0
+    updated: int = 0
+    quarantined: int = 0
+    bad_stamps: int = 0
+    missions: set[tuple[str, str]] = msgspec.field(default_factory=set)  # (user, mission)
+    agents: set[tuple[str, str]] = msgspec.field(default_factory=set)  # (user, agent)
+
+    def merge(self, other: Applied) -> None:
+        self.rows += other.rows
+        self.new += other.new
+        self.updated += other.updated
+        self.quarantined += other.quarantined
+        self.bad_stamps += other.bad_stamps
+        self.missions |= other.missions
+        self.agents |= other.agents
+
+
+def _us_to_dt(us: int | None) -> datetime:
+    return EPOCH if us is None else EPOCH + timedelta(microseconds=us)
+
+
+def _visible(kind: str, record: dict[str, Any] | None) -> bool:
+    # Agents with deletedAt count as deleted; missions with deletedAt stay (never due).
+    return agent_visible(record) if kind == "agent" else record is not None
+
+
+async def apply_rows(
+    conn: psycopg.AsyncConnection,
+    raws: list[RawChange],
+    *,
+    max_bytes: int,
+    targets: Targets = LIVE,
+) -> Applied:
+    result = Applied()
+    changes: dict[Key, list[Change]] = defaultdict(list)
+    rejected: list[tuple[RawChange, str]] = []
+    for raw in raws:
+        checked = validate(raw, max_bytes)
+        if isinstance(checked, Rejected):
+            rejected.append((raw, checked.reason))
+        else:
+            changes[(checked.kind, checked.user_id, checked.record_id)].append(checked)
+    if rejected:
+        result.quarantined = await _quarantine(conn, rejected)
+    if not changes:
+        return result
+
+    states = await _load_states(conn, list(changes), targets)
+    changed: list[tuple[Key, RecordState]] = []
+    for key, batch in changes.items():
+        before = states.get(key)
+        state = decode_state(before) if before is not None else RecordState()
+        for change in batch:
+            result.bad_stamps += apply_change(state, change)
+            result.rows += 1
+        encoded = encode_state(state)
+        if before is not None and encoded == before.encode():
+            continue  # a re-delivery that changed nothing: no write, no wake-up
+        changed.append((key, state))
+        kind, user_id, record_id = key
+        (result.missions if kind == "mission" else result.agents).add((user_id, record_id))
+    if changed:
+        await _write(conn, changed, targets, result)
+    return result
+
+
+async def _load_states(
+    conn: psycopg.AsyncConnection, keys: list[Key], targets: Targets
+) -> dict[Key, str]:
+    query = sql.SQL(load("clocks_load")).format(clocks=targets.ident(targets.clocks))
+    cur = await conn.execute(
+        query,
+        {
+            "kinds": [k[0] for k in keys],
+            "users": [k[1] for k in keys],
+            "records": [k[2] for k in keys],
+        },
+    )
+    return {(kind, user, record): state for kind, user, record, state in await cur.fetchall()}
+
+
+async def _write(
+    conn: psycopg.AsyncConnection,
+    changed: list[tuple[Key, RecordState]],
+    targets: Targets,
+    result: Applied,
+) -> None:
+    await conn.execute(
+        sql.SQL(load("clocks_upsert")).format(clocks=targets.ident(targets.clocks)),
+        {
+            "kinds": [k[0] for k, _ in changed],
+            "users": [k[1] for k, _ in changed],
+            "records": [k[2] for k, _ in changed],
+            "states": [encode_state(s).decode() for _, s in changed],
+        },
+    )
+    for kind, table, key_column in (
+        ("mission", targets.missions, "mission_id"),
+        ("agent", targets.agents, "agent_id"),
+    ):
+        upserts: list[tuple[str, str, str, datetime]] = []
+        deletes: list[tuple[str, str]] = []
+        for (k, user_id, record_id), state in changed:
+            if k != kind:
+                continue
+            record = materialize(record_id, state)
+            if _visible(kind, record):
+                body = _json.encode(record).decode()
+                upserts.append((user_id, record_id, body, _us_to_dt(state.last_applied_us)))
+            else:
+                deletes.append((user_id, record_id))
+        fmt = {"table": targets.ident(table), "key": sql.Identifier(key_column)}
+        if upserts:
+            cur = await conn.execute(
+                sql.SQL(load("snapshots_upsert")).format(**fmt),
+                {
+                    "users": [u[0] for u in upserts],
+                    "records": [u[1] for u in upserts],
+                    "bodies": [u[2] for u in upserts],
+                    "applied": [u[3] for u in upserts],
+                },
+            )
+            inserted = sum(1 for (fresh,) in await cur.fetchall() if fresh)
+            result.new += inserted
+            result.updated += len(upserts) - inserted
+        if deletes:
+            await conn.execute(
+                sql.SQL(load("snapshots_delete")).format(**fmt),
+                {"users": [d[0] for d in deletes], "records": [d[1] for d in deletes]},
+            )
+
+
+async def _quarantine(conn: psycopg.AsyncConnection, rejected: list[tuple[RawChange, str]]) -> int:
+    cur = await conn.execute(
+        load("quarantine_insert"),
+        {
+            "ids": [raw.id for raw, _ in rejected],
+            "reasons": [reason for _, reason in rejected],
+            "raws": [_json.encode(raw).decode() for raw, _ in rejected],
+        },
+    )
+    stored = [reason for (reason,) in await cur.fetchall()]
+    for reason in stored:  # counted once: a re-read of the same row is not a new quarantine
+        metrics.count_quarantined(reason)
+    return len(stored)

@@ -1,0 +1,224 @@
+"""The projection: journal rows -> snapshots, with a durable checkpoint.
+
+Cursor. The trigger journals (writer's xid8, change id) for each of our rows. A pass reads
+every journal row that is not visible in `prev` - a snapshot in which every visible row
+is already applied - in (xid, id) order, in chunks. Every row visible now is applied now;
+a transaction still open elsewhere only holds back the *checkpoint*, never other rows.
+
+Checkpoint. `applied_below` (xid8): every journal row with a smaller xid is applied. After
+a pass whose first snapshot was S, it is S's xmin: each xid below it had finished when S
+was taken, so its rows were visible to every chunk of the pass. Mid-pass it is the
+smaller of that and the xid of the last row read. It commits with the snapshot writes, as
+a compare-and-set on `version`: a second worker that raced us fails instead of
+overwriting. After a restart, `prev` is "everything below applied_below"; rows between
+the checkpoint and the watermark are read again and merge harmlessly (DESIGN M1).
+
+Bootstrap. Rows committed before the trigger existed are not journaled. CREATE TRIGGER
+waited for every inserting transaction to end, so each row is either older than the
+trigger (found by one scan of the log) or journaled. The scan runs once, before the
+journal is followed; rows seen by both merge harmlessly.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+import msgspec
+import psycopg
+
+from . import metrics
+from .apply import LIVE, Applied, Targets, apply_rows
+from .errors import CheckpointConflict, ConfigError
+from .model import RawChange
+from .sql import load
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT = "projection"
+_NIL_UUID = "00000000-0000-0000-0000-000000000000"
+
+
+class Checkpoint(msgspec.Struct):
+    applied_below: int
+    version: int
+    bootstrapped: bool
+
+
+def below(xid: int) -> str:
+    """The pg_snapshot in which exactly the xids below `xid` are visible."""
+    return f"{xid}:{xid}:"
+
+
+def snapshot_xmin(snapshot: str) -> int:
+    return int(snapshot.split(":", 1)[0])
+
+
+async def read_checkpoint(conn: psycopg.AsyncConnection, name: str = CHECKPOINT) -> Checkpoint:
+    cur = await conn.execute(load("checkpoint_get"), {"name": name})
+    row = await cur.fetchone()
+    if row is None:
+        raise ConfigError("mana_ai.checkpoint has no projection row: run `consumer migrate`")
+    return Checkpoint(int(row[0]), row[1], row[2])
+
+
+async def advance_checkpoint(
+    conn: psycopg.AsyncConnection, cp: Checkpoint, applied_below: int, *,
+    bootstrapped: bool = False, name: str = CHECKPOINT,
+) -> None:
+    """Compare-and-set inside the caller's transaction; updates `cp` on success."""
+    cur = await conn.execute(
+        load("checkpoint_cas"),
+        {"name": name, "applied_below": str(applied_below), "bootstrapped": bootstrapped,
+         "version": cp.version},
+    )
+    row = await cur.fetchone()
+    if row is None:
+        raise CheckpointConflict(
+            f"checkpoint {name!r} moved under us (expected version {cp.version}): "
+            "another consumer is applying the same log; stopping this one"
+        )
+    cp.version = row[0]
+    cp.applied_below = max(cp.applied_below, applied_below)
+    cp.bootstrapped = cp.bootstrapped or bootstrapped
+
+
+def _raw(row: tuple) -> RawChange:
+    return RawChange(
+        id=row[1], user_id=row[3], table_name=row[4], record_id=row[5], op=row[6],
+        data=row[7], field_meta=row[8], created_at=row[9],
+    )
+
+
+class Projector:
+    """Applies the journal to the snapshots; one per process, on its own work connection."""
+
+    def __init__(
+        self,
+        *,
+        batch_size: int = 2000,
+        max_row_bytes: int = 1_000_000,
+        on_applied: Callable[[Applied], None] | None = None,
+        targets: Targets = LIVE,
+    ) -> None:
+        self.batch_size = batch_size
+        self.max_row_bytes = max_row_bytes
+        self.on_applied = on_applied
+        self.targets = targets
+        self.cp: Checkpoint | None = None
+        self.prev: str | None = None  # snapshot up to which everything is applied
+        self.pending_since: float | None = None  # monotonic time of the oldest unanswered ring
+
+    def ring(self) -> None:
+        """A doorbell rang: remember since when work may be waiting (apply lag)."""
+        if self.pending_since is None:
+            self.pending_since = time.monotonic()
+
+    def lag_seconds(self) -> float:
+        return 0.0 if self.pending_since is None else time.monotonic() - self.pending_since
+
+    def forget(self) -> None:
+        """After a lost connection: trust only what the database says."""
+        self.cp = None
+        self.prev = None
+
+    async def _start(self, conn: psycopg.AsyncConnection) -> Checkpoint:
+        if self.cp is None:
+            async with conn.transaction():
+                self.cp = await read_checkpoint(conn)
+            self.prev = below(self.cp.applied_below)
+        return self.cp
+
+    async def bootstrap(self, conn: psycopg.AsyncConnection) -> int:
+        """Fold the rows that predate the trigger; once per database. Returns rows read."""
+        cp = await self._start(conn)
+        if cp.bootstrapped:
+            return 0
+        log.info("bootstrap: folding the log rows that predate the journal trigger")
+        total = 0
+        started = time.monotonic()
+        async with conn.transaction():
+            # One transaction: a crash leaves bootstrapped=false and the scan runs again.
+            async with conn.cursor(name="mana_ai_bootstrap") as cur:
+                await cur.execute(load("log_read"))
+                while rows := await cur.fetchmany(self.batch_size):
+                    raws = [
+                        RawChange(id=r[0], user_id=r[1], table_name=r[2], record_id=r[3],
+                                  op=r[4], data=r[5], field_meta=r[6], created_at=r[7])
+                        for r in rows
+                    ]
+                    applied = await apply_rows(
+                        conn, raws, max_bytes=self.max_row_bytes, targets=self.targets
+                    )
+                    self._account(applied)
+                    total += len(rows)
+            await advance_checkpoint(conn, cp, cp.applied_below, bootstrapped=True)
+        log.info("bootstrap: %d rows folded in %.2f s", total, time.monotonic() - started)
+        return total
+
+    async def catch_up(self, conn: psycopg.AsyncConnection) -> Applied:
+        """One pass: apply every row committed and not yet applied. Returns what changed."""
+        cp = await self._start(conn)
+        assert self.prev is not None
+        self.ring()
+        total = Applied()
+        pass_snapshot: str | None = None
+        after_xid, after_id = "0", _NIL_UUID
+        while True:
+            started = time.perf_counter()
+            async with conn.transaction():
+                cur = await conn.execute("SELECT pg_current_snapshot()::text")
+                snap_row = await cur.fetchone()
+                assert snap_row is not None
+                if pass_snapshot is None:
+                    pass_snapshot = snap_row[0]
+                cur = await conn.execute(
+                    load("journal_read"),
+                    {"prev": self.prev, "after_xid": after_xid, "after_id": after_id,
+                     "limit": self.batch_size},
+                )
+                rows = await cur.fetchall()
+                hidden = sum(1 for r in rows if r[2])
+                if hidden:
+                    raise ConfigError(
+                        f"{hidden} journaled rows of sync_changes are hidden by row level "
+                        "security: the consumer's role needs BYPASSRLS (ALTER ROLE ... BYPASSRLS)"
+                    )
+                applied = await apply_rows(
+                    conn, [_raw(r) for r in rows], max_bytes=self.max_row_bytes,
+                    targets=self.targets,
+                )
+                full = len(rows) == self.batch_size
+                watermark = snapshot_xmin(pass_snapshot)
+                new_below = min(int(rows[-1][0]), watermark) if full else watermark
+                if rows or new_below > cp.applied_below:
+                    await advance_checkpoint(conn, cp, new_below)
+            metrics.APPLY_BATCH.observe(time.perf_counter() - started)
+            self._account(applied)
+            total.merge(applied)
+            if not full:
+                break
+            after_xid, after_id = rows[-1][0], rows[-1][1]
+        self.prev = pass_snapshot
+        self.pending_since = None
+        if total.rows or total.quarantined:
+            log.debug("applied %d rows (%d new, %d updated, %d quarantined)",
+                      total.rows, total.new, total.updated, total.quarantined)
+        return total
+
+    async def prune(self, conn: psycopg.AsyncConnection) -> int:
+        """Drop journal rows the checkpoint has passed."""
+        if self.cp is None:
+            return 0
+        cur = await conn.execute(load("journal_prune"), {"applied_below": str(self.cp.applied_below)})
+        return cur.rowcount
+
+    def _account(self, applied: Applied) -> None:
+        metrics.SNAPSHOT_ROWS_APPLIED.inc(applied.rows)
+        metrics.SNAPSHOTS_NEW.inc(applied.new)
+        metrics.SNAPSHOTS_UPDATED.inc(applied.updated)
+        if applied.bad_stamps:
+            metrics.BAD_STAMPS.inc(applied.bad_stamps)
+        if self.on_applied and (applied.missions or applied.agents):
+            self.on_applied(applied)
+

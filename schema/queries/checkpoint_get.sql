@@ -1,0 +1,1 @@
+SELECT applied_below::text, version, bootstrapped FROM mana_ai.checkpoint WHERE name = %(name)s

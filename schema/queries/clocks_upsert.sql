@@ -1,0 +1,5 @@
+INSERT INTO {clocks} (kind, user_id, record_id, state)
+SELECT kind, user_id, record_id, state::jsonb
+FROM unnest(%(kinds)s::text[], %(users)s::text[], %(records)s::text[], %(states)s::text[])
+     AS x(kind, user_id, record_id, state)
+ON CONFLICT (kind, user_id, record_id) DO UPDATE SET state = EXCLUDED.state

@@ -1,0 +1,1 @@
+DELETE FROM mana_ai.journal WHERE xid < %(applied_below)s::xid8

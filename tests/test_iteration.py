@@ -1,0 +1,268 @@
+"""Planner reply parsing, the iteration, the actor and the write-back row (DESIGN §6)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta, timezone
+from typing import Any
+
+import msgspec
+import pytest
+
+from consumer.iteration import (
+    ParseFailure,
+    PlannerAnswer,
+    PlanStep,
+    WriteBack,
+    build_actor,
+    build_iteration,
+    build_writeback,
+    iso_ms,
+    parse_planner_reply,
+)
+
+GOOD = (
+    '{"summary": "Plan the week", "steps": ['
+    '{"summary": "Create task", "toolName": "todo.create", "params": {"title": "X"},'
+    ' "rationale": "needed"},'
+    '{"summary": "Notify", "toolName": "notify"}]}'
+)
+
+T0 = datetime(2026, 11, 26, 8, 29, 6, 123456, tzinfo=UTC)
+T1 = T0 + timedelta(seconds=2)
+
+
+# --- parsing --------------------------------------------------------------------------------
+
+
+def test_parse_good() -> None:
+    answer = parse_planner_reply(GOOD)
+    assert answer == PlannerAnswer(
+        summary="Plan the week",
+        steps=[
+            PlanStep("Create task", "todo.create", {"title": "X"}, "needed"),
+            PlanStep("Notify", "notify", {}, ""),
+        ],
+    )
+
+
+@pytest.mark.parametrize(
+    "reply",
+    [
+        f"```json\n{GOOD}\n```",
+        f"```JSON\n{GOOD}\n```",
+        f"```\n{GOOD}\n```",
+        f"Here is the plan:\n\n```json\n{GOOD}\n```\nHope that helps.",
+        f"  \n{GOOD}\n  ",
+        f"```json {GOOD}```",
+    ],
+)
+def test_parse_fenced_and_padded(reply: str) -> None:
+    assert parse_planner_reply(reply) == parse_planner_reply(GOOD)
+
+
+def test_parse_no_steps() -> None:
+    assert parse_planner_reply('{"summary": "nothing to do"}') == PlannerAnswer("nothing to do")
+
+
+def test_parse_ignores_unknown_fields() -> None:
+    reply = (
+        '{"summary": "s", "confidence": 0.9, "steps": [{"summary": "a", "toolName": "t", "x": 1}]}'
+    )
+    assert parse_planner_reply(reply).steps == [PlanStep("a", "t")]
+
+
+@pytest.mark.parametrize(
+    "reply",
+    [
+        "",
+        "I cannot help with that.",
+        "{not json",
+        "[]",
+        '"just a string"',
+        "null",
+        '{"steps": []}',  # summary missing
+        '{"summary": 1}',
+        '{"summary": "s", "steps": {}}',
+        '{"summary": "s", "steps": [{"summary": "a"}]}',  # toolName missing
+        '{"summary": "s", "steps": [{"toolName": "t"}]}',  # step summary missing
+        '{"summary": "s", "steps": [{"summary": "a", "toolName": "t", "params": []}]}',
+        '{"summary": "s", "steps": [{"summary": "a", "toolName": "t", "params": null}]}',
+        f"{GOOD} trailing prose",
+        "```json\n{broken\n```",
+        "```json\n" + GOOD,  # unterminated fence
+    ],
+)
+def test_parse_garbage_raises(reply: str) -> None:
+    with pytest.raises(ParseFailure):
+        parse_planner_reply(reply)
+
+
+def test_parse_non_string_raises() -> None:
+    with pytest.raises(ParseFailure):
+        parse_planner_reply(None)  # type: ignore[arg-type]
+
+
+def test_default_containers_are_not_shared() -> None:
+    a, b = PlanStep("a", "t"), PlanStep("b", "t")
+    a.params["k"] = 1
+    assert b.params == {}
+    assert PlannerAnswer("x").steps == []
+
+
+# --- iso_ms ---------------------------------------------------------------------------------
+
+
+def test_iso_ms_matches_js_to_iso_string() -> None:
+    assert iso_ms(T0) == "2026-11-26T08:29:06.123Z"  # truncated, like JS Date (ms precision)
+    assert iso_ms(datetime(2026, 1, 1, tzinfo=UTC)) == "2026-01-01T00:00:00.000Z"
+    plus2 = timezone(timedelta(hours=2))
+    assert iso_ms(datetime(2026, 1, 1, 1, 0, 0, 999999, tzinfo=plus2)) == (
+        "2025-12-31T23:00:00.999Z"
+    )
+    assert iso_ms(datetime(999, 1, 2, tzinfo=UTC)) == "0999-01-02T00:00:00.000Z"
+
+
+def test_iso_ms_rejects_naive() -> None:
+    with pytest.raises(ValueError):
+        iso_ms(datetime(2026, 1, 1))
+
+
+# --- iteration ------------------------------------------------------------------------------
+
+
+def test_build_iteration_shape() -> None:
+    it = build_iteration(parse_planner_reply(GOOD), "it-7", T0, T1)
+    assert it == {
+        "id": "it-7",
+        "startedAt": "2026-11-26T08:29:06.123Z",
+        "finishedAt": "2026-11-26T08:29:08.123Z",
+        "plan": [
+            {
+                "id": "it-7-0",
+                "summary": "Create task",
+                "intent": {"kind": "toolCall", "toolName": "todo.create", "params": {"title": "X"}},
+                "status": "planned",
+            },
+            {
+                "id": "it-7-1",
+                "summary": "Notify",
+                "intent": {"kind": "toolCall", "toolName": "notify", "params": {}},
+                "status": "planned",
+            },
+        ],
+        "summary": "Plan the week",
+        "overallStatus": "awaiting-review",
+        "source": "server",
+    }
+    # The iteration must serialise as JSON (it goes into a jsonb column).
+    assert msgspec.json.decode(msgspec.json.encode(it)) == it
+
+
+def test_no_steps_is_approved() -> None:
+    it = build_iteration(PlannerAnswer("nothing"), "it-1", T0, T1)
+    assert it["plan"] == [] and it["overallStatus"] == "approved"
+
+
+def test_iteration_does_not_alias_answer_params() -> None:
+    answer = PlannerAnswer("s", [PlanStep("a", "t", {"k": 1})])
+    it = build_iteration(answer, "i", T0, T1)
+    it["plan"][0]["intent"]["params"]["k"] = 2
+    assert answer.steps[0].params == {"k": 1}
+
+
+# --- actor ----------------------------------------------------------------------------------
+
+
+def test_actor_with_agent() -> None:
+    assert build_actor("m1", "it-1", {"id": "a1", "name": "Scout"}, "why") == {
+        "kind": "ai",
+        "principalId": "a1",
+        "displayName": "Scout",
+        "missionId": "m1",
+        "iterationId": "it-1",
+        "rationale": "why",
+    }
+
+
+def test_actor_legacy() -> None:
+    assert build_actor("m1", "it-1", None, "why") == {
+        "kind": "ai",
+        "principalId": "legacy:ai-default",
+        "displayName": "Mana",
+        "missionId": "m1",
+        "iterationId": "it-1",
+        "rationale": "why",
+    }
+
+
+@pytest.mark.parametrize("agent", [None, {"id": "a1", "name": "Scout"}])
+@pytest.mark.parametrize("iteration_id", [None, ""])
+def test_actor_system_without_iteration(agent: Any, iteration_id: str | None) -> None:
+    assert build_actor("m1", iteration_id, agent, "why") == {
+        "kind": "system",
+        "principalId": "system:mission-runner",
+        "displayName": "Mission-Runner",
+    }
+
+
+def test_actor_agent_without_name_shows_its_id() -> None:
+    assert build_actor("m1", "i", {"id": "a1"}, "")["displayName"] == "a1"
+
+
+def test_actor_agent_without_id_falls_back_to_legacy() -> None:
+    assert build_actor("m1", "i", {"name": "Scout"}, "")["principalId"] == "legacy:ai-default"
+
+
+def test_system_actor_is_a_fresh_dict() -> None:
+    build_actor("m1", None, None, "")["displayName"] = "x"
+    assert build_actor("m1", None, None, "")["displayName"] == "Mission-Runner"
+
+
+# --- write-back -----------------------------------------------------------------------------
+
+NOW = datetime(2026, 11, 26, 8, 30, 0, 5000, tzinfo=UTC)
+
+
+def test_writeback_fields() -> None:
+    old = [{"id": "it-0"}]
+    mission = {"id": "m1", "iterations": old, "title": "T"}
+    it = build_iteration(PlannerAnswer("s"), "it-1", T0, T1)
+    actor = build_actor("m1", "it-1", None, "r")
+    wb = build_writeback(mission, "user-1", it, actor, NOW)
+    assert wb == WriteBack(
+        user_id="user-1",
+        record_id="m1",
+        data={"iterations": [{"id": "it-0"}, it]},
+        field_meta={"iterations": "2026-11-26T08:30:00.005Z"},
+        actor=actor,
+    )
+    assert (wb.app_id, wb.table_name, wb.op) == ("ai", "aiMissions", "update")
+    assert (wb.client_id, wb.schema_version, wb.origin) == ("mana-ai-runner", 1, "agent")
+    assert mission["iterations"] == [{"id": "it-0"}]  # the snapshot record is not mutated
+
+
+@pytest.mark.parametrize("old", [None, "x", {"a": 1}, 3])
+def test_writeback_non_list_iterations_start_fresh(old: Any) -> None:
+    mission: dict[str, Any] = {"id": "m1"}
+    if old is not None:
+        mission["iterations"] = old
+    wb = build_writeback(mission, "u", {"id": "it"}, {}, NOW)
+    assert wb.data == {"iterations": [{"id": "it"}]}
+
+
+@pytest.mark.parametrize("user_id", ["", None])
+def test_writeback_empty_user_id_raises(user_id: Any) -> None:
+    with pytest.raises(ValueError):
+        build_writeback({"id": "m1"}, user_id, {"id": "it"}, {}, NOW)
+
+
+@pytest.mark.parametrize("mission", [{}, {"id": ""}, {"id": 5}])
+def test_writeback_needs_mission_id(mission: dict[str, Any]) -> None:
+    with pytest.raises(ValueError):
+        build_writeback(mission, "u", {"id": "it"}, {}, NOW)
+
+
+def test_writeback_is_frozen() -> None:
+    wb = build_writeback({"id": "m1"}, "u", {"id": "it"}, {}, NOW)
+    with pytest.raises(AttributeError):
+        wb.user_id = ""  # type: ignore[misc]
