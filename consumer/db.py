@@ -12,6 +12,8 @@ from .config import first_line
 from .errors import ConfigError
 
 CONNECT_TIMEOUT = 10
+# Shown in pg_stat_activity, so operators (and tests) can tell our sessions apart.
+APPLICATION_NAME = "mana-ai-consumer"
 
 
 def connect(dsn: str, *, autocommit: bool = False) -> psycopg.Connection:
@@ -23,7 +25,8 @@ def connect(dsn: str, *, autocommit: bool = False) -> psycopg.Connection:
 
 async def aconnect(dsn: str, *, autocommit: bool = False) -> psycopg.AsyncConnection:
     return await psycopg.AsyncConnection.connect(
-        dsn, autocommit=autocommit, connect_timeout=CONNECT_TIMEOUT
+        dsn, autocommit=autocommit, connect_timeout=CONNECT_TIMEOUT,
+        application_name=APPLICATION_NAME,
     )
 
 

@@ -1,0 +1,96 @@
+"""`consumer run`: migrations, then the follower, the scheduler and the metrics server in
+one anyio task group on the asyncio backend, until SIGINT/SIGTERM."""
+
+from __future__ import annotations
+
+import logging
+import signal
+
+import anyio
+from psycopg_pool import AsyncConnectionPool
+
+from . import metrics, telemetry
+from .config import Settings, first_line
+from .db import APPLICATION_NAME, CONNECT_TIMEOUT
+from .errors import ConfigError
+from .health import Health
+from .listener import FATAL, Follower
+from .migrate import migrate
+from .projection import Projector
+
+log = logging.getLogger(__name__)
+
+
+def run_service(settings: Settings) -> int:
+    applied = migrate(settings.database_url)
+    if applied:
+        log.info("migrations applied: %s", ", ".join(applied))
+    try:
+        telemetry.setup_tracing(set_global=True)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    try:
+        anyio.run(serve, settings, backend="asyncio")
+    except* FATAL as group:
+        raise group.exceptions[0] from None
+    finally:
+        telemetry.shutdown()
+    return 0
+
+
+async def serve(settings: Settings, *, ready: anyio.Event | None = None) -> None:
+    health = Health(lag_threshold_seconds=settings.lag_threshold)
+    pool = AsyncConnectionPool(
+        settings.database_url, min_size=1, max_size=4, open=False,
+        check=AsyncConnectionPool.check_connection, name="mana-ai-work",
+        kwargs={"application_name": APPLICATION_NAME, "connect_timeout": CONNECT_TIMEOUT},
+    )
+    try:
+        await pool.open(wait=True, timeout=15)
+    except Exception as exc:
+        raise ConfigError(f"cannot connect to the database: {first_line(exc)}") from None
+    async with pool:
+        projector = Projector(batch_size=settings.batch_size, max_row_bytes=settings.max_row_bytes)
+        follower = Follower(settings, projector, pool, health)
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(_stop_on_signal, tg.cancel_scope)
+            tg.start_soon(follower.run)
+            tg.start_soon(_watch_lag, projector, health)
+            if settings.metrics_port:
+                from .httpserver import serve_http
+
+                await tg.start(serve_http, settings.metrics_port, health, "0.0.0.0")
+            if settings.scheduler:
+                from .scheduler import Scheduler
+
+                scheduler = Scheduler(pool, tracer=telemetry.tracer(), max_sleep=settings.max_sleep)
+                projector.on_applied = scheduler.notify_changed
+                tg.start_soon(_lead_then, follower, scheduler.run)
+            if ready is not None:
+                ready.set()
+    log.info("stopped")
+
+
+async def _lead_then(follower: Follower, job) -> None:
+    # Decisions only on the leader: standbys keep their snapshots cold until they take over.
+    await follower.leading.wait()
+    await job()
+
+
+async def _watch_lag(projector: Projector, health: Health) -> None:
+    while True:
+        lag = projector.lag_seconds()
+        health.lag_seconds = lag
+        metrics.APPLY_LAG.set(lag)
+        await anyio.sleep(1.0)
+
+
+async def _stop_on_signal(scope: anyio.CancelScope) -> None:
+    with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async for signum in signals:
+            log.info("received %s: stopping", signal.Signals(signum).name)
+            scope.cancel()
+            return
+
+
+__all__ = ["run_service", "serve"]

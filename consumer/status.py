@@ -1,0 +1,43 @@
+"""`consumer status`: where the projection stands, read from the database alone."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from .db import connect
+from .errors import ConfigError
+from .sql import load
+
+
+def collect(dsn: str) -> dict[str, Any]:
+    with connect(dsn) as conn:
+        cur = conn.execute(load("status"))
+        row = cur.fetchone()
+        if row is None:
+            raise ConfigError("mana_ai.checkpoint has no projection row: run `consumer migrate`")
+        names = [d.name for d in cur.description or []]
+    return dict(zip(names, row, strict=True))
+
+
+def print_status(dsn: str, *, as_json: bool = False) -> int:
+    status = collect(dsn)
+    if as_json:
+        print(json.dumps(status, default=str))
+        return 0
+    labels = {
+        "checkpoint": "checkpoint (applied below xid)",
+        "watermark": "watermark (oldest open xid)",
+        "lag_rows": "rows at or past the checkpoint",
+        "oldest_unapplied_age_seconds": "age of the oldest of them (s)",
+        "journal_rows": "journal size",
+        "quarantined": "quarantined rows",
+        "missions": "mission snapshots",
+        "agents": "agent snapshots",
+        "bootstrapped": "bootstrap done",
+        "checkpoint_updated_at": "checkpoint last moved",
+    }
+    width = max(len(v) for v in labels.values())
+    for key, label in labels.items():
+        print(f"{label:<{width}}  {status.get(key)}")
+    return 0

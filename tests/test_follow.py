@@ -1,0 +1,201 @@
+"""The running consumer against a real server: follow, survive a killed connection, a
+restarted consumer and a restarted server; nothing lost, snapshots equal the fold."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from collections.abc import Callable
+
+import anyio
+import psycopg
+import pytest
+
+from consumer import metrics
+from consumer.config import Settings
+from consumer.db import APPLICATION_NAME
+from consumer.service import serve
+from tests.logtools import actual_snapshots, expected_snapshots, mission
+
+pytestmark = pytest.mark.anyio
+
+
+def settings(dsn: str, **overrides) -> Settings:
+    base = dict(database_url=dsn, metrics_port=0, scheduler=False, idle_probe=0.5,
+                safety_poll=5.0, reconnect_max=1.0)
+    base.update(overrides)
+    return Settings(**base)
+
+
+async def wait_until(check: Callable[[], bool], timeout: float = 15.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not reached in time")
+        await anyio.sleep(0.05)
+
+
+def converged(dsn: str) -> bool:
+    return actual_snapshots(dsn) == expected_snapshots(dsn)
+
+
+class Traffic:
+    """A writer thread: `count` missions over a few records, as fast as it can."""
+
+    def __init__(self, dsn: str, count: int, prefix: str = "m") -> None:
+        self.dsn, self.count, self.prefix = dsn, count, prefix
+        self.errors: list[BaseException] = []
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        try:
+            with psycopg.connect(self.dsn, autocommit=True) as conn:
+                for i in range(self.count):
+                    mission(conn, f"{self.prefix}{i % 13}", state="active", n=i,
+                            user=f"u{i % 3}")
+                    time.sleep(0.002)
+        except BaseException as exc:  # noqa: BLE001 - reported by the test
+            self.errors.append(exc)
+
+    def __enter__(self) -> Traffic:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.thread.join(30)
+        assert not self.errors, self.errors
+
+
+def kill_consumer_sessions(dsn: str) -> int:
+    with psycopg.connect(dsn, autocommit=True) as admin:
+        rows = admin.execute(
+            """SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+               WHERE datname = current_database() AND application_name = %s""",
+            (APPLICATION_NAME,),
+        ).fetchall()
+    return len(rows)
+
+
+async def test_follows_new_rows_within_milliseconds(db: str) -> None:
+    async with anyio.create_task_group() as tg:
+        ready = anyio.Event()
+        tg.start_soon(lambda: serve(settings(db), ready=ready))
+        await ready.wait()
+        await anyio.sleep(0.5)
+        with psycopg.connect(db, autocommit=True) as conn:
+            mission(conn, "fast", state="active")
+        started = time.monotonic()
+        await wait_until(lambda: ("u1", "fast") in actual_snapshots(db)["missions"], 5)
+        assert time.monotonic() - started < 2.0
+        tg.cancel_scope.cancel()
+
+
+async def test_killed_listener_during_traffic_loses_nothing(db: str) -> None:
+    async with anyio.create_task_group() as tg:
+        ready = anyio.Event()
+        tg.start_soon(lambda: serve(settings(db), ready=ready))
+        await ready.wait()
+        reconnects = metrics.LISTENER_RECONNECTS._value.get()
+        with Traffic(db, 600):
+            for _ in range(3):
+                await anyio.sleep(0.3)
+                assert kill_consumer_sessions(db) >= 1
+        await wait_until(lambda: converged(db), 20)
+        assert metrics.LISTENER_RECONNECTS._value.get() >= reconnects + 1
+        tg.cancel_scope.cancel()
+
+
+async def test_restarted_consumer_mid_stream_converges(db: str) -> None:
+    with Traffic(db, 500):
+        for _ in range(3):
+            with anyio.move_on_after(0.4):
+                await serve(settings(db))
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(lambda: serve(settings(db)))
+        await wait_until(lambda: converged(db), 20)
+        tg.cancel_scope.cancel()
+
+
+async def test_restarted_server_is_survived(db: str, pg_server) -> None:
+    async with anyio.create_task_group() as tg:
+        ready = anyio.Event()
+        tg.start_soon(lambda: serve(settings(db), ready=ready))
+        await ready.wait()
+        with psycopg.connect(db, autocommit=True) as conn:
+            mission(conn, "before", state="active")
+        await anyio.to_thread.run_sync(pg_server.restart)
+        with psycopg.connect(db, autocommit=True) as conn:
+            mission(conn, "after", state="active")
+        await wait_until(lambda: converged(db), 30)
+        assert {("u1", "before"), ("u1", "after")} <= set(actual_snapshots(db)["missions"])
+        tg.cancel_scope.cancel()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def http_get(url: str) -> tuple[int, bytes]:
+    try:
+        with urllib.request.urlopen(url, timeout=5) as resp:
+            return resp.status, resp.read()
+    except urllib.error.HTTPError as err:
+        return err.code, err.read()
+
+
+def test_run_subprocess_serves_metrics_health_and_status(db: str) -> None:
+    port = free_port()
+    env = {**os.environ, "OTEL_TRACES_EXPORTER": "none", "SYNC_DATABASE_URL": db}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "consumer", "run", "--no-scheduler", "--metrics-port", str(port)],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+    try:
+        deadline = time.monotonic() + 20
+        status = 0
+        while time.monotonic() < deadline:
+            try:
+                status, body = http_get(f"http://127.0.0.1:{port}/healthz")
+                if status == 200:
+                    break
+            except OSError:
+                pass
+            time.sleep(0.1)
+        assert status == 200, "healthz never became 200"
+        assert json.loads(body)["status"] == "ok"
+        with psycopg.connect(db, autocommit=True) as conn:
+            mission(conn, "seen", state="active")
+        deadline = time.monotonic() + 10
+        while ("u1", "seen") not in actual_snapshots(db)["missions"]:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        status, body = http_get(f"http://127.0.0.1:{port}/metrics")
+        assert status == 200
+        text = body.decode()
+        assert "mana_ai_snapshot_rows_applied_total 1.0" in text
+        assert "mana_ai_listener_connected 1.0" in text
+        out = subprocess.run(
+            [sys.executable, "-m", "consumer", "status", "--json"], env=env,
+            capture_output=True, text=True, timeout=30,
+        )
+        assert out.returncode == 0, out.stderr
+        report = json.loads(out.stdout)
+        assert report["missions"] == 1 and report["agents"] == 0
+        assert report["quarantined"] == 0 and isinstance(report["lag_rows"], int)
+    finally:
+        proc.terminate()
+        try:
+            output, _ = proc.communicate(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            output, _ = proc.communicate()
+    assert proc.returncode == 0, output
+    assert "stopped" in output
