@@ -176,7 +176,7 @@ def apply_change(state: RecordState, change: Change) -> int:
                 else:
                     stamp = parsed
         cur = fields.get(name)
-        if cur is None or (stamp, created) >= (cur.stamp, cur.created):
+        if cur is None or (stamp, created, change_id) > (cur.stamp, cur.created, cur.change_id):
             fields[name] = Cell(stamp, created, change_id, value)
     return bad
 
