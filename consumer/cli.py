@@ -34,7 +34,8 @@ def _add_db(p: argparse.ArgumentParser) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="consumer", description=DESCRIPTION,
+        prog="consumer",
+        description=DESCRIPTION,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -43,7 +44,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("migrate", help="create or upgrade the mana_ai schema and the log trigger")
     _add_db(p)
     p.add_argument(
-        "--with-sync-schema", action="store_true",
+        "--with-sync-schema",
+        action="store_true",
         help="also create mana-sync's sync_changes table (tests, demo, fresh dev database only)",
     )
 
@@ -52,31 +54,47 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-scheduler", action="store_true", help="run the projection alone")
     p.add_argument("--batch-size", type=int, default=2000, help="rows per apply batch (2000)")
     p.add_argument(
-        "--batch-max-wait", type=float, default=0.0, metavar="SECONDS",
+        "--batch-max-wait",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
         help="how long a batch may wait to fill; 0 applies a lone row at once (0)",
     )
     p.add_argument(
-        "--safety-poll", type=float, default=30.0, metavar="SECONDS",
+        "--safety-poll",
+        type=float,
+        default=30.0,
+        metavar="SECONDS",
         help="poll interval that covers a lost notification (30)",
     )
     p.add_argument(
-        "--max-row-bytes", type=int, default=1_000_000,
+        "--max-row-bytes",
+        type=int,
+        default=1_000_000,
         help="rows with larger data+field_meta are quarantined (1000000)",
     )
     p.add_argument(
-        "--metrics-port", type=int, default=None,
-        help="port for /metrics and /healthz; 0 turns the server off (default: $METRICS_PORT or 9464)",
+        "--metrics-port",
+        type=int,
+        default=None,
+        help="port for /metrics and /healthz; 0 turns the server off "
+        "(default: $METRICS_PORT or 9464)",
     )
     p.add_argument(
-        "--max-sleep", type=float, default=60.0, metavar="SECONDS",
+        "--max-sleep",
+        type=float,
+        default=60.0,
+        metavar="SECONDS",
         help="longest the scheduler sleeps without looking for due missions (60)",
     )
 
     p = sub.add_parser("replay", help="rebuild every snapshot from the start of the log")
     _add_db(p)
     p.add_argument(
-        "--verify", action="store_true",
-        help="build the shadow and compare with the live snapshots, do not swap; exit 1 if they differ",
+        "--verify",
+        action="store_true",
+        help="build the shadow and compare it with the live snapshots without swapping; "
+        "exit 1 if they differ",
     )
 
     p = sub.add_parser("status", help="checkpoint, watermark, lag, quarantine and snapshot counts")
@@ -84,7 +102,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print one JSON object")
 
     p = sub.add_parser(
-        "demo", help="start an embedded PostgreSQL, migrate, run the consumer and write sample traffic"
+        "demo",
+        help="start an embedded PostgreSQL, migrate, run the consumer and write sample traffic",
     )
     p.add_argument("--seconds", type=float, default=20.0, help="how long the demo runs (20)")
     return parser

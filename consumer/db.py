@@ -25,7 +25,9 @@ def connect(dsn: str, *, autocommit: bool = False) -> psycopg.Connection:
 
 async def aconnect(dsn: str, *, autocommit: bool = False) -> psycopg.AsyncConnection:
     return await psycopg.AsyncConnection.connect(
-        dsn, autocommit=autocommit, connect_timeout=CONNECT_TIMEOUT,
+        dsn,
+        autocommit=autocommit,
+        connect_timeout=CONNECT_TIMEOUT,
         application_name=APPLICATION_NAME,
     )
 

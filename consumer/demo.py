@@ -9,7 +9,6 @@ import logging
 import os
 import threading
 import time
-import uuid
 from datetime import UTC, datetime, timedelta
 
 import anyio
@@ -38,8 +37,13 @@ def _write(conn: psycopg.Connection, user: str, table: str, record_id: str, data
             """INSERT INTO public.sync_changes (app_id, table_name, record_id, user_id, op,
                    data, field_meta, client_id)
                VALUES ('ai', %s, %s, %s, 'update', %s::jsonb, %s::jsonb, 'demo-device')""",
-            (table, record_id, user, json.dumps(data),
-             json.dumps({k: {"at": _iso(datetime.now(UTC)), "origin": "user"} for k in data})),
+            (
+                table,
+                record_id,
+                user,
+                json.dumps(data),
+                json.dumps({k: {"at": _iso(datetime.now(UTC)), "origin": "user"} for k in data}),
+            ),
         )
 
 
@@ -47,23 +51,64 @@ def _traffic(dsn: str, stop: threading.Event) -> None:
     now = datetime.now(UTC)
     with psycopg.connect(dsn, autocommit=True) as conn:
         log.info("demo writer: two agents (one paused), four missions due now, one legacy")
-        _write(conn, "alice", "agents", "agent-scout",
-               {"name": "Scout", "role": "Recherche", "state": "active",
-                "maxConcurrentMissions": 1, "systemPrompt": "enc:1:opaque"})
+        _write(
+            conn,
+            "alice",
+            "agents",
+            "agent-scout",
+            {
+                "name": "Scout",
+                "role": "Recherche",
+                "state": "active",
+                "maxConcurrentMissions": 1,
+                "systemPrompt": "enc:1:opaque",
+            },
+        )
         _write(conn, "alice", "agents", "agent-sleepy", {"name": "Sleepy", "state": "paused"})
         for i in range(2):
-            _write(conn, "alice", "aiMissions", f"mission-scout-{i}",
-                   {"title": f"Scout mission {i}", "state": "active", "agentId": "agent-scout",
+            _write(
+                conn,
+                "alice",
+                "aiMissions",
+                f"mission-scout-{i}",
+                {
+                    "title": f"Scout mission {i}",
+                    "state": "active",
+                    "agentId": "agent-scout",
                     "cadence": {"kind": "interval", "everyMinutes": 60},
-                    "nextRunAt": _iso(now - timedelta(seconds=5))})
-        _write(conn, "alice", "aiMissions", "mission-sleepy",
-               {"title": "Paused agent's mission", "state": "active", "agentId": "agent-sleepy",
-                "nextRunAt": _iso(now)})
-        _write(conn, "bob", "aiMissions", "mission-legacy",
-               {"title": "Legacy mission", "state": "active", "nextRunAt": _iso(now)})
-        _write(conn, "bob", "aiMissions", "mission-soon",
-               {"title": "Due in three seconds", "state": "active",
-                "nextRunAt": _iso(now + timedelta(seconds=3))})
+                    "nextRunAt": _iso(now - timedelta(seconds=5)),
+                },
+            )
+        _write(
+            conn,
+            "alice",
+            "aiMissions",
+            "mission-sleepy",
+            {
+                "title": "Paused agent's mission",
+                "state": "active",
+                "agentId": "agent-sleepy",
+                "nextRunAt": _iso(now),
+            },
+        )
+        _write(
+            conn,
+            "bob",
+            "aiMissions",
+            "mission-legacy",
+            {"title": "Legacy mission", "state": "active", "nextRunAt": _iso(now)},
+        )
+        _write(
+            conn,
+            "bob",
+            "aiMissions",
+            "mission-soon",
+            {
+                "title": "Due in three seconds",
+                "state": "active",
+                "nextRunAt": _iso(now + timedelta(seconds=3)),
+            },
+        )
         if stop.wait(4):
             return
         log.info("demo writer: resuming the paused agent")
@@ -95,8 +140,11 @@ def run_demo(seconds: float = 20.0) -> int:
         settings = Settings(
             database_url=dsn, metrics_port=int(env_float("METRICS_PORT", 9464)), max_sleep=60.0
         )
-        log.info("consumer starting; metrics on http://127.0.0.1:%d/metrics, for %s",
-                 settings.metrics_port, f"{seconds:g} s" if seconds else "ever (Ctrl-C stops)")
+        log.info(
+            "consumer starting; metrics on http://127.0.0.1:%d/metrics, for %s",
+            settings.metrics_port,
+            f"{seconds:g} s" if seconds else "ever (Ctrl-C stops)",
+        )
 
         async def main() -> None:
             from .service import serve

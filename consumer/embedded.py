@@ -37,9 +37,11 @@ class EmbeddedServer:
 
     def restart(self) -> None:
         """Fast restart (kills every connection), used by failure tests."""
-        self._module.pg_ctl(
-            ["-w", "-m", "fast", "restart"], pgdata=self.pgdata,
-            user=self._server.system_user, timeout=60,
+        self._module.pg_ctl(  # type: ignore[attr-defined]  # generated at import
+            ["-w", "-m", "fast", "restart"],
+            pgdata=self.pgdata,
+            user=self._server.system_user,
+            timeout=60,
         )
 
     def stop(self) -> None:

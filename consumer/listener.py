@@ -83,8 +83,10 @@ class Follower:
                 await self.projector.bootstrap(work)
             await self._catch_up()
             self.attempt = 0
-            log.info("following the log (checkpoint %s)", self.projector.cp and
-                     self.projector.cp.applied_below)
+            log.info(
+                "following the log (checkpoint %s)",
+                self.projector.cp and self.projector.cp.applied_below,
+            )
             last_poll = last_prune = time.monotonic()
             while True:
                 rang = False

@@ -81,14 +81,17 @@ def migrate(dsn: str, *, with_sync_schema: bool = False) -> list[str]:
                     _bookkeeping(conn)
                 done = {
                     row[0]: row[1]
-                    for row in conn.execute("SELECT version, checksum FROM mana_ai.schema_migrations")
+                    for row in conn.execute(
+                        "SELECT version, checksum FROM mana_ai.schema_migrations"
+                    )
                 }
                 for migration in discover():
                     if migration.version in done:
                         if done[migration.version] != migration.checksum:
                             log.warning(
                                 "migration %04d_%s changed after it was applied; not re-run",
-                                migration.version, migration.name,
+                                migration.version,
+                                migration.name,
                             )
                         continue
                     _apply(conn, migration)
@@ -120,5 +123,7 @@ def _privilege_message(conn: psycopg.Connection, exc: pgerr.InsufficientPrivileg
             f"(GRANT TRIGGER ON public.sync_changes TO {role})"
         )
     elif "schema" in what or "database" in what:
-        hint = f"; role {role!r} needs CREATE on the database (GRANT CREATE ON DATABASE ... TO {role})"
+        hint = (
+            f"; role {role!r} needs CREATE on the database (GRANT CREATE ON DATABASE ... TO {role})"
+        )
     return f"migration failed: {what}{hint}"

@@ -24,6 +24,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
+
 import msgspec
 import psycopg
 
@@ -63,14 +64,22 @@ async def read_checkpoint(conn: psycopg.AsyncConnection, name: str = CHECKPOINT)
 
 
 async def advance_checkpoint(
-    conn: psycopg.AsyncConnection, cp: Checkpoint, applied_below: int, *,
-    bootstrapped: bool = False, name: str = CHECKPOINT,
+    conn: psycopg.AsyncConnection,
+    cp: Checkpoint,
+    applied_below: int,
+    *,
+    bootstrapped: bool = False,
+    name: str = CHECKPOINT,
 ) -> None:
     """Compare-and-set inside the caller's transaction; updates `cp` on success."""
     cur = await conn.execute(
         load("checkpoint_cas"),
-        {"name": name, "applied_below": str(applied_below), "bootstrapped": bootstrapped,
-         "version": cp.version},
+        {
+            "name": name,
+            "applied_below": str(applied_below),
+            "bootstrapped": bootstrapped,
+            "version": cp.version,
+        },
     )
     row = await cur.fetchone()
     if row is None:
@@ -85,8 +94,14 @@ async def advance_checkpoint(
 
 def _raw(row: tuple) -> RawChange:
     return RawChange(
-        id=row[1], user_id=row[3], table_name=row[4], record_id=row[5], op=row[6],
-        data=row[7], field_meta=row[8], created_at=row[9],
+        id=row[1],
+        user_id=row[3],
+        table_name=row[4],
+        record_id=row[5],
+        op=row[6],
+        data=row[7],
+        field_meta=row[8],
+        created_at=row[9],
     )
 
 
@@ -143,8 +158,16 @@ class Projector:
                 await cur.execute(load("log_read"))
                 while rows := await cur.fetchmany(self.batch_size):
                     raws = [
-                        RawChange(id=r[0], user_id=r[1], table_name=r[2], record_id=r[3],
-                                  op=r[4], data=r[5], field_meta=r[6], created_at=r[7])
+                        RawChange(
+                            id=r[0],
+                            user_id=r[1],
+                            table_name=r[2],
+                            record_id=r[3],
+                            op=r[4],
+                            data=r[5],
+                            field_meta=r[6],
+                            created_at=r[7],
+                        )
                         for r in rows
                     ]
                     applied = await apply_rows(
@@ -174,8 +197,12 @@ class Projector:
                     pass_snapshot = snap_row[0]
                 cur = await conn.execute(
                     load("journal_read"),
-                    {"prev": self.prev, "after_xid": after_xid, "after_id": after_id,
-                     "limit": self.batch_size},
+                    {
+                        "prev": self.prev,
+                        "after_xid": after_xid,
+                        "after_id": after_id,
+                        "limit": self.batch_size,
+                    },
                 )
                 rows = await cur.fetchall()
                 hidden = sum(1 for r in rows if r[2])
@@ -185,7 +212,9 @@ class Projector:
                         "security: the consumer's role needs BYPASSRLS (ALTER ROLE ... BYPASSRLS)"
                     )
                 applied = await apply_rows(
-                    conn, [_raw(r) for r in rows], max_bytes=self.max_row_bytes,
+                    conn,
+                    [_raw(r) for r in rows],
+                    max_bytes=self.max_row_bytes,
                     targets=self.targets,
                 )
                 full = len(rows) == self.batch_size
@@ -202,15 +231,22 @@ class Projector:
         self.prev = pass_snapshot
         self.pending_since = None
         if total.rows or total.quarantined:
-            log.debug("applied %d rows (%d new, %d updated, %d quarantined)",
-                      total.rows, total.new, total.updated, total.quarantined)
+            log.debug(
+                "applied %d rows (%d new, %d updated, %d quarantined)",
+                total.rows,
+                total.new,
+                total.updated,
+                total.quarantined,
+            )
         return total
 
     async def prune(self, conn: psycopg.AsyncConnection) -> int:
         """Drop journal rows the checkpoint has passed."""
         if self.cp is None:
             return 0
-        cur = await conn.execute(load("journal_prune"), {"applied_below": str(self.cp.applied_below)})
+        cur = await conn.execute(
+            load("journal_prune"), {"applied_below": str(self.cp.applied_below)}
+        )
         return cur.rowcount
 
     def _account(self, applied: Applied) -> None:
@@ -221,4 +257,3 @@ class Projector:
             metrics.BAD_STAMPS.inc(applied.bad_stamps)
         if self.on_applied and (applied.missions or applied.agents):
             self.on_applied(applied)
-

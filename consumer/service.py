@@ -41,8 +41,12 @@ def run_service(settings: Settings) -> int:
 async def serve(settings: Settings, *, ready: anyio.Event | None = None) -> None:
     health = Health(lag_threshold_seconds=settings.lag_threshold)
     pool = AsyncConnectionPool(
-        settings.database_url, min_size=1, max_size=4, open=False,
-        check=AsyncConnectionPool.check_connection, name="mana-ai-work",
+        settings.database_url,
+        min_size=1,
+        max_size=4,
+        open=False,
+        check=AsyncConnectionPool.check_connection,
+        name="mana-ai-work",
         kwargs={"application_name": APPLICATION_NAME, "connect_timeout": CONNECT_TIMEOUT},
     )
     try:

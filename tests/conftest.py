@@ -107,7 +107,9 @@ def empty_db(pg_server: Server) -> Iterator[str]:
         _recreate(admin, name)
     yield pg_server.dsn_for(name)
     with psycopg.connect(pg_server.dsn, autocommit=True) as admin:
-        admin.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+        admin.execute(
+            sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
+        )
 
 
 @pytest.fixture
@@ -118,4 +120,6 @@ def db(pg_server: Server, template_db: str) -> Iterator[str]:
         _recreate(admin, name, template=template_db)
     yield pg_server.dsn_for(name)
     with psycopg.connect(pg_server.dsn, autocommit=True) as admin:
-        admin.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+        admin.execute(
+            sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
+        )

@@ -33,9 +33,16 @@ def write(
     change_id = change_id or str(uuid.uuid4())
     conn.execute(
         INSERT,
-        (change_id, table, record_id, user, op,
-         None if data is None else json.dumps(data),
-         json.dumps(field_meta or {}), created_at),
+        (
+            change_id,
+            table,
+            record_id,
+            user,
+            op,
+            None if data is None else json.dumps(data),
+            json.dumps(field_meta or {}),
+            created_at,
+        ),
     )
     return change_id
 

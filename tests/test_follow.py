@@ -27,14 +27,20 @@ pytestmark = pytest.mark.anyio
 
 
 def settings(dsn: str, **overrides) -> Settings:
-    base = dict(database_url=dsn, metrics_port=0, scheduler=False, idle_probe=0.5,
-                safety_poll=5.0, reconnect_max=1.0)
+    base = dict(
+        database_url=dsn,
+        metrics_port=0,
+        scheduler=False,
+        idle_probe=0.5,
+        safety_poll=5.0,
+        reconnect_max=1.0,
+    )
     base.update(overrides)
     return Settings(**base)
 
 
-async def wait_until(check: Callable[[], bool], timeout: float = 15.0) -> None:
-    deadline = time.monotonic() + timeout
+async def wait_until(check: Callable[[], bool], within: float = 15.0) -> None:
+    deadline = time.monotonic() + within
     while not check():
         if time.monotonic() > deadline:
             raise AssertionError("condition not reached in time")
@@ -57,8 +63,7 @@ class Traffic:
         try:
             with psycopg.connect(self.dsn, autocommit=True) as conn:
                 for i in range(self.count):
-                    mission(conn, f"{self.prefix}{i % 13}", state="active", n=i,
-                            user=f"u{i % 3}")
+                    mission(conn, f"{self.prefix}{i % 13}", state="active", n=i, user=f"u{i % 3}")
                     time.sleep(0.002)
         except BaseException as exc:  # noqa: BLE001 - reported by the test
             self.errors.append(exc)
@@ -156,7 +161,10 @@ def test_run_subprocess_serves_metrics_health_and_status(db: str) -> None:
     env = {**os.environ, "OTEL_TRACES_EXPORTER": "none", "SYNC_DATABASE_URL": db}
     proc = subprocess.Popen(
         [sys.executable, "-m", "consumer", "run", "--no-scheduler", "--metrics-port", str(port)],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
     )
     try:
         deadline = time.monotonic() + 20
@@ -183,8 +191,11 @@ def test_run_subprocess_serves_metrics_health_and_status(db: str) -> None:
         assert "mana_ai_snapshot_rows_applied_total 1.0" in text
         assert "mana_ai_listener_connected 1.0" in text
         out = subprocess.run(
-            [sys.executable, "-m", "consumer", "status", "--json"], env=env,
-            capture_output=True, text=True, timeout=30,
+            [sys.executable, "-m", "consumer", "status", "--json"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=30,
         )
         assert out.returncode == 0, out.stderr
         report = json.loads(out.stdout)

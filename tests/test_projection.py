@@ -99,7 +99,7 @@ async def test_checkpoint_compare_and_set_fails_loudly(db: str) -> None:
     ("op", "data", "field_meta", "reason"),
     [
         ("upsert", '{"a": 1}', "{}", "unknown op"),
-        ("update", '[1, 2]', "{}", "not a JSON object"),
+        ("update", "[1, 2]", "{}", "not a JSON object"),
         ("update", '"text"', "{}", "not a JSON object"),
         ("update", '{"a": 1}', '["x"]', "field_meta"),
         ("update", '{"big": "' + "x" * 2000 + '"}', "{}", "too large"),
@@ -110,7 +110,9 @@ async def test_each_quarantine_cause_and_good_rows_survive(
     db: str, op: str, data: str, field_meta: str, reason: str
 ) -> None:
     with psycopg.connect(db, autocommit=True) as conn:
-        conn.execute("ALTER TABLE public.sync_changes DROP CONSTRAINT IF EXISTS sync_changes_op_check")
+        conn.execute(
+            "ALTER TABLE public.sync_changes DROP CONSTRAINT IF EXISTS sync_changes_op_check"
+        )
         mission(conn, "good1", state="active")
         record_id = "" if reason == "empty" else "bad"
         conn.execute(
