@@ -56,8 +56,8 @@ def _bookkeeping(conn: psycopg.Connection) -> None:
     )
 
 
-def _sync_changes_exists(conn: psycopg.Connection) -> bool:
-    row = conn.execute("SELECT to_regclass('public.sync_changes') IS NOT NULL").fetchone()
+def _exists(conn: psycopg.Connection, table: str) -> bool:
+    row = conn.execute("SELECT to_regclass(%s) IS NOT NULL", (table,)).fetchone()
     return bool(row and row[0])
 
 
@@ -72,13 +72,16 @@ def migrate(dsn: str, *, with_sync_schema: bool = False) -> list[str]:
                 if with_sync_schema:
                     with conn.transaction():
                         conn.execute((schema_dir() / "sync_changes.sql").read_text())
-                if not _sync_changes_exists(conn):
+                if not _exists(conn, "public.sync_changes"):
                     raise ConfigError(
                         "table public.sync_changes does not exist: it belongs to mana-sync; "
                         "start mana-sync first, or pass --with-sync-schema for a dev database"
                     )
-                with conn.transaction():
-                    _bookkeeping(conn)
+                if not _exists(conn, "mana_ai.schema_migrations"):
+                    # Only when missing: a role that may not create in mana_ai can still boot
+                    # against an up-to-date schema.
+                    with conn.transaction():
+                        _bookkeeping(conn)
                 done = {
                     row[0]: row[1]
                     for row in conn.execute(
@@ -122,7 +125,9 @@ def _privilege_message(conn: psycopg.Connection, exc: pgerr.InsufficientPrivileg
             f"; role {role!r} must own public.sync_changes or hold TRIGGER on it "
             f"(GRANT TRIGGER ON public.sync_changes TO {role})"
         )
-    elif "schema" in what or "database" in what:
+    elif "schema" in what:
+        hint = f"; role {role!r} needs CREATE on schema mana_ai (GRANT CREATE ON SCHEMA mana_ai TO {role})"
+    elif "database" in what:
         hint = (
             f"; role {role!r} needs CREATE on the database (GRANT CREATE ON DATABASE ... TO {role})"
         )

@@ -123,6 +123,10 @@ class Projector:
         self.cp: Checkpoint | None = None
         self.prev: str | None = None  # snapshot up to which everything is applied
         self.pending_since: float | None = None  # monotonic time of the oldest unanswered ring
+        # Since when an open transaction has held the checkpoint below the newest xid
+        # (None: nothing was in progress at the end of the last pass).
+        self.held_since: float | None = None
+        self._held_xmin = ""
 
     def ring(self) -> None:
         """A doorbell rang: remember since when work may be waiting (apply lag)."""
@@ -131,6 +135,9 @@ class Projector:
 
     def lag_seconds(self) -> float:
         return 0.0 if self.pending_since is None else time.monotonic() - self.pending_since
+
+    def checkpoint_age(self) -> float:
+        return 0.0 if self.held_since is None else time.monotonic() - self.held_since
 
     def forget(self) -> None:
         """After a lost connection: trust only what the database says."""
@@ -230,6 +237,7 @@ class Projector:
             after_xid, after_id = rows[-1][0], rows[-1][1]
         self.prev = pass_snapshot
         self.pending_since = None
+        self._track_hold(pass_snapshot)
         if total.rows or total.quarantined:
             log.debug(
                 "applied %d rows (%d new, %d updated, %d quarantined)",
@@ -239,6 +247,14 @@ class Projector:
                 total.quarantined,
             )
         return total
+
+    def _track_hold(self, snapshot: str) -> None:
+        xmin, xmax, _ = snapshot.split(":", 2)
+        if xmin == xmax:
+            self.held_since = None
+        elif self.held_since is None or self._held_xmin != xmin:
+            self.held_since = time.monotonic()
+        self._held_xmin = xmin
 
     async def prune(self, conn: psycopg.AsyncConnection) -> int:
         """Drop journal rows the checkpoint has passed."""

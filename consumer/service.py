@@ -32,10 +32,17 @@ def run_service(settings: Settings) -> int:
     try:
         anyio.run(serve, settings, backend="asyncio")
     except* FATAL as group:
-        raise group.exceptions[0] from None
+        raise _first_leaf(group) from None
     finally:
         telemetry.shutdown()
     return 0
+
+
+def _first_leaf(error: BaseException) -> BaseException:
+    # Task groups nest: unwrap to the error itself so the CLI can print its one line.
+    while isinstance(error, BaseExceptionGroup):
+        error = error.exceptions[0]
+    return error
 
 
 async def serve(settings: Settings, *, ready: anyio.Event | None = None) -> None:
@@ -86,6 +93,7 @@ async def _watch_lag(projector: Projector, health: Health) -> None:
         lag = projector.lag_seconds()
         health.lag_seconds = lag
         metrics.APPLY_LAG.set(lag)
+        metrics.CHECKPOINT_AGE.set(projector.checkpoint_age())
         await anyio.sleep(1.0)
 
 

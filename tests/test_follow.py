@@ -210,3 +210,33 @@ def test_run_subprocess_serves_metrics_health_and_status(db: str) -> None:
             output, _ = proc.communicate()
     assert proc.returncode == 0, output
     assert "stopped" in output
+
+
+def test_role_hidden_by_row_level_security_stops_with_one_line(db: str) -> None:
+    from psycopg.conninfo import make_conninfo
+
+    with psycopg.connect(db, autocommit=True) as admin:
+        mission(admin, "m1", state="active")
+        admin.execute("DROP ROLE IF EXISTS consumer_no_bypass")
+        admin.execute("CREATE ROLE consumer_no_bypass LOGIN")
+        admin.execute(f'GRANT CREATE ON DATABASE "{admin.info.dbname}" TO consumer_no_bypass')
+        admin.execute("GRANT USAGE ON SCHEMA mana_ai TO consumer_no_bypass")
+        admin.execute("GRANT ALL ON ALL TABLES IN SCHEMA mana_ai TO consumer_no_bypass")
+        admin.execute("GRANT SELECT ON public.sync_changes TO consumer_no_bypass")
+        # Pretend the bootstrap ran, so the journal path meets the hidden row.
+        admin.execute("UPDATE mana_ai.checkpoint SET bootstrapped = true")
+    env = {**os.environ, "OTEL_TRACES_EXPORTER": "none"}
+    try:
+        out = subprocess.run(
+            [sys.executable, "-m", "consumer", "run", "--no-scheduler", "--metrics-port", "0",
+             "--database-url", make_conninfo(db, user="consumer_no_bypass")],
+            env=env, capture_output=True, text=True, timeout=60,
+        )
+        assert out.returncode == 2, out.stderr
+        last = out.stderr.strip().splitlines()[-1]
+        assert "row level security" in last and "BYPASSRLS" in last
+        assert "Traceback" not in out.stderr
+    finally:
+        with psycopg.connect(db, autocommit=True) as admin:
+            admin.execute("DROP OWNED BY consumer_no_bypass")
+            admin.execute("DROP ROLE consumer_no_bypass")
