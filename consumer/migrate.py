@@ -126,7 +126,10 @@ def _privilege_message(conn: psycopg.Connection, exc: pgerr.InsufficientPrivileg
             f"(GRANT TRIGGER ON public.sync_changes TO {role})"
         )
     elif "schema" in what:
-        hint = f"; role {role!r} needs CREATE on schema mana_ai (GRANT CREATE ON SCHEMA mana_ai TO {role})"
+        hint = (
+            f"; role {role!r} needs CREATE on schema mana_ai "
+            f"(GRANT CREATE ON SCHEMA mana_ai TO {role})"
+        )
     elif "database" in what:
         hint = (
             f"; role {role!r} needs CREATE on the database (GRANT CREATE ON DATABASE ... TO {role})"
