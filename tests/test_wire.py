@@ -10,8 +10,8 @@ import time
 from datetime import UTC, datetime, timedelta
 
 import psycopg
-
 from otlp_receiver import otlp_receiver
+
 from tests.logtools import agent, mission
 
 
