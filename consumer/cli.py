@@ -32,6 +32,17 @@ def _add_db(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_max_row_bytes(p: argparse.ArgumentParser) -> None:
+    # run and replay must agree, or they quarantine different rows.
+    p.add_argument(
+        "--max-row-bytes",
+        type=int,
+        default=1_000_000,
+        help="rows whose data+field_meta are larger are quarantined (1000000); "
+        "give run and replay the same value",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="consumer",
@@ -52,6 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("run", help="run the consumer: projection, scheduler and runner")
     _add_db(p)
     p.add_argument("--no-scheduler", action="store_true", help="run the projection alone")
+    _add_max_row_bytes(p)
     p.add_argument("--batch-size", type=int, default=2000, help="rows per apply batch (2000)")
     p.add_argument(
         "--batch-max-wait",
@@ -66,12 +78,6 @@ def build_parser() -> argparse.ArgumentParser:
         default=30.0,
         metavar="SECONDS",
         help="poll interval that covers a lost notification (30)",
-    )
-    p.add_argument(
-        "--max-row-bytes",
-        type=int,
-        default=1_000_000,
-        help="rows with larger data+field_meta are quarantined (1000000)",
     )
     p.add_argument(
         "--metrics-port",
@@ -90,6 +96,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("replay", help="rebuild every snapshot from the start of the log")
     _add_db(p)
+    _add_max_row_bytes(p)
+    p.add_argument(
+        "--batch-size", type=int, default=5000, help="rows per shadow write batch (5000)"
+    )
     p.add_argument(
         "--verify",
         action="store_true",
@@ -142,7 +152,12 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_replay(args: argparse.Namespace) -> int:
     from .replay import run_replay
 
-    return run_replay(resolve_dsn(args.database_url), verify=args.verify)
+    return run_replay(
+        resolve_dsn(args.database_url),
+        verify=args.verify,
+        batch_size=args.batch_size,
+        max_row_bytes=args.max_row_bytes,
+    )
 
 
 def cmd_status(args: argparse.Namespace) -> int:

@@ -1,0 +1,1 @@
+SELECT (SELECT count(*) FROM {missions}), (SELECT count(*) FROM {agents})

@@ -1,0 +1,5 @@
+SELECT kind, user_id, record_id, what, status, fields
+FROM replay_diff
+WHERE NOT inflight
+ORDER BY kind, user_id, record_id, what
+LIMIT %(limit)s

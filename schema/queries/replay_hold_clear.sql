@@ -1,0 +1,1 @@
+DELETE FROM mana_ai.replay_hold WHERE name = 'replay'

@@ -1,0 +1,2 @@
+-- Drops three tables if they exist: the shadow (an aborted run) or the retired ones.
+DROP TABLE IF EXISTS {clocks}, {missions}, {agents}

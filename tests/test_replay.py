@@ -1,0 +1,646 @@
+"""Replay against a real server: equal to the incremental projection and to the fold,
+concurrent with writers and a live projector, interruptible, --verify, the seed schema
+after the swap, the journal hold, and row level security."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import logging
+import os
+import random
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+import uuid
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import anyio
+import psycopg
+import pytest
+from psycopg.conninfo import make_conninfo
+
+from consumer.db import aconnect
+from consumer.projection import Projector
+from consumer.replay import (
+    EXIT_DIFFERS,
+    EXIT_OK,
+    EXIT_REFUSED,
+    EXIT_TERMINATED,
+    RETIRED,
+    SHADOW,
+    Progress,
+    ProgressPrinter,
+    run_replay,
+)
+from consumer.sql import load
+from tests.logtools import actual_snapshots, agent, expected_snapshots, mission, write
+from tests.test_migrate import catalog
+
+QUIET = {"progress": lambda p: None}
+BASE = datetime(2026, 3, 1, 9, 0, tzinfo=UTC)
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def project(dsn: str, projector: Projector | None = None) -> Projector:
+    """Bootstrap and catch up once (in a thread of its own: callers may be in a loop)."""
+    projector = projector or Projector()
+    errors: list[BaseException] = []
+
+    async def go() -> None:
+        async with await aconnect(dsn) as conn:
+            await projector.bootstrap(conn)
+            await projector.catch_up(conn)
+
+    def target() -> None:
+        try:
+            asyncio.run(go())
+        except BaseException as exc:  # noqa: BLE001 - re-raised in the caller
+            errors.append(exc)
+
+    thread = threading.Thread(target=target)
+    thread.start()
+    thread.join()
+    if errors:
+        raise errors[0]
+    return projector
+
+
+def clocks(dsn: str) -> dict[tuple[str, str, str], Any]:
+    with psycopg.connect(dsn) as conn:
+        rows = conn.execute("SELECT kind, user_id, record_id, state FROM mana_ai.record_clocks")
+        return {(k, u, r): s for k, u, r, s in rows}
+
+
+def live_rows(dsn: str) -> dict[str, set]:
+    """Everything the live tables hold (records, clocks, applied times), for 'untouched'."""
+    with psycopg.connect(dsn) as conn:
+        return {
+            table: set(conn.execute(
+                f"SELECT user_id, {key}, record::text, last_applied_at, updated_at "
+                f"FROM mana_ai.{table}").fetchall())
+            for table, key in (("mission_snapshots", "mission_id"),
+                               ("agent_snapshots", "agent_id"))
+        } | {"clocks": set(conn.execute(
+            "SELECT kind, user_id, record_id, state::text FROM mana_ai.record_clocks"
+        ).fetchall())}
+
+
+def leftovers(dsn: str) -> list:
+    with psycopg.connect(dsn) as conn:
+        shadows = conn.execute(
+            "SELECT to_regclass(t) FROM unnest(%s::text[]) t",
+            ([f"mana_ai.{t.missions}" for t in (SHADOW, RETIRED)]
+             + [f"mana_ai.{t.agents}" for t in (SHADOW, RETIRED)]
+             + [f"mana_ai.{t.clocks}" for t in (SHADOW, RETIRED)],),
+        ).fetchall()
+        holds = conn.execute("SELECT name FROM mana_ai.replay_hold").fetchall()
+    return [s for (s,) in shadows if s is not None] + holds
+
+
+def stamp(rng: random.Random, at: datetime) -> Any:
+    """A field_meta value in one of the shapes the log carries (or a broken one)."""
+    text = at.isoformat(timespec=rng.choice(["milliseconds", "microseconds"]))
+    if rng.random() < 0.5:
+        text = text.replace("+00:00", "Z")
+    return rng.choice([
+        text, text, {"at": text, "actor": {"kind": "user"}, "origin": "user"},
+        {"at": text}, "not a date", 17, None,
+    ])
+
+
+def random_history(dsn: str, seed: int, rows: int = 150) -> None:
+    """Missions and agents of three users: creates, updates with out-of-order created_at
+    and field stamps of every shape, deletes, deletedAt, and a few unappliable rows; the
+    first rows predate the journal trigger (bootstrap path of the live projection)."""
+    rng = random.Random(seed)
+    fields = ["title", "state", "nextRunAt", "n", "agentId", "note"]
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute("ALTER TABLE public.sync_changes DISABLE TRIGGER mana_ai_journal")
+        for i in range(rows):
+            if i == rows // 5:
+                conn.execute("ALTER TABLE public.sync_changes ENABLE TRIGGER mana_ai_journal")
+            table = rng.choice(["aiMissions", "aiMissions", "agents"])
+            record = f"{'m' if table == 'aiMissions' else 'a'}{rng.randrange(8)}"
+            user = f"u{rng.randrange(3)}"
+            created = BASE + timedelta(seconds=rng.randrange(0, 600), microseconds=rng.choice(
+                [0, 0, 500, 123456]))
+            roll = rng.random()
+            if roll < 0.04:
+                write(conn, table, record, None, user=user, op="delete", created_at=created)
+                continue
+            if roll < 0.07:  # quarantined: data is not an object
+                conn.execute(
+                    """INSERT INTO public.sync_changes (app_id, table_name, record_id, user_id,
+                           op, data, client_id) VALUES ('ai', %s, %s, %s, 'update',
+                           '[1, 2]', 'test-client')""", (table, record, user))
+                continue
+            data: dict[str, Any] = {
+                f: rng.choice([f"{f}-{rng.randrange(5)}", rng.randrange(100), None, True])
+                for f in rng.sample(fields, rng.randrange(1, 4))
+            }
+            if rng.random() < 0.06:
+                data["deletedAt"] = created.isoformat()
+            meta = {f: stamp(rng, created + timedelta(seconds=rng.randrange(-30, 30)))
+                    for f in data if rng.random() < 0.6}
+            write(conn, table, record, data, user=user, field_meta=meta,
+                  op=rng.choice(["insert", "update", "update"]), created_at=created)
+        write(conn, "notes", "n1", {"not": "ours"})
+
+
+# --------------------------------------------------------------------------- equality
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_replay_equals_the_projection_and_the_fold(db: str, seed: int) -> None:
+    random_history(db, seed)
+    project(db)
+    projected, projected_clocks = actual_snapshots(db), clocks(db)
+    expected = expected_snapshots(db)
+    assert projected == expected
+    # Let the replay's record-boundary cut and cross-batch merge both happen.
+    assert run_replay(db, batch_size=7, **QUIET) == EXIT_OK
+    assert actual_snapshots(db) == expected
+    assert clocks(db) == projected_clocks
+    assert leftovers(db) == []
+
+
+def test_replay_of_an_empty_log_and_twice_in_a_row(db: str) -> None:
+    assert run_replay(db, **QUIET) == EXIT_OK
+    assert actual_snapshots(db) == {"missions": {}, "agents": {}}
+    with psycopg.connect(db, autocommit=True) as conn:
+        mission(conn, "m1", state="active")
+    assert run_replay(db, **QUIET) == EXIT_OK
+    assert run_replay(db, **QUIET) == EXIT_OK
+    assert set(actual_snapshots(db)["missions"]) == {("u1", "m1")}
+
+
+def test_swap_keeps_the_seed_schema_and_the_grants(db: str) -> None:
+    role = f"reader_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(db, autocommit=True) as conn:
+        conn.execute(f"CREATE ROLE {role}")
+        conn.execute(f"GRANT SELECT ON mana_ai.mission_snapshots TO {role}")
+        mission(conn, "m1", state="active", nextRunAt="2026-01-01T00:00:00Z")
+        agent(conn, "a1", name="Ada", state="active")
+    try:
+        project(db)
+        before = catalog(db)
+        assert run_replay(db, **QUIET) == EXIT_OK
+        assert catalog(db) == before
+        with psycopg.connect(db) as conn:
+            assert conn.execute(
+                "SELECT has_table_privilege(%s, 'mana_ai.mission_snapshots', 'SELECT')",
+                (role,)).fetchone() == (True,)
+            # The seed's partial index still serves the due query.
+            conn.execute("SET enable_seqscan = off")
+            plan = "\n".join(r[0] for r in conn.execute(
+                "EXPLAIN SELECT mission_id FROM mana_ai.mission_snapshots "
+                "WHERE record->>'state' = 'active' AND record->>'nextRunAt' <= '2027'"))
+            assert "idx_mission_snapshots_due" in plan
+    finally:
+        with psycopg.connect(db, autocommit=True) as conn:
+            conn.execute(f"DROP OWNED BY {role}")
+            conn.execute(f"DROP ROLE {role}")
+
+
+# --------------------------------------------------------------------------- live traffic
+
+
+def test_live_projector_keeps_its_prepared_statements_across_the_swap(db: str) -> None:
+    """The projector's connection has prepared its statements (psycopg: after 5 uses);
+    the swap replaces the tables under those names; the next passes still work."""
+
+    async def go() -> None:
+        projector = Projector()
+        async with await aconnect(db) as conn:
+            await projector.bootstrap(conn)
+            with psycopg.connect(db, autocommit=True) as writer:
+                for i in range(8):
+                    mission(writer, f"m{i}", state="active", n=i)
+                    agent(writer, f"a{i}", name=f"A{i}")
+                    await projector.catch_up(conn)
+                cur = await conn.execute(
+                    "SELECT count(*) FROM pg_prepared_statements WHERE statement ~ 'snapshots'")
+                row = await cur.fetchone()
+                assert row is not None and row[0] >= 2, "apply statements were not prepared"
+                await conn.commit()
+                code = await anyio.to_thread.run_sync(lambda: run_replay(db, **QUIET))
+                assert code == EXIT_OK
+                for i in range(8):
+                    mission(writer, f"m{i}", title=f"after swap {i}")
+                    agent(writer, f"a{i}", role="after swap")
+                    mission(writer, f"new{i}", state="active")
+                    await projector.catch_up(conn)
+
+    asyncio.run(go())
+    snaps = actual_snapshots(db)
+    assert snaps == expected_snapshots(db)
+    assert snaps["missions"][("u1", "m3")]["title"] == "after swap 3"
+    assert ("u1", "new7") in snaps["missions"]
+
+
+@pytest.mark.anyio
+async def test_replay_beside_writers_a_live_projector_and_a_reader(db: str) -> None:
+    """Writers only add missions (and update them): the mission count a reader sees never
+    drops, before, during or after the swap; the end state is the one-shot fold."""
+    with psycopg.connect(db, autocommit=True) as conn:
+        for i in range(40):
+            mission(conn, f"seed{i}", state="active", user=f"u{i % 3}")
+            agent(conn, f"a{i % 5}", name=f"A{i}", user=f"u{i % 3}")
+    stop = anyio.Event()
+    replayed = anyio.Event()
+    seeded = anyio.Event()  # the live projection holds the 40 seed missions
+    moved_on = anyio.Event()  # the live projector made passes after the swap
+    seen: list[int] = []
+    written = 0
+    passes_after_swap = 0
+
+    async def writer() -> None:
+        nonlocal written
+        async with await aconnect(db, autocommit=True) as conn:
+            while not stop.is_set():
+                async with conn.transaction():
+                    for _ in range(3):
+                        written += 1
+                        await conn.execute(
+                            """INSERT INTO public.sync_changes (app_id, table_name, record_id,
+                                   user_id, op, data, client_id)
+                               VALUES ('ai', 'aiMissions', %s, %s, 'insert', %s::jsonb, 'w')""",
+                            (f"w{written}", f"u{written % 3}",
+                             json.dumps({"state": "active", "n": written})),
+                        )
+                        await conn.execute(
+                            """INSERT INTO public.sync_changes (app_id, table_name, record_id,
+                                   user_id, op, data, client_id)
+                               VALUES ('ai', 'aiMissions', %s, 'u0', 'update', %s::jsonb, 'w')""",
+                            (f"seed{written % 40 // 3 * 3}", json.dumps({"n": written})),
+                        )
+                await anyio.sleep(0.003)
+
+    async def live_projector() -> None:
+        nonlocal passes_after_swap
+        projector = Projector(batch_size=50)
+        async with await aconnect(db) as conn:
+            await projector.bootstrap(conn)
+            while not stop.is_set():
+                await projector.catch_up(conn)
+                if replayed.is_set():
+                    passes_after_swap += 1
+                    if passes_after_swap >= 5:
+                        moved_on.set()
+                await anyio.sleep(0.005)
+            await projector.catch_up(conn)
+
+    async def reader() -> None:
+        async with await aconnect(db, autocommit=True) as conn:
+            while not stop.is_set():
+                cur = await conn.execute("SELECT count(*) FROM mana_ai.mission_snapshots")
+                row = await cur.fetchone()
+                assert row is not None
+                seen.append(row[0])
+                if row[0] >= 40:
+                    seeded.set()
+                await anyio.sleep(0.002)
+
+    def slow(p: Progress) -> None:
+        import time
+
+        time.sleep(0.003)  # let the writers and the projector move during the build
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(writer)
+        tg.start_soon(live_projector)
+        tg.start_soon(reader)
+        await seeded.wait()
+        written_before = written
+        count_before = seen[-1]
+        code = await anyio.to_thread.run_sync(
+            lambda: run_replay(db, batch_size=5, progress=slow))
+        replayed.set()
+        written_during = written - written_before
+        await moved_on.wait()
+        stop.set()
+    assert code == EXIT_OK
+    assert written_during > 0, "no write happened during the replay"
+    assert seen == sorted(seen), "the mission count dropped: a half-built table was visible"
+    assert seen[-1] > count_before
+    assert actual_snapshots(db) == expected_snapshots(db)
+
+
+def test_journal_hold_keeps_rows_the_swap_needs(db: str) -> None:
+    """Mid-build, rows are written, applied by the live projector and pruned behind its
+    checkpoint. The swap must still apply them to the shadow, or they would be lost (the
+    live projector will not apply them again)."""
+    with psycopg.connect(db, autocommit=True) as conn:
+        for i in range(30):
+            mission(conn, f"m{i}", state="active")
+    projector = project(db)
+    done = False
+    pruned: list[int] = []
+
+    def mid_build(p: Progress) -> None:
+        nonlocal done
+        if p.phase != "build" or p.done == 0 or done:
+            return
+        done = True
+        with psycopg.connect(db, autocommit=True) as conn:
+            for i in range(5):
+                mission(conn, f"late{i}", state="active")
+        project(db, projector)
+        assert projector.cp is not None
+        with psycopg.connect(db, autocommit=True) as conn:
+            total = conn.execute("SELECT count(*) FROM mana_ai.journal").fetchone()
+            cur = conn.execute(load("journal_prune"),
+                               {"applied_below": str(projector.cp.applied_below)})
+            pruned.append(cur.rowcount)
+            kept = conn.execute("SELECT count(*) FROM mana_ai.journal").fetchone()
+        assert total is not None and kept is not None and kept[0] >= 5
+
+    assert run_replay(db, batch_size=4, progress=mid_build) == EXIT_OK
+    assert done and pruned
+    missions = actual_snapshots(db)["missions"]
+    assert {("u1", f"late{i}") for i in range(5)} <= set(missions)
+    assert actual_snapshots(db) == expected_snapshots(db)
+    # Without a hold, the same statement prunes up to the checkpoint.
+    with psycopg.connect(db, autocommit=True) as conn:
+        assert leftovers(db) == []
+        conn.execute(load("journal_prune"),
+                     {"applied_below": str(projector.cp.applied_below)})  # type: ignore[union-attr]
+        left = conn.execute("SELECT count(*) FROM mana_ai.journal WHERE xid < %s::xid8",
+                            (str(projector.cp.applied_below),)).fetchone()  # type: ignore[union-attr]
+        assert left == (0,)
+
+
+def test_a_hold_of_a_dead_session_does_not_pin_the_journal(db: str) -> None:
+    with psycopg.connect(db, autocommit=True) as conn:
+        for i in range(5):
+            mission(conn, f"m{i}", state="active")
+        conn.execute("INSERT INTO mana_ai.replay_hold (name, keep_from, pid) "
+                     "VALUES ('replay', '1', 999999)")
+    projector = project(db)
+    assert projector.cp is not None
+    with psycopg.connect(db, autocommit=True) as conn:
+        cur = conn.execute(load("journal_prune"),
+                           {"applied_below": str(projector.cp.applied_below)})
+        assert cur.rowcount == 5
+
+
+# --------------------------------------------------------------------------- interruption
+
+
+class Boom(Exception):
+    pass
+
+
+def test_interrupted_build_leaves_the_live_tables_and_the_next_run_succeeds(db: str) -> None:
+    random_history(db, 7, rows=80)
+    project(db)
+    before = live_rows(db)
+
+    def explode(p: Progress) -> None:
+        if p.done >= 20:
+            raise Boom
+
+    with pytest.raises(Boom):
+        run_replay(db, batch_size=5, progress=explode)
+    assert live_rows(db) == before
+    assert leftovers(db) == []
+    assert run_replay(db, **QUIET) == EXIT_OK
+    assert actual_snapshots(db) == expected_snapshots(db)
+
+
+def test_leftovers_of_a_killed_run_are_dropped_by_the_next(db: str) -> None:
+    with psycopg.connect(db, autocommit=True) as conn:
+        mission(conn, "m1", state="active")
+        conn.execute(f"CREATE TABLE mana_ai.{SHADOW.missions} "
+                     "(LIKE mana_ai.mission_snapshots INCLUDING ALL)")
+        conn.execute(f"INSERT INTO mana_ai.{SHADOW.missions} (user_id, mission_id, record) "
+                     """VALUES ('u1', 'ghost', '{"id": "ghost"}')""")
+        conn.execute("INSERT INTO mana_ai.replay_hold (name, keep_from, pid) "
+                     "VALUES ('replay', '1', 999999)")
+    assert run_replay(db, **QUIET) == EXIT_OK
+    assert set(actual_snapshots(db)["missions"]) == {("u1", "m1")}
+    assert leftovers(db) == []
+
+
+def test_sigterm_mid_build_exits_cleanly(db: str) -> None:
+    with psycopg.connect(db, autocommit=True) as conn:
+        for i in range(200):
+            mission(conn, f"m{i}", state="active")
+    project(db)
+    before = live_rows(db)
+    script = textwrap.dedent("""
+        import sys, time
+        from consumer.replay import run_replay
+        def slow(p):
+            if p.done:
+                print("building", flush=True)
+            time.sleep(0.05)
+        sys.exit(run_replay(sys.argv[1], batch_size=2, progress=slow))
+    """)
+    proc = subprocess.Popen([sys.executable, "-c", script, db], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    assert proc.stdout is not None
+    assert proc.stdout.readline().strip() == "building"
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == EXIT_TERMINATED, err
+    assert "untouched" in err
+    assert live_rows(db) == before
+    assert leftovers(db) == []
+
+
+# --------------------------------------------------------------------------- verify
+
+
+def test_verify_equal_then_a_hand_edit_is_found(db: str) -> None:
+    random_history(db, 11, rows=60)
+    with psycopg.connect(db, autocommit=True) as conn:
+        mission(conn, "m-edit", state="active", title="right")
+    project(db)
+    out = io.StringIO()
+    assert run_replay(db, verify=True, out=out, **QUIET) == EXIT_OK
+    assert "equal" in out.getvalue()
+    before = live_rows(db)
+
+    with psycopg.connect(db, autocommit=True) as conn:
+        conn.execute("""UPDATE mana_ai.mission_snapshots SET record = record || '{"title":"x"}'
+                        WHERE mission_id = 'm-edit'""")
+        conn.execute("""INSERT INTO mana_ai.agent_snapshots (user_id, agent_id, record)
+                        VALUES ('u9', 'intruder', '{"id": "intruder"}')""")
+        edited = live_rows(db)
+    out = io.StringIO()
+    assert run_replay(db, verify=True, out=out, **QUIET) == EXIT_DIFFERS
+    text = out.getvalue()
+    assert "2 record(s) differ" in text, text
+    assert "mission u1/m-edit: fields title" in text
+    assert "agent u9/intruder: in the live table, not in the log's fold" in text
+    assert live_rows(db) == edited != before, "verify must not change the live tables"
+    assert leftovers(db) == []
+
+
+def test_verify_leaves_out_records_the_projection_has_not_applied_yet(db: str) -> None:
+    with psycopg.connect(db, autocommit=True) as conn:
+        mission(conn, "m1", state="active")
+    project(db)
+    with psycopg.connect(db, autocommit=True) as conn:
+        mission(conn, "m2", state="active")  # journaled, not applied yet
+    out = io.StringIO()
+    assert run_replay(db, verify=True, out=out, **QUIET) == EXIT_OK
+    assert "1 record(s) the live projection is still applying" in out.getvalue()
+
+
+def test_cli_replay_and_verify(db: str) -> None:
+    with psycopg.connect(db, autocommit=True) as conn:
+        mission(conn, "m1", state="active")
+    env = {k: v for k, v in os.environ.items() if k != "SYNC_DATABASE_URL"}
+    for args in (["replay"], ["replay", "--verify"]):
+        result = subprocess.run(
+            [sys.executable, "-m", "consumer", *args, "--database-url", db],
+            capture_output=True, text=True, timeout=60, env=env,
+        )
+        assert result.returncode == 0, result.stderr
+    assert "equal" in result.stdout
+    assert set(actual_snapshots(db)["missions"]) == {("u1", "m1")}
+
+
+# --------------------------------------------------------------------------- refusals
+
+
+def test_a_role_under_row_level_security_gets_one_line(
+    db: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    role = f"rls_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(db, autocommit=True) as conn:
+        mission(conn, "m1", state="active")
+        conn.execute(f"CREATE ROLE {role} LOGIN")
+        conn.execute(f"GRANT SELECT ON public.sync_changes TO {role}")
+        conn.execute(f"GRANT USAGE ON SCHEMA mana_ai TO {role}")
+    try:
+        before = live_rows(db)
+        code = run_replay(make_conninfo(db, user=role), **QUIET)
+        err = capsys.readouterr().err.strip()
+        assert code == EXIT_REFUSED
+        assert len(err.splitlines()) == 1
+        assert "row level security" in err and "BYPASSRLS" in err
+        assert live_rows(db) == before
+    finally:
+        with psycopg.connect(db, autocommit=True) as conn:
+            conn.execute(f"DROP OWNED BY {role}")
+            conn.execute(f"DROP ROLE {role}")
+
+
+def test_a_second_replay_at_the_same_time_is_refused(
+    db: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with psycopg.connect(db, autocommit=True) as conn:
+        mission(conn, "m1", state="active")
+    codes: list[int] = []
+
+    def inner(p: Progress) -> None:
+        if not codes:  # a second replay, from a thread (this one runs in the first's loop)
+            thread = threading.Thread(target=lambda: codes.append(run_replay(db, **QUIET)))
+            thread.start()
+            thread.join()
+
+    assert run_replay(db, progress=inner) == EXIT_OK
+    assert codes == [EXIT_REFUSED]
+    assert "another replay is running" in capsys.readouterr().err
+
+
+def test_a_view_on_a_live_table_is_refused_before_the_build(
+    db: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with psycopg.connect(db, autocommit=True) as conn:
+        mission(conn, "m1", state="active")
+        conn.execute("CREATE VIEW public.due AS SELECT mission_id FROM mana_ai.mission_snapshots")
+    project(db)
+    assert run_replay(db, **QUIET) == EXIT_REFUSED
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "view" in err and "mission_snapshots" in err
+    assert leftovers(db) == []
+    assert run_replay(db, verify=True, **QUIET) == EXIT_OK  # verify swaps nothing
+
+
+def test_a_long_transaction_on_the_live_tables_makes_the_swap_give_up(
+    db: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The swap waits lock_timeout per try, never indefinitely: a queued ACCESS EXCLUSIVE
+    request would stall the live projector and the scheduler behind it."""
+    with psycopg.connect(db, autocommit=True) as conn:
+        mission(conn, "m1", state="active")
+    project(db)
+    before = live_rows(db)
+    with psycopg.connect(db) as blocker:
+        blocker.execute("SELECT count(*) FROM mana_ai.agent_snapshots")  # stays open
+        code = run_replay(db, lock_timeout=0.1, **QUIET)
+        with psycopg.connect(db, autocommit=True) as conn:
+            # Meanwhile the live tables stay writable: nothing of ours waits in their queue.
+            conn.execute("SET lock_timeout = '2s'")
+            conn.execute("UPDATE mana_ai.mission_snapshots SET updated_at = updated_at")
+    assert code == EXIT_DIFFERS
+    assert "could not lock the live snapshot tables" in capsys.readouterr().err
+    assert live_rows(db) == before
+    assert leftovers(db) == []
+
+
+def test_read_plan_streams_through_the_record_index(db: str) -> None:
+    """Replay's cursor reads the log in index order: no sort of the whole log anywhere."""
+    with psycopg.connect(db, autocommit=True) as conn:
+        conn.execute("ALTER TABLE public.sync_changes DISABLE TRIGGER mana_ai_journal")
+        conn.execute(load("replay_bench_load"), {"start": 1, "stop": 20000})
+        conn.execute("ANALYZE public.sync_changes")
+        with conn.transaction():
+            # Planned as the replay's server-side cursor is: for a fast start.
+            plan = "\n".join(r[0] for r in conn.execute(
+                "EXPLAIN DECLARE c NO SCROLL CURSOR FOR " + load("log_read")))
+    assert "idx_sync_changes_table_record_created" in plan and "Sort" not in plan, plan
+
+
+# --------------------------------------------------------------------------- progress
+
+
+class _Stream(io.StringIO):
+    def __init__(self, tty: bool) -> None:
+        super().__init__()
+        self._tty = tty
+
+    def isatty(self) -> bool:
+        return self._tty
+
+
+def test_progress_on_a_terminal_is_one_updating_line() -> None:
+    stream = _Stream(tty=True)
+    printer = ProgressPrinter(stream)
+    printer(Progress("build", 0, 1000, 0.0))
+    printer(Progress("build", 500, 1000, 1.0))
+    printer(Progress("done", 1000, 1000, 2.0))
+    text = stream.getvalue()
+    assert text.startswith("\r") and text.endswith("\n") and text.count("\n") == 1
+    assert "1,000 of 1,000 rows (100.0%)" in text and "500 rows/s" in text
+
+
+def test_progress_elsewhere_is_a_log_line_every_few_seconds(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    printer = ProgressPrinter(_Stream(tty=False), interval=5.0)
+    with caplog.at_level(logging.INFO, logger="consumer.replay"):
+        printer(Progress("build", 10, 1000, 1.0))
+        printer(Progress("build", 20, 1000, 2.0))  # within 5 s: not logged
+        printer(Progress("done", 1000, 1000, 3.0))
+    lines = [r.getMessage() for r in caplog.records]
+    assert len(lines) == 2
+    assert "10 of 1,000 rows" in lines[0] and "ETA" in lines[0]
+    assert "1,000 of 1,000" in lines[1]
+
+
+def test_progress_rate_and_eta() -> None:
+    p = Progress("build", 250, 1000, 5.0)
+    assert p.rate == 50.0 and p.eta == 15.0
+    assert "ETA 0:15" in p.line()
