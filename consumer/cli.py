@@ -20,7 +20,9 @@ commits, decides which AI missions are due and runs them through the planner.
 
 The database URL comes from --database-url or SYNC_DATABASE_URL. Traces are exported
 as configured by the standard OTEL_* variables (OTEL_TRACES_EXPORTER=otlp|console|none,
-OTEL_EXPORTER_OTLP_ENDPOINT, OTEL_SERVICE_NAME).
+OTEL_EXPORTER_OTLP_ENDPOINT, OTEL_SERVICE_NAME). The planner is an OpenAI-compatible
+endpoint: MANA_LLM_URL, MANA_LLM_API_KEY, MANA_LLM_MODEL; without MANA_LLM_URL due
+missions are decided and recorded but not planned.
 """
 
 

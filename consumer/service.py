@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import signal
+from contextlib import AsyncExitStack
 from typing import Any
 
 import anyio
@@ -17,12 +18,17 @@ from .errors import ConfigError
 from .health import Health
 from .listener import FATAL, Follower
 from .migrate import migrate
+from .planner import Planner, PlannerConfig, planner_config_from_env
 from .projection import Projector
+from .runner import Runner
 
 log = logging.getLogger(__name__)
 
 
 def run_service(settings: Settings) -> int:
+    planner_config = planner_config_from_env()  # a bad planner setting fails before any work
+    if planner_config is None and settings.scheduler:
+        log.warning("MANA_LLM_URL is not set: due missions are decided and recorded, not planned")
     applied = migrate(settings.database_url)
     if applied:
         log.info("migrations applied: %s", ", ".join(applied))
@@ -31,7 +37,7 @@ def run_service(settings: Settings) -> int:
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
     try:
-        anyio.run(serve, settings, backend="asyncio")
+        anyio.run(lambda: serve(settings, planner_config=planner_config), backend="asyncio")
     except* FATAL as group:
         raise _first_leaf(group) from None
     finally:
@@ -47,7 +53,11 @@ def _first_leaf(error: BaseException) -> BaseException:
 
 
 async def serve(
-    settings: Settings, *, ready: anyio.Event | None = None, dispatcher: Any = None
+    settings: Settings,
+    *,
+    ready: anyio.Event | None = None,
+    dispatcher: Any = None,
+    planner_config: PlannerConfig | None = None,
 ) -> None:
     health = Health(lag_threshold_seconds=settings.lag_threshold)
     pool = AsyncConnectionPool(
@@ -63,7 +73,10 @@ async def serve(
         await pool.open(wait=True, timeout=15)
     except Exception as exc:
         raise ConfigError(f"cannot connect to the database: {first_line(exc)}") from None
-    async with pool:
+    async with pool, AsyncExitStack() as stack:
+        if dispatcher is None and planner_config is not None:
+            planner = await stack.enter_async_context(Planner(planner_config))
+            dispatcher = Runner(pool, planner, tracer=telemetry.tracer())
         projector = Projector(batch_size=settings.batch_size, max_row_bytes=settings.max_row_bytes)
         follower = Follower(settings, projector, pool, health)
         async with anyio.create_task_group() as tg:

@@ -1,0 +1,138 @@
+"""A tiny OpenAI-compatible chat completions server for tests.
+
+    with PlannerStub(content='{"summary": "ok", "steps": []}') as stub:
+        config = PlannerConfig(base_url=stub.url, api_key="k")
+        ...
+        stub.requests[0].headers["authorization"], stub.requests[0].body["messages"]
+
+It runs http.server in a thread on 127.0.0.1 (a free port). Every POST is recorded (path,
+lower-cased headers, JSON body); the reply is built from the attributes at the time of the
+request, so a test may change them between calls: `content`, `status`, `delay` (seconds
+before answering), `usage` (the usage object, or None to leave it out) and `raw` (a body
+sent verbatim instead of a completion, or of the error body when status >= 400).
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from types import TracebackType
+from typing import Any
+
+
+class Recorded:
+    def __init__(self, path: str, headers: dict[str, str], body: Any) -> None:
+        self.path = path
+        self.headers = headers
+        self.body = body
+
+    def __repr__(self) -> str:
+        return f"Recorded({self.path!r}, body={self.body!r})"
+
+
+class PlannerStub:
+    def __init__(
+        self,
+        content: str = '{"summary": "nothing to do", "steps": []}',
+        *,
+        status: int = 200,
+        delay: float = 0.0,
+        usage: dict[str, Any] | None = None,
+        raw: str | None = None,
+    ) -> None:
+        self.content = content
+        self.status = status
+        self.delay = delay
+        self.usage: dict[str, Any] | None = (
+            usage if usage is not None
+            else {"prompt_tokens": 100, "completion_tokens": 23, "total_tokens": 123}
+        )
+        self.raw = raw
+        self.requests: list[Recorded] = []
+        self._lock = threading.Lock()
+        self._stopping = threading.Event()
+        self._server: ThreadingHTTPServer | None = None
+        self._thread: threading.Thread | None = None
+
+    @property
+    def url(self) -> str:
+        assert self._server is not None, "start the stub first"
+        host, port = self._server.server_address[:2]
+        return f"http://{host!s}:{port}"
+
+    def reply_body(self) -> bytes:
+        if self.raw is not None:
+            return self.raw.encode()
+        completion: dict[str, Any] = {
+            "id": "chatcmpl-stub",
+            "object": "chat.completion",
+            "model": "stub-model",
+            "choices": [{
+                "index": 0,
+                "message": {"role": "assistant", "content": self.content},
+                "finish_reason": "stop",
+            }],
+        }
+        if self.usage is not None:
+            completion["usage"] = self.usage
+        return json.dumps(completion).encode()
+
+    def start(self) -> PlannerStub:
+        stub = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:  # noqa: N802 - http.server's naming
+                length = int(self.headers.get("Content-Length") or 0)
+                raw = self.rfile.read(length)
+                try:
+                    body: Any = json.loads(raw)
+                except ValueError:
+                    body = raw.decode(errors="replace")
+                with stub._lock:
+                    stub.requests.append(
+                        Recorded(self.path, {k.lower(): v for k, v in self.headers.items()},
+                                 body)
+                    )
+                if stub.delay > 0 and stub._stopping.wait(stub.delay):
+                    return  # shutting down
+                payload = (stub.reply_body() if stub.status < 400 or stub.raw is not None
+                           else b'{"error": {"message": "stub failure"}}')
+                try:
+                    self.send_response(stub.status)
+                    self.send_header("Content-Type", "application/json")
+                    self.send_header("Content-Length", str(len(payload)))
+                    self.end_headers()
+                    self.wfile.write(payload)
+                except (BrokenPipeError, ConnectionResetError):
+                    pass  # the client gave up (a timeout test)
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass  # keep test output clean
+
+        server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        server.daemon_threads = True
+        server.block_on_close = False  # a delayed handler must not hold up close()
+        self._server = server
+        # A short poll interval keeps close() (shutdown) quick.
+        self._thread = threading.Thread(target=server.serve_forever, args=(0.02,),
+                                        name="planner-stub", daemon=True)
+        self._thread.start()
+        return self
+
+    def close(self) -> None:
+        self._stopping.set()
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+
+    def __enter__(self) -> PlannerStub:
+        return self.start()
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
