@@ -52,8 +52,27 @@ class Applied(msgspec.Struct):
     bad_stamps: int = 0
     missions: set[tuple[str, str]] = msgspec.field(default_factory=set)  # (user, mission)
     agents: set[tuple[str, str]] = msgspec.field(default_factory=set)  # (user, agent)
+    # Results still to be read (see settle): upserts' RETURNING, quarantine's RETURNING.
+    pending_upserts: list[psycopg.AsyncCursor] = msgspec.field(default_factory=list)
+    pending_quarantine: psycopg.AsyncCursor | None = None
+
+    async def settle(self) -> None:
+        """Read the counts the writes returned: new vs updated snapshots, rows quarantined
+        for the first time (a re-read of the same row is not a new quarantine)."""
+        for cur in self.pending_upserts:
+            rows = await cur.fetchall()
+            inserted = sum(1 for (fresh,) in rows if fresh)
+            self.new += inserted
+            self.updated += len(rows) - inserted
+        self.pending_upserts.clear()
+        if self.pending_quarantine is not None:
+            for (reason,) in await self.pending_quarantine.fetchall():
+                metrics.count_quarantined(reason)
+                self.quarantined += 1
+            self.pending_quarantine = None
 
     def merge(self, other: Applied) -> None:
+        assert not other.pending_upserts and other.pending_quarantine is None, "settle first"
         self.rows += other.rows
         self.new += other.new
         self.updated += other.updated
@@ -78,7 +97,13 @@ async def apply_rows(
     *,
     max_bytes: int,
     targets: Targets = LIVE,
+    states: dict[Key, bytes | None] | None = None,
+    defer_counts: bool = False,
 ) -> Applied:
+    """Validate, merge and write `raws`. `states`: the stored clocks of every record the
+    rows touch (None: not stored yet), when the caller already read them; otherwise they
+    are loaded here. `defer_counts`: leave the new/updated counts to `settle()`, so that
+    in pipeline mode nothing waits for a result before the caller's COMMIT."""
     result = Applied()
     changes: dict[Key, list[Change]] = defaultdict(list)
     rejected: list[tuple[RawChange, str]] = []
@@ -89,32 +114,33 @@ async def apply_rows(
         else:
             changes[(checked.kind, checked.user_id, checked.record_id)].append(checked)
     if rejected:
-        result.quarantined = await _quarantine(conn, rejected)
-    if not changes:
-        return result
-
-    states = await _load_states(conn, list(changes), targets)
-    changed: list[tuple[Key, RecordState]] = []
-    for key, batch in changes.items():
-        before = states.get(key)
-        state = decode_state(before) if before is not None else RecordState()
-        for change in batch:
-            result.bad_stamps += apply_change(state, change)
-            result.rows += 1
-        encoded = encode_state(state)
-        if before is not None and encoded == before.encode():
-            continue  # a re-delivery that changed nothing: no write, no wake-up
-        changed.append((key, state))
-        kind, user_id, record_id = key
-        (result.missions if kind == "mission" else result.agents).add((user_id, record_id))
-    if changed:
-        await _write(conn, changed, targets, result)
+        await _quarantine(conn, rejected, result)
+    if changes:
+        if states is None:
+            states = await _load_states(conn, list(changes), targets)
+        changed: list[tuple[Key, RecordState, bytes]] = []
+        for key, batch in changes.items():
+            before = states.get(key)
+            state = decode_state(before) if before is not None else RecordState()
+            for change in batch:
+                result.bad_stamps += apply_change(state, change)
+                result.rows += 1
+            encoded = encode_state(state)
+            if encoded == before:
+                continue  # a re-delivery that changed nothing: no write, no wake-up
+            changed.append((key, state, encoded))
+            kind, user_id, record_id = key
+            (result.missions if kind == "mission" else result.agents).add((user_id, record_id))
+        if changed:
+            await _write(conn, changed, targets, result)
+    if not defer_counts:
+        await result.settle()
     return result
 
 
 async def _load_states(
     conn: psycopg.AsyncConnection, keys: list[Key], targets: Targets
-) -> dict[Key, str]:
+) -> dict[Key, bytes | None]:
     query = sql.SQL(load("clocks_load")).format(clocks=targets.ident(targets.clocks))
     cur = await conn.execute(
         query,
@@ -129,17 +155,17 @@ async def _load_states(
 
 async def _write(
     conn: psycopg.AsyncConnection,
-    changed: list[tuple[Key, RecordState]],
+    changed: list[tuple[Key, RecordState, bytes]],
     targets: Targets,
     result: Applied,
 ) -> None:
     await conn.execute(
         sql.SQL(load("clocks_upsert")).format(clocks=targets.ident(targets.clocks)),
         {
-            "kinds": [k[0] for k, _ in changed],
-            "users": [k[1] for k, _ in changed],
-            "records": [k[2] for k, _ in changed],
-            "states": [encode_state(s).decode() for _, s in changed],
+            "kinds": [k[0] for k, _, _ in changed],
+            "users": [k[1] for k, _, _ in changed],
+            "records": [k[2] for k, _, _ in changed],
+            "states": [encoded for _, _, encoded in changed],
         },
     )
     for kind, table, key_column in (
@@ -148,7 +174,7 @@ async def _write(
     ):
         upserts: list[tuple[str, str, str, datetime]] = []
         deletes: list[tuple[str, str]] = []
-        for (k, user_id, record_id), state in changed:
+        for (k, user_id, record_id), state, _ in changed:
             if k != kind:
                 continue
             record = materialize(record_id, state)
@@ -168,9 +194,7 @@ async def _write(
                     "applied": [u[3] for u in upserts],
                 },
             )
-            inserted = sum(1 for (fresh,) in await cur.fetchall() if fresh)
-            result.new += inserted
-            result.updated += len(upserts) - inserted
+            result.pending_upserts.append(cur)
         if deletes:
             await conn.execute(
                 sql.SQL(load("snapshots_delete")).format(**fmt),
@@ -178,8 +202,10 @@ async def _write(
             )
 
 
-async def _quarantine(conn: psycopg.AsyncConnection, rejected: list[tuple[RawChange, str]]) -> int:
-    cur = await conn.execute(
+async def _quarantine(
+    conn: psycopg.AsyncConnection, rejected: list[tuple[RawChange, str]], result: Applied
+) -> None:
+    result.pending_quarantine = await conn.execute(
         load("quarantine_insert"),
         {
             "ids": [raw.id for raw, _ in rejected],
@@ -187,7 +213,3 @@ async def _quarantine(conn: psycopg.AsyncConnection, rejected: list[tuple[RawCha
             "raws": [_json.encode(raw).decode() for raw, _ in rejected],
         },
     )
-    stored = [reason for (reason,) in await cur.fetchall()]
-    for reason in stored:  # counted once: a re-read of the same row is not a new quarantine
-        metrics.count_quarantined(reason)
-    return len(stored)

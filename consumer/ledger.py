@@ -47,12 +47,14 @@ async def claim_many(conn: psycopg.AsyncConnection, claims: list[Claim]) -> set[
     async with conn.transaction():
         cur = await conn.execute(
             load("ledger_claim"),
-            {"users": [c.occ.user_id for c in claims],
-             "missions": [c.occ.mission_id for c in claims],
-             "next_run_ats": [c.occ.next_run_at for c in claims],
-             "decisions": [c.decision for c in claims],
-             "reasons": [c.reason for c in claims],
-             "agents": [c.agent_id for c in claims]},
+            {
+                "users": [c.occ.user_id for c in claims],
+                "missions": [c.occ.mission_id for c in claims],
+                "next_run_ats": [c.occ.next_run_at for c in claims],
+                "decisions": [c.decision for c in claims],
+                "reasons": [c.reason for c in claims],
+                "agents": [c.agent_id for c in claims],
+            },
         )
         return {Occurrence(u, m, n) for u, m, n in await cur.fetchall()}
 
@@ -61,8 +63,12 @@ async def finish(conn: psycopg.AsyncConnection, occ: Occurrence, outcome: str) -
     async with conn.transaction():
         await conn.execute(
             load("ledger_finish"),
-            {"user_id": occ.user_id, "mission_id": occ.mission_id,
-             "next_run_at": occ.next_run_at, "outcome": outcome},
+            {
+                "user_id": occ.user_id,
+                "mission_id": occ.mission_id,
+                "next_run_at": occ.next_run_at,
+                "outcome": outcome,
+            },
         )
 
 

@@ -1,6 +1,7 @@
-"""Follow the log: LISTEN on a dedicated autocommit connection, catch up, apply on every
-doorbell, probe when idle, poll now and then in case a doorbell was lost, and come back
-with capped exponential backoff and jitter after any connection loss.
+"""Follow the log: LISTEN on a dedicated autocommit connection, apply on a second one (the
+work connection) at every doorbell, probe when idle, poll now and then in case a doorbell
+was lost, and come back with capped exponential backoff and jitter after any connection
+loss.
 
 Only one consumer per database applies the journal: the leader holds a session advisory
 lock on its listener connection. Hot standbys wait for it; when the leader's connection
@@ -15,7 +16,6 @@ import time
 
 import anyio
 import psycopg
-from psycopg_pool import AsyncConnectionPool
 
 from . import metrics
 from .config import Settings, first_line
@@ -38,12 +38,9 @@ def backoff_delay(attempt: int, *, base: float = 0.2, cap: float = 30.0) -> floa
 
 
 class Follower:
-    def __init__(
-        self, settings: Settings, projector: Projector, pool: AsyncConnectionPool, health: Health
-    ) -> None:
+    def __init__(self, settings: Settings, projector: Projector, health: Health) -> None:
         self.settings = settings
         self.projector = projector
-        self.pool = pool
         self.health = health
         self.leading = anyio.Event()  # set once this process holds the leader lock
         self.attempt = 0
@@ -72,16 +69,24 @@ class Follower:
         log.warning("connection lost: %s", first_line(exc))
 
     async def _session(self) -> None:
-        async with await aconnect(self.settings.database_url, autocommit=True) as conn:
+        dsn = self.settings.database_url
+        async with (
+            await aconnect(dsn, autocommit=True) as conn,
+            await aconnect(dsn, autocommit=True) as work,
+        ):
             await self._become_leader(conn)
+            # The projection is derived state: after a crash it is re-applied from the log,
+            # so its commits need not wait for the WAL flush. WAL order still keeps each
+            # checkpoint with its snapshot writes. (The scheduler's ledger stays durable:
+            # it runs on the pool, not here.)
+            await work.execute("SET synchronous_commit = off")
             # LISTEN first, then catch up: a row committed in between rings the bell.
             await conn.execute(f"LISTEN {CHANNEL}")
             self.health.listener_connected = True
             self.health.last_error = None
             metrics.LISTENER_CONNECTED.set(1)
-            async with self.pool.connection() as work:
-                await self.projector.bootstrap(work)
-            await self._catch_up()
+            await self.projector.bootstrap(work)
+            await self._catch_up(work)
             self.attempt = 0
             log.info(
                 "following the log (checkpoint %s)",
@@ -101,10 +106,12 @@ class Follower:
                     await conn.execute("SELECT 1")  # idle: prove the connection is alive
                     if now - last_poll < self.settings.safety_poll:
                         continue
-                await self._catch_up()
+                await self._catch_up(work)
                 last_poll = now
                 if now - last_prune >= PRUNE_EVERY:
-                    await self._prune()
+                    pruned = await self.projector.prune(work)
+                    if pruned:
+                        log.debug("pruned %d journal rows", pruned)
                     last_prune = now
 
     async def _become_leader(self, conn: psycopg.AsyncConnection) -> None:
@@ -123,14 +130,6 @@ class Follower:
             self.health.listener_connected = True  # a healthy standby
             await anyio.sleep(self.settings.idle_probe)
 
-    async def _catch_up(self) -> None:
-        async with self.pool.connection() as work:
-            await self.projector.catch_up(work)
+    async def _catch_up(self, work: psycopg.AsyncConnection) -> None:
+        await self.projector.catch_up(work)
         self.health.lag_seconds = 0.0
-
-    async def _prune(self) -> None:
-        async with self.pool.connection() as work:
-            pruned = await self.projector.prune(work)
-            await work.commit()
-        if pruned:
-            log.debug("pruned %d journal rows", pruned)

@@ -213,14 +213,16 @@ def agent_visible(record: dict[str, Any] | None) -> bool:
 
 # 'deterministic' sorts dict keys, so equal states encode to equal bytes (cheap change
 # detection) whatever order their fields were first written in.
-_encoder = msgspec.json.Encoder(order="deterministic")
-_decoder = msgspec.json.Decoder(RecordState)
+# MessagePack in a BYTEA column: the server stores it without parsing, and deterministic
+# key order makes equal states byte-identical (re-deliveries are detected by comparing).
+_encoder = msgspec.msgpack.Encoder(order="deterministic")
+_decoder = msgspec.msgpack.Decoder(RecordState)
 
 
 def encode_state(state: RecordState) -> bytes:
-    """Compact JSON: ``{"fields":{"name":[stamp,created,change_id,value]},...}``."""
+    """MessagePack: ``{"fields":{"name":[stamp,created,change_id,value]},...}``."""
     return _encoder.encode(state)
 
 
-def decode_state(buf: bytes | str) -> RecordState:
+def decode_state(buf: bytes) -> RecordState:
     return _decoder.decode(buf)

@@ -31,13 +31,13 @@ import psycopg
 from . import metrics
 from .apply import LIVE, Applied, Targets, apply_rows
 from .errors import CheckpointConflict, ConfigError
-from .model import RawChange
+from .model import KIND_BY_TABLE, RawChange
 from .sql import load
 
 log = logging.getLogger(__name__)
 
 CHECKPOINT = "projection"
-_NIL_UUID = "00000000-0000-0000-0000-000000000000"
+NIL_UUID = "00000000-0000-0000-0000-000000000000"
 
 
 class Checkpoint(msgspec.Struct):
@@ -63,6 +63,16 @@ async def read_checkpoint(conn: psycopg.AsyncConnection, name: str = CHECKPOINT)
     return Checkpoint(int(row[0]), row[1], row[2])
 
 
+CONFLICT_SQLSTATE = "MA001"  # raised by mana_ai.advance_checkpoint
+
+
+def _conflict(name: str, version: int) -> CheckpointConflict:
+    return CheckpointConflict(
+        f"checkpoint {name!r} moved under us (expected version {version}): "
+        "another consumer is applying the same log; stopping this one"
+    )
+
+
 async def advance_checkpoint(
     conn: psycopg.AsyncConnection,
     cp: Checkpoint,
@@ -71,28 +81,61 @@ async def advance_checkpoint(
     bootstrapped: bool = False,
     name: str = CHECKPOINT,
 ) -> None:
-    """Compare-and-set inside the caller's transaction; updates `cp` on success."""
-    cur = await conn.execute(
-        load("checkpoint_cas"),
-        {
-            "name": name,
-            "applied_below": str(applied_below),
-            "bootstrapped": bootstrapped,
-            "version": cp.version,
-        },
-    )
-    row = await cur.fetchone()
-    if row is None:
-        raise CheckpointConflict(
-            f"checkpoint {name!r} moved under us (expected version {cp.version}): "
-            "another consumer is applying the same log; stopping this one"
+    """Compare-and-set inside the caller's transaction. In pipeline mode a conflict shows
+    at the caller's COMMIT (see `conflicts`); `cp` is updated by `committed` after it."""
+    with conflicts(cp, name):
+        await conn.execute(
+            load("checkpoint_cas"),
+            {
+                "name": name,
+                "applied_below": str(applied_below),
+                "bootstrapped": bootstrapped,
+                "version": cp.version,
+            },
         )
-    cp.version = row[0]
+
+
+class conflicts:  # noqa: N801 - used as a context manager
+    """Turns the CAS function's conflict error into CheckpointConflict."""
+
+    def __init__(self, cp: Checkpoint, name: str = CHECKPOINT) -> None:
+        self.cp, self.name = cp, name
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, kind: object, exc: BaseException | None, tb: object) -> None:
+        if isinstance(exc, psycopg.Error) and exc.sqlstate == CONFLICT_SQLSTATE:
+            raise _conflict(self.name, self.cp.version) from None
+
+
+def committed(cp: Checkpoint, applied_below: int, *, bootstrapped: bool = False) -> None:
+    """After the transaction holding the CAS committed: the function bumped version by 1."""
+    cp.version += 1
     cp.applied_below = max(cp.applied_below, applied_below)
     cp.bootstrapped = cp.bootstrapped or bootstrapped
 
 
-def _raw(row: tuple) -> RawChange:
+async def read_journal(
+    conn: psycopg.AsyncConnection, prev: str, after: tuple[str, str], limit: int
+) -> tuple[str, list[tuple]]:
+    """One chunk of journal rows not visible in `prev`, after the keyset position `after`,
+    with the snapshot of the reading statement. Each row: (xid, change_id, hidden, user_id,
+    table_name, record_id, op, data, field_meta, created_at, stored clocks)."""
+    cur = await conn.execute(
+        load("journal_read"),
+        {"prev": prev, "after_xid": after[0], "after_id": after[1], "limit": limit},
+    )
+    result = await cur.fetchall()
+    return str(result[0][0]), [r[1:] for r in result if r[1] is not None]
+
+
+def hidden_rows(rows: list[tuple]) -> int:
+    """Journal rows whose log row this role cannot see (row level security)."""
+    return sum(1 for r in rows if r[2])
+
+
+def journal_raw(row: tuple) -> RawChange:
     return RawChange(
         id=row[1],
         user_id=row[3],
@@ -103,6 +146,11 @@ def _raw(row: tuple) -> RawChange:
         field_meta=row[8],
         created_at=row[9],
     )
+
+
+def _states(rows: list[tuple]) -> dict[tuple[str, str, str], bytes | None]:
+    """The stored clocks that came with the journal read, by record."""
+    return {(KIND_BY_TABLE[r[4]], r[3], r[5]): r[10] for r in rows if r[4] in KIND_BY_TABLE}
 
 
 class Projector:
@@ -158,31 +206,24 @@ class Projector:
             return 0
         log.info("bootstrap: folding the log rows that predate the journal trigger")
         total = 0
+        done = Applied()
         started = time.monotonic()
         async with conn.transaction():
             # One transaction: a crash leaves bootstrapped=false and the scan runs again.
             async with conn.cursor(name="mana_ai_bootstrap") as cur:
                 await cur.execute(load("log_read"))
                 while rows := await cur.fetchmany(self.batch_size):
-                    raws = [
-                        RawChange(
-                            id=r[0],
-                            user_id=r[1],
-                            table_name=r[2],
-                            record_id=r[3],
-                            op=r[4],
-                            data=r[5],
-                            field_meta=r[6],
-                            created_at=r[7],
-                        )
-                        for r in rows
-                    ]
                     applied = await apply_rows(
-                        conn, raws, max_bytes=self.max_row_bytes, targets=self.targets
+                        conn,
+                        [RawChange(*r) for r in rows],  # log_read's columns in field order
+                        max_bytes=self.max_row_bytes,
+                        targets=self.targets,
                     )
-                    self._account(applied)
+                    done.merge(applied)
                     total += len(rows)
             await advance_checkpoint(conn, cp, cp.applied_below, bootstrapped=True)
+        committed(cp, cp.applied_below, bootstrapped=True)
+        self._account(done)  # only now: the scheduler must not read before the commit
         log.info("bootstrap: %d rows folded in %.2f s", total, time.monotonic() - started)
         return total
 
@@ -193,42 +234,39 @@ class Projector:
         self.ring()
         total = Applied()
         pass_snapshot: str | None = None
-        after_xid, after_id = "0", _NIL_UUID
+        after_xid, after_id = "0", NIL_UUID
         while True:
             started = time.perf_counter()
-            async with conn.transaction():
-                cur = await conn.execute("SELECT pg_current_snapshot()::text")
-                snap_row = await cur.fetchone()
-                assert snap_row is not None
-                if pass_snapshot is None:
-                    pass_snapshot = snap_row[0]
-                cur = await conn.execute(
-                    load("journal_read"),
-                    {
-                        "prev": self.prev,
-                        "after_xid": after_xid,
-                        "after_id": after_id,
-                        "limit": self.batch_size,
-                    },
-                )
-                rows = await cur.fetchall()
-                hidden = sum(1 for r in rows if r[2])
-                if hidden:
-                    raise ConfigError(
-                        f"{hidden} journaled rows of sync_changes are hidden by row level "
-                        "security: the consumer's role needs BYPASSRLS (ALTER ROLE ... BYPASSRLS)"
+            # Pipeline: BEGIN + read in one round trip, writes + CAS + COMMIT in another.
+            with conflicts(cp):
+                async with conn.pipeline(), conn.transaction():
+                    snapshot, rows = await read_journal(
+                        conn, self.prev, (after_xid, after_id), self.batch_size
                     )
-                applied = await apply_rows(
-                    conn,
-                    [_raw(r) for r in rows],
-                    max_bytes=self.max_row_bytes,
-                    targets=self.targets,
-                )
-                full = len(rows) == self.batch_size
-                watermark = snapshot_xmin(pass_snapshot)
-                new_below = min(int(rows[-1][0]), watermark) if full else watermark
-                if rows or new_below > cp.applied_below:
-                    await advance_checkpoint(conn, cp, new_below)
+                    pass_snapshot = pass_snapshot or snapshot
+                    if hidden := hidden_rows(rows):
+                        raise ConfigError(
+                            f"{hidden} journaled rows of sync_changes are hidden by row level "
+                            "security: the consumer's role needs BYPASSRLS "
+                            "(ALTER ROLE ... BYPASSRLS)"
+                        )
+                    applied = await apply_rows(
+                        conn,
+                        [journal_raw(r) for r in rows],
+                        max_bytes=self.max_row_bytes,
+                        targets=self.targets,
+                        states=_states(rows) if self.targets == LIVE else None,
+                        defer_counts=True,
+                    )
+                    full = len(rows) == self.batch_size
+                    watermark = snapshot_xmin(pass_snapshot)
+                    new_below = min(int(rows[-1][0]), watermark) if full else watermark
+                    moved = bool(rows) or new_below > cp.applied_below
+                    if moved:
+                        await advance_checkpoint(conn, cp, new_below)
+            if moved:
+                committed(cp, new_below)
+            await applied.settle()
             metrics.APPLY_BATCH.observe(time.perf_counter() - started)
             self._account(applied)
             total.merge(applied)

@@ -60,7 +60,9 @@ from .apply import LIVE, Targets, apply_rows
 from .config import first_line
 from .db import CONNECT_TIMEOUT
 from .errors import ConfigError
+from .merge import decode_state
 from .model import RawChange
+from .projection import NIL_UUID, hidden_rows, journal_raw, read_journal
 from .sql import load
 
 log = logging.getLogger(__name__)
@@ -90,7 +92,6 @@ EXIT_DIFFERS = 1  # --verify found differences, or the swap could not be done
 EXIT_REFUSED = 2  # cannot run here: row level security, another replay, privileges
 EXIT_TERMINATED = 143
 
-_NIL_UUID = "00000000-0000-0000-0000-000000000000"
 _SWAP_ATTEMPTS = 5
 _DETAIL_LIMIT = 10
 
@@ -119,8 +120,10 @@ class Progress(msgspec.Struct, frozen=True):
     def line(self) -> str:
         pct = 100.0 * self.done / self.total if self.total else 100.0
         eta = self.eta
-        tail = f"ETA {_clock(eta)}" if self.phase == "build" and eta is not None else (
-            f"in {_clock(self.elapsed)}"
+        tail = (
+            f"ETA {_clock(eta)}"
+            if self.phase == "build" and eta is not None
+            else (f"in {_clock(self.elapsed)}")
         )
         return (
             f"replay: {self.done:,} of {self.total:,} rows ({min(pct, 100.0):.1f}%), "
@@ -182,9 +185,16 @@ def run_replay(
     dropped first. `progress` gets a `Progress` per batch (default: `ProgressPrinter`)."""
     try:
         return asyncio.run(
-            replay(dsn, verify=verify, batch_size=batch_size, progress=progress,
-                   max_row_bytes=max_row_bytes, lock_timeout=lock_timeout, out=out,
-                   handle_sigterm=True)
+            replay(
+                dsn,
+                verify=verify,
+                batch_size=batch_size,
+                progress=progress,
+                max_row_bytes=max_row_bytes,
+                lock_timeout=lock_timeout,
+                out=out,
+                handle_sigterm=True,
+            )
         )
     except asyncio.CancelledError:  # SIGTERM (Ctrl-C comes out as KeyboardInterrupt)
         print("replay: terminated; the live snapshots are untouched", file=sys.stderr)
@@ -207,8 +217,14 @@ async def replay(
     report = progress if progress is not None else ProgressPrinter()
     if handle_sigterm:
         _cancel_on_sigterm()
-    job = _Replay(dsn, batch_size=batch_size, max_bytes=max_row_bytes,
-                  lock_timeout=lock_timeout, report=report, out=out)
+    job = _Replay(
+        dsn,
+        batch_size=batch_size,
+        max_bytes=max_row_bytes,
+        lock_timeout=lock_timeout,
+        report=report,
+        out=out,
+    )
     try:
         return await job.run(verify)
     except (ReplayError, pgerr.InsufficientPrivilege, pgerr.DependentObjectsStillExist) as exc:
@@ -254,11 +270,14 @@ def _fmt(name: str, **tables: str) -> sql.Composed:
     )
 
 
-def _journal_raw(row: tuple) -> RawChange:
-    return RawChange(
-        id=row[1], user_id=row[3], table_name=row[4], record_id=row[5], op=row[6],
-        data=row[7], field_meta=row[8], created_at=row[9],
+def clock_differences(live: bytes, shadow: bytes) -> list[str]:
+    """Names of the fields whose clocks differ; bookkeeping in parentheses."""
+    a, b = decode_state(live), decode_state(shadow)
+    names = sorted(
+        k for k in a.fields.keys() | b.fields.keys() if a.fields.get(k) != b.fields.get(k)
     )
+    names += [f"({k})" for k in ("deleted", "last_applied_us") if getattr(a, k) != getattr(b, k)]
+    return names
 
 
 # --------------------------------------------------------------------------- the job
@@ -266,8 +285,14 @@ def _journal_raw(row: tuple) -> RawChange:
 
 class _Replay:
     def __init__(
-        self, dsn: str, *, batch_size: int, max_bytes: int, lock_timeout: float,
-        report: ProgressFn, out: TextIO,
+        self,
+        dsn: str,
+        *,
+        batch_size: int,
+        max_bytes: int,
+        lock_timeout: float,
+        report: ProgressFn,
+        out: TextIO,
     ) -> None:
         self.dsn = dsn
         self.batch_size = max(1, batch_size)
@@ -290,8 +315,14 @@ class _Replay:
             try:
                 await self._prepare(ctl)
                 snapshot = await self._build(ctl)
-                await ctl.execute(_fmt("replay_analyze", clocks=SHADOW.clocks,
-                                       missions=SHADOW.missions, agents=SHADOW.agents))
+                await ctl.execute(
+                    _fmt(
+                        "replay_analyze",
+                        clocks=SHADOW.clocks,
+                        missions=SHADOW.missions,
+                        agents=SHADOW.agents,
+                    )
+                )
                 # Catch up outside the lock until little is left for the locked part.
                 prev = snapshot
                 for _ in range(3):
@@ -362,12 +393,15 @@ class _Replay:
             await self._fold(cur, ctl, total)
         finally:
             await reader.close()
-        self.report(Progress("done", self.rows, max(total, self.rows),
-                             time.monotonic() - self.started))
+        self.report(
+            Progress("done", self.rows, max(total, self.rows), time.monotonic() - self.started)
+        )
         return snapshot
 
     async def _fold(
-        self, cur: psycopg.AsyncServerCursor[RawChange], ctl: psycopg.AsyncConnection,
+        self,
+        cur: psycopg.AsyncServerCursor[RawChange],
+        ctl: psycopg.AsyncConnection,
         total: int,
     ) -> None:
         """Read chunks (one prefetched while the previous is folded) and apply them cut at
@@ -403,14 +437,13 @@ class _Replay:
             with contextlib.suppress(asyncio.CancelledError):
                 await reader
 
-    async def _apply(
-        self, ctl: psycopg.AsyncConnection, raws: list[RawChange], total: int
-    ) -> None:
+    async def _apply(self, ctl: psycopg.AsyncConnection, raws: list[RawChange], total: int) -> None:
         async with ctl.transaction():
             await apply_rows(ctl, raws, max_bytes=self.max_bytes, targets=SHADOW)
         self.rows += len(raws)
-        self.report(Progress("build", self.rows, max(total, self.rows),
-                             time.monotonic() - self.started))
+        self.report(
+            Progress("build", self.rows, max(total, self.rows), time.monotonic() - self.started)
+        )
 
     # ----------------------------------------------------------------------- catch-up
 
@@ -419,25 +452,20 @@ class _Replay:
         in which every visible row is now applied, and the rows read. Inside a caller's
         transaction the chunks are savepoints."""
         pass_snapshot: str | None = None
-        after_xid, after_id = "0", _NIL_UUID
+        after_xid, after_id = "0", NIL_UUID
         total = 0
         while True:
             async with conn.transaction():
-                (snap,) = await _one(conn, "SELECT pg_current_snapshot()::text")
+                snap, rows = await read_journal(conn, prev, (after_xid, after_id), self.batch_size)
                 pass_snapshot = pass_snapshot or snap
-                cur = await conn.execute(
-                    load("journal_read"),
-                    {"prev": prev, "after_xid": after_xid, "after_id": after_id,
-                     "limit": self.batch_size},
-                )
-                rows = await cur.fetchall()
-                if any(r[2] for r in rows):
+                if hidden_rows(rows):
                     raise ReplayError(
                         "journaled rows of public.sync_changes are hidden by row level "
                         "security: the role needs BYPASSRLS"
                     )
-                await apply_rows(conn, [_journal_raw(r) for r in rows],
-                                 max_bytes=self.max_bytes, targets=SHADOW)
+                await apply_rows(
+                    conn, [journal_raw(r) for r in rows], max_bytes=self.max_bytes, targets=SHADOW
+                )
             total += len(rows)
             self.caught_up += len(rows)
             if len(rows) < self.batch_size:
@@ -447,8 +475,9 @@ class _Replay:
     async def _locked(self, conn: psycopg.AsyncConnection, mode: str) -> None:
         """LOCK the live tables inside the caller's transaction, giving up after
         lock_timeout: a queued ACCESS EXCLUSIVE request would stall everyone behind it."""
-        await conn.execute("SELECT set_config('lock_timeout', %s, true)",
-                           (f"{int(self.lock_timeout * 1000)}ms",))
+        await conn.execute(
+            "SELECT set_config('lock_timeout', %s, true)", (f"{int(self.lock_timeout * 1000)}ms",)
+        )
         await conn.execute(
             sql.SQL(load("replay_lock_live")).format(
                 clocks=sql.Identifier(LIVE.schema, LIVE.clocks),
@@ -472,8 +501,12 @@ class _Replay:
                         f"{_SWAP_ATTEMPTS} tries of {self.lock_timeout:g} s (a long "
                         "transaction holds them)"
                     ) from None
-                log.warning("replay: live tables busy, %s attempt %d of %d failed; catching up",
-                            what, attempt, _SWAP_ATTEMPTS)
+                log.warning(
+                    "replay: live tables busy, %s attempt %d of %d failed; catching up",
+                    what,
+                    attempt,
+                    _SWAP_ATTEMPTS,
+                )
                 prev, _ = await self._catch_up(conn, prev)
         raise AssertionError("unreachable")
 
@@ -481,8 +514,9 @@ class _Replay:
 
     async def _swap(self, ctl: psycopg.AsyncConnection, prev: str) -> int:
         async def body(prev: str) -> int:
-            await ctl.execute("SELECT set_config('synchronous_commit', %s, true)",
-                              (self.synchronous_commit,))
+            await ctl.execute(
+                "SELECT set_config('synchronous_commit', %s, true)", (self.synchronous_commit,)
+            )
             await self._locked(ctl, "ACCESS EXCLUSIVE")
             _, n = await self._catch_up(ctl, prev)
             await self._take_live_names(ctl)
@@ -494,16 +528,27 @@ class _Replay:
         swap_ms = 1000 * (time.monotonic() - started)
         # Dropping the old tables unlinks their files: after the swap, not under its lock.
         try:
-            await ctl.execute("SELECT set_config('lock_timeout', %s, false)",
-                              (f"{int(self.lock_timeout * 1000)}ms",))
+            await ctl.execute(
+                "SELECT set_config('lock_timeout', %s, false)",
+                (f"{int(self.lock_timeout * 1000)}ms",),
+            )
             async with ctl.transaction():
-                await ctl.execute(_fmt("replay_shadow_drop", clocks=RETIRED.clocks,
-                                       missions=RETIRED.missions, agents=RETIRED.agents))
+                await ctl.execute(
+                    _fmt(
+                        "replay_shadow_drop",
+                        clocks=RETIRED.clocks,
+                        missions=RETIRED.missions,
+                        agents=RETIRED.agents,
+                    )
+                )
         except psycopg.Error as exc:
-            log.warning("replay: the old tables stay as *_retired (%s); the next replay drops "
-                        "them", first_line(exc))
-        missions, agents = await _one(ctl, _fmt("replay_counts", missions=LIVE.missions,
-                                                agents=LIVE.agents))
+            log.warning(
+                "replay: the old tables stay as *_retired (%s); the next replay drops them",
+                first_line(exc),
+            )
+        missions, agents = await _one(
+            ctl, _fmt("replay_counts", missions=LIVE.missions, agents=LIVE.agents)
+        )
         print(
             f"replay: rebuilt {missions:,} missions and {agents:,} agents from "
             f"{self.rows:,} log rows (+{self.caught_up:,} caught up from the journal) in "
@@ -537,24 +582,40 @@ class _Replay:
             # Index names are unique per schema: the live ones must be free first.
             for what, _, live_name in renames:
                 if what == "index":
-                    retire.append(sql.SQL("ALTER INDEX {} RENAME TO {}").format(
-                        sql.Identifier(LIVE.schema, live_name),
-                        sql.Identifier(live_name[:55] + "_retired")))
-            retire.append(sql.SQL("ALTER TABLE {} RENAME TO {}").format(
-                sql.Identifier(LIVE.schema, live), sql.Identifier(retired)))
+                    retire.append(
+                        sql.SQL("ALTER INDEX {} RENAME TO {}").format(
+                            sql.Identifier(LIVE.schema, live_name),
+                            sql.Identifier(live_name[:55] + "_retired"),
+                        )
+                    )
+            retire.append(
+                sql.SQL("ALTER TABLE {} RENAME TO {}").format(
+                    sql.Identifier(LIVE.schema, live), sql.Identifier(retired)
+                )
+            )
             steps.extend(carry)
-            steps.append(sql.SQL("ALTER TABLE {} RENAME TO {}").format(
-                sql.Identifier(LIVE.schema, shadow), sql.Identifier(live)))
+            steps.append(
+                sql.SQL("ALTER TABLE {} RENAME TO {}").format(
+                    sql.Identifier(LIVE.schema, shadow), sql.Identifier(live)
+                )
+            )
             for what, shadow_name, live_name in renames:
                 if shadow_name == live_name:
                     continue
                 if what == "index":
-                    steps.append(sql.SQL("ALTER INDEX {} RENAME TO {}").format(
-                        sql.Identifier(LIVE.schema, shadow_name), sql.Identifier(live_name)))
+                    steps.append(
+                        sql.SQL("ALTER INDEX {} RENAME TO {}").format(
+                            sql.Identifier(LIVE.schema, shadow_name), sql.Identifier(live_name)
+                        )
+                    )
                 else:
-                    steps.append(sql.SQL("ALTER TABLE {} RENAME CONSTRAINT {} TO {}").format(
-                        sql.Identifier(LIVE.schema, live), sql.Identifier(shadow_name),
-                        sql.Identifier(live_name)))
+                    steps.append(
+                        sql.SQL("ALTER TABLE {} RENAME CONSTRAINT {} TO {}").format(
+                            sql.Identifier(LIVE.schema, live),
+                            sql.Identifier(shadow_name),
+                            sql.Identifier(live_name),
+                        )
+                    )
         for step in [*retire, *steps]:
             await conn.execute(step)
 
@@ -567,35 +628,53 @@ class _Replay:
             cur = await ctl.execute(load("checkpoint_get"), {"name": "projection"})
             cp = await cur.fetchone()
             await ctl.execute(
-                _fmt("replay_diff", live_missions=LIVE.missions, live_agents=LIVE.agents,
-                     live_clocks=LIVE.clocks, shadow_missions=SHADOW.missions,
-                     shadow_agents=SHADOW.agents, shadow_clocks=SHADOW.clocks),
+                _fmt(
+                    "replay_diff",
+                    live_missions=LIVE.missions,
+                    live_agents=LIVE.agents,
+                    live_clocks=LIVE.clocks,
+                    shadow_missions=SHADOW.missions,
+                    shadow_agents=SHADOW.agents,
+                    shadow_clocks=SHADOW.clocks,
+                ),
                 {"applied_below": cp[0] if cp else "0"},
             )
             summary = await _one(ctl, load("replay_diff_summary"))
             cur = await ctl.execute(load("replay_diff_detail"), {"limit": _DETAIL_LIMIT})
             details = await cur.fetchall()
-            counts = await _one(ctl, _fmt("replay_counts", missions=LIVE.missions,
-                                          agents=LIVE.agents))
+            counts = await _one(
+                ctl, _fmt("replay_counts", missions=LIVE.missions, agents=LIVE.agents)
+            )
             return summary, details, counts
 
         started = time.monotonic()
         (differ, inflight), details, (missions, agents) = await self._retrying(
-            ctl, prev, "verify", body)
-        log.info("replay --verify: compared under a SHARE lock in %.0f ms",
-                 1000 * (time.monotonic() - started))
+            ctl, prev, "verify", body
+        )
+        log.info(
+            "replay --verify: compared under a SHARE lock in %.0f ms",
+            1000 * (time.monotonic() - started),
+        )
         skipped = (
             f"; {inflight} record(s) the live projection is still applying were not compared"
-            if inflight else ""
+            if inflight
+            else ""
         )
         if not differ:
-            print(f"replay --verify: the live snapshots equal the log's fold ({missions:,} "
-                  f"missions, {agents:,} agents, {self.rows:,} log rows){skipped}",
-                  file=self.out)
+            print(
+                f"replay --verify: the live snapshots equal the log's fold ({missions:,} "
+                f"missions, {agents:,} agents, {self.rows:,} log rows){skipped}",
+                file=self.out,
+            )
             return EXIT_OK
-        print(f"replay --verify: {differ} record(s) differ from the log's fold "
-              f"({missions:,} missions, {agents:,} agents live){skipped}", file=self.out)
-        for kind, user_id, record_id, what, status, fields in details:
+        print(
+            f"replay --verify: {differ} record(s) differ from the log's fold "
+            f"({missions:,} missions, {agents:,} agents live){skipped}",
+            file=self.out,
+        )
+        for kind, user_id, record_id, what, status, fields, live, shadow in details:
+            if what == "clock" and status == "differs":
+                fields = clock_differences(live, shadow)
             if status == "differs":
                 detail = "fields " + ", ".join(fields) if fields else "metadata"
             elif status == "only-live":
@@ -613,8 +692,14 @@ class _Replay:
     async def _cleanup(self, ctl: psycopg.AsyncConnection) -> None:
         """After a swap the shadow names are gone; after --verify the shadow goes."""
         async with ctl.transaction():
-            await ctl.execute(_fmt("replay_shadow_drop", clocks=SHADOW.clocks,
-                                   missions=SHADOW.missions, agents=SHADOW.agents))
+            await ctl.execute(
+                _fmt(
+                    "replay_shadow_drop",
+                    clocks=SHADOW.clocks,
+                    missions=SHADOW.missions,
+                    agents=SHADOW.agents,
+                )
+            )
             await ctl.execute(load("replay_hold_clear"))
 
     async def _abandon(self, ctl: psycopg.AsyncConnection) -> None:
@@ -636,15 +721,18 @@ class _Replay:
                         await _drop_leftovers(conn)
                         await conn.execute(load("replay_hold_clear"))
         except BaseException as exc:  # noqa: BLE001 - cleanup must not mask the cause
-            log.warning("replay: could not drop the shadow tables (%s); the next replay "
-                        "drops them", first_line(exc))
+            log.warning(
+                "replay: could not drop the shadow tables (%s); the next replay drops them",
+                first_line(exc),
+            )
 
 
 async def _drop_leftovers(conn: psycopg.AsyncConnection) -> None:
     """The shadow tables, and old tables a swap could not drop (see _swap)."""
     for t in (SHADOW, RETIRED):
-        await conn.execute(_fmt("replay_shadow_drop", clocks=t.clocks, missions=t.missions,
-                                agents=t.agents))
+        await conn.execute(
+            _fmt("replay_shadow_drop", clocks=t.clocks, missions=t.missions, agents=t.agents)
+        )
 
 
 def _last_record_start(rows: list[RawChange]) -> int:

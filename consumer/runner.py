@@ -162,7 +162,10 @@ class Runner:
         self.clock = clock
 
     async def dispatch(
-        self, mission: dict[str, Any], user_id: str, agent: dict[str, Any] | None,
+        self,
+        mission: dict[str, Any],
+        user_id: str,
+        agent: dict[str, Any] | None,
         occurrence: str,
     ) -> str | None:
         mission_id = mission.get("id")
@@ -181,8 +184,12 @@ class Runner:
             return outcome
 
     async def _run(
-        self, span: trace.Span, mission: dict[str, Any], user_id: str,
-        agent: dict[str, Any] | None, agent_id: str | None,
+        self,
+        span: trace.Span,
+        mission: dict[str, Any],
+        user_id: str,
+        agent: dict[str, Any] | None,
+        agent_id: str | None,
     ) -> str:
         mission_id = str(mission.get("id"))
         messages = build_messages(mission, agent)
@@ -198,8 +205,9 @@ class Runner:
             answer = parse_planner_reply(reply.content)
         except ParseFailure as exc:
             metrics.PARSE_FAILURES.inc()
-            log.warning("mission %s of %s: planner reply did not parse: %s",
-                        mission_id, user_id, exc)
+            log.warning(
+                "mission %s of %s: planner reply did not parse: %s", mission_id, user_id, exc
+            )
             span.set_attribute("run.parse_failure", str(exc))
             if agent_id is not None and reply.total_tokens > 0:
                 # Nothing is written, but the tokens were spent: the budget must see them,
@@ -218,12 +226,14 @@ class Runner:
         if next_run is not None:
             wb = with_next_run(wb, next_run, wb.field_meta["iterations"])
         change_id = str(uuid.uuid4())
-        span.set_attributes({
-            "iteration.id": iteration_id,
-            "iteration.steps": len(iteration["plan"]),
-            "iteration.status": iteration["overallStatus"],
-            "writeback.change_id": change_id,
-        })
+        span.set_attributes(
+            {
+                "iteration.id": iteration_id,
+                "iteration.steps": len(iteration["plan"]),
+                "iteration.status": iteration["overallStatus"],
+                "writeback.change_id": change_id,
+            }
+        )
         if next_run is not None:
             span.set_attribute("mission.next_run_at", wb.data["nextRunAt"])
 
@@ -236,7 +246,11 @@ class Runner:
         metrics.PLANS_WRITTEN_BACK.inc()
         log.info(
             "mission %s of %s: iteration %s written back (%d steps, %s, %d tokens)",
-            mission_id, user_id, iteration_id, len(iteration["plan"]),
-            iteration["overallStatus"], reply.total_tokens,
+            mission_id,
+            user_id,
+            iteration_id,
+            len(iteration["plan"]),
+            iteration["overallStatus"],
+            reply.total_tokens,
         )
         return OUTCOME_WRITTEN_BACK

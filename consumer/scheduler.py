@@ -94,7 +94,10 @@ class Dispatcher(Protocol):
     """
 
     async def dispatch(
-        self, mission: dict[str, Any], user_id: str, agent: dict[str, Any] | None,
+        self,
+        mission: dict[str, Any],
+        user_id: str,
+        agent: dict[str, Any] | None,
         occurrence: str,
     ) -> str | None: ...
 
@@ -103,7 +106,10 @@ class LedgerDispatcher:
     """Default until the runner exists: runs nothing; the ledger records the occurrence."""
 
     async def dispatch(
-        self, mission: dict[str, Any], user_id: str, agent: dict[str, Any] | None,
+        self,
+        mission: dict[str, Any],
+        user_id: str,
+        agent: dict[str, Any] | None,
         occurrence: str,
     ) -> str | None:
         return ledger.OUTCOME_RECORDED
@@ -170,10 +176,10 @@ class _Decided(msgspec.Struct):
 class Scheduler:
     """Due missions -> decisions -> runs. Wiring, in the service's task group:
 
-        scheduler = Scheduler(pool, tracer=telemetry.tracer(), max_sleep=settings.max_sleep,
-                              dispatcher=runner)  # runner: a Dispatcher; default records only
-        projector.on_applied = scheduler.notify_changed
-        tg.start_soon(scheduler.run)
+    scheduler = Scheduler(pool, tracer=telemetry.tracer(), max_sleep=settings.max_sleep,
+                          dispatcher=runner)  # runner: a Dispatcher; default records only
+    projector.on_applied = scheduler.notify_changed
+    tg.start_soon(scheduler.run)
     """
 
     def __init__(
@@ -283,18 +289,23 @@ class Scheduler:
                 due, candidates = await self._select(conn, now)
                 agents = await self._agents(conn, {d.occ.user_id for d in due})
                 pairs = {
-                    (d.occ.user_id, aid) for d in due
-                    if (aid := _agent_id(d.mission)) is not None
-                    and (d.occ.user_id, aid) in agents
+                    (d.occ.user_id, aid)
+                    for d in due
+                    if (aid := _agent_id(d.mission)) is not None and (d.occ.user_id, aid) in agents
                 }
                 usage = await ledger.usage_since(conn, pairs, now - BUDGET_WINDOW)
             decided = [x for d in due if (x := self._decide(d, agents, usage)) is not None]
             ran = [x for x in decided if x.verdict.decision is Decision.RAN]
             try:
-                won = await ledger.claim_many(conn, [
-                    ledger.Claim(x.d.occ, x.verdict.decision.value, x.verdict.reason, x.agent_id)
-                    for x in ran
-                ])
+                won = await ledger.claim_many(
+                    conn,
+                    [
+                        ledger.Claim(
+                            x.d.occ, x.verdict.decision.value, x.verdict.reason, x.agent_id
+                        )
+                        for x in ran
+                    ],
+                )
             except BaseException:
                 for x in ran:
                     self.in_flight.release(x.d.occ.user_id, x.agent_id)
@@ -317,7 +328,10 @@ class Scheduler:
         return records
 
     def _settle(
-        self, tg: anyio.abc.TaskGroup, decided: list[_Decided], ran: list[_Decided],
+        self,
+        tg: anyio.abc.TaskGroup,
+        decided: list[_Decided],
+        ran: list[_Decided],
         won: set[Occurrence],
     ) -> list[DecisionRecord]:
         """After the claim: emit the decisions and start the runs that are ours."""
@@ -337,15 +351,15 @@ class Scheduler:
             decision = x.verdict.decision
             if decision is Decision.RAN and x.d.occ not in won:
                 continue  # silently: not ours to run, and never again decided
-            if (decision is Decision.SKIPPED_CONCURRENCY
-                    and (x.d.occ.user_id, x.agent_id) in lost_agents):
+            if (
+                decision is Decision.SKIPPED_CONCURRENCY
+                and (x.d.occ.user_id, x.agent_id) in lost_agents
+            ):
                 continue
             records.append(self._emit(tg, x))
         return records
 
-    async def _select(
-        self, conn: psycopg.AsyncConnection, now: datetime
-    ) -> tuple[list[_Due], int]:
+    async def _select(self, conn: psycopg.AsyncConnection, now: datetime) -> tuple[list[_Due], int]:
         """Due occurrences, oldest first; also sets next_due. Returns (due, candidates read)."""
         exact = utc_text(now + TEXT_SLACK)
         wide = utc_text(now + MAX_POSITIVE_OFFSET + TEXT_SLACK)
@@ -401,7 +415,8 @@ class Scheduler:
             agent_name = name if isinstance(name, str) else None
         try:
             verdict = decide(
-                mission, agent,
+                mission,
+                agent,
                 self.in_flight.get(occ.user_id, agent_id),
                 usage.get((occ.user_id, agent_id), 0) if agent_id is not None else 0,
             )
@@ -433,14 +448,20 @@ class Scheduler:
             if x.agent_id is not None:
                 metrics.AGENT_DECISIONS.labels(decision=decision.value).inc()
             attrs = _attributes(occ, x.agent_id, x.agent_name)
-            attrs.update({
-                "decision": decision.value,
-                "reason": x.verdict.reason,
-                "mission.lateness_ms": round(x.lateness * 1000.0, 3),
-            })
+            attrs.update(
+                {
+                    "decision": decision.value,
+                    "reason": x.verdict.reason,
+                    "mission.lateness_ms": round(x.lateness * 1000.0, 3),
+                }
+            )
             log.info(
-                "mission %s of %s (agent %s): %s, %s, %.0f ms late", occ.mission_id,
-                occ.user_id, x.agent_name or x.agent_id, decision.value, x.verdict.reason,
+                "mission %s of %s (agent %s): %s, %s, %.0f ms late",
+                occ.mission_id,
+                occ.user_id,
+                x.agent_name or x.agent_id,
+                decision.value,
+                x.verdict.reason,
                 x.lateness * 1000.0,
             )
             # The run starts inside the decision span, so the runner's spans are its children.
@@ -448,9 +469,17 @@ class Scheduler:
                 if ran:
                     tg.start_soon(self._run_one, x.d, x.agent, x.agent_id)
         return DecisionRecord(
-            user_id=occ.user_id, mission_id=occ.mission_id, occurrence=occ.next_run_at,
-            due_at=x.d.at, agent_id=x.agent_id, agent_name=x.agent_name, decision=decision,
-            reason=x.verdict.reason, lateness_s=x.lateness, emitted=emit, dispatched=ran,
+            user_id=occ.user_id,
+            mission_id=occ.mission_id,
+            occurrence=occ.next_run_at,
+            due_at=x.d.at,
+            agent_id=x.agent_id,
+            agent_name=x.agent_name,
+            decision=decision,
+            reason=x.verdict.reason,
+            lateness_s=x.lateness,
+            emitted=emit,
+            dispatched=ran,
         )
 
     # ------------------------------------------------------------------ runs

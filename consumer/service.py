@@ -78,7 +78,7 @@ async def serve(
             planner = await stack.enter_async_context(Planner(planner_config))
             dispatcher = Runner(pool, planner, tracer=telemetry.tracer())
         projector = Projector(batch_size=settings.batch_size, max_row_bytes=settings.max_row_bytes)
-        follower = Follower(settings, projector, pool, health)
+        follower = Follower(settings, projector, health)
         async with anyio.create_task_group() as tg:
             tg.start_soon(_stop_on_signal, tg.cancel_scope)
             tg.start_soon(follower.run)

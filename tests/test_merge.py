@@ -11,6 +11,7 @@ from collections import defaultdict
 from datetime import UTC, date, datetime, timedelta, timezone
 from typing import Any
 
+import msgspec
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -507,11 +508,10 @@ def test_encode_decode_round_trip() -> None:
     state, _ = fold(rows)
     buf = encode_state(state)
     assert decode_state(buf) == state
-    assert decode_state(buf.decode()) == state
     assert encode_state(decode_state(buf)) == buf
     # compact: a cell is an array [stamp, created, change_id, value]
-    assert f'"state":[{BASE_US + SECOND},{BASE_US + SECOND},"{uid(2)}","active"]'.encode() in buf
-    assert b" " not in buf
+    raw = msgspec.msgpack.decode(buf)
+    assert raw["fields"]["state"] == [BASE_US + SECOND, BASE_US + SECOND, uid(2), "active"]
     # deterministic: the same state built in another order encodes to the same bytes
     assert encode_state(fold(rows[::-1])[0]) == buf
     deleted, _ = fold([*rows, change(3, "delete", created_us=BASE_US + 9 * SECOND)])

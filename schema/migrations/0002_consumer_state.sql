@@ -23,11 +23,13 @@ CREATE TABLE IF NOT EXISTS mana_ai.checkpoint (
 -- Per-field write clocks of every record we project (missions and agents), so that a
 -- row arriving late, twice or out of order merges to the same result (DESIGN M1).
 -- Kept beside the seed's snapshot tables, which stay column-for-column upstream's.
+-- `state` is MessagePack (see consumer/merge.py): only the consumer reads it, and the
+-- server stores it without parsing it.
 CREATE TABLE IF NOT EXISTS mana_ai.record_clocks (
     kind      TEXT NOT NULL CHECK (kind IN ('mission', 'agent')),
     user_id   TEXT NOT NULL,
     record_id TEXT NOT NULL,
-    state     JSONB NOT NULL,
+    state     BYTEA NOT NULL,
     PRIMARY KEY (kind, user_id, record_id)
 );
 
@@ -38,3 +40,26 @@ CREATE TABLE IF NOT EXISTS mana_ai.quarantine (
     raw            JSONB NOT NULL,
     quarantined_at TIMESTAMPTZ NOT NULL DEFAULT now()
 );
+
+-- Compare-and-set of a checkpoint as one statement that fails on conflict, so the apply
+-- transaction can send its writes, this and COMMIT in one round trip (pipeline) and still
+-- roll back when another worker moved the checkpoint. SQLSTATE MA001 = conflict.
+CREATE OR REPLACE FUNCTION mana_ai.advance_checkpoint(
+    p_name TEXT, p_version BIGINT, p_applied_below XID8, p_bootstrapped BOOLEAN
+) RETURNS BIGINT LANGUAGE plpgsql AS $$
+DECLARE
+    new_version BIGINT;
+BEGIN
+    UPDATE mana_ai.checkpoint
+    SET applied_below = GREATEST(applied_below, p_applied_below),
+        bootstrapped = bootstrapped OR p_bootstrapped,
+        version = version + 1,
+        updated_at = now()
+    WHERE name = p_name AND version = p_version
+    RETURNING version INTO new_version;
+    IF new_version IS NULL THEN
+        RAISE EXCEPTION 'checkpoint % moved under us (expected version %)', p_name, p_version
+            USING ERRCODE = 'MA001';
+    END IF;
+    RETURN new_version;
+END $$;

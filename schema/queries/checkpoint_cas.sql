@@ -1,8 +1,3 @@
--- Compare-and-set: only the worker that read `version` may move the checkpoint.
-UPDATE mana_ai.checkpoint
-SET applied_below = GREATEST(applied_below, %(applied_below)s::xid8),
-    bootstrapped = bootstrapped OR %(bootstrapped)s,
-    version = version + 1,
-    updated_at = now()
-WHERE name = %(name)s AND version = %(version)s
-RETURNING version
+-- Compare-and-set: only the worker that read `version` may move the checkpoint; anyone
+-- else gets SQLSTATE MA001 and its transaction rolls back.
+SELECT mana_ai.advance_checkpoint(%(name)s, %(version)s, %(applied_below)s::xid8, %(bootstrapped)s)

@@ -1,14 +1,24 @@
--- Journal rows not yet seen: not visible in the snapshot up to which everything was
--- applied ($prev), after the keyset position of this pass, in cursor order.
--- A LEFT JOIN so that a journal row whose log row is hidden (row level security) shows
--- up as NULLs instead of vanishing.
-SELECT j.xid::text, j.change_id::text, c.id IS NULL AS hidden,
-       c.user_id, c.table_name, c.record_id, c.op,
-       c.data::text, c.field_meta::text, c.created_at
-FROM mana_ai.journal j
-LEFT JOIN public.sync_changes c ON c.id = j.change_id
-WHERE j.xid >= pg_snapshot_xmin(%(prev)s::pg_snapshot)
-  AND NOT pg_visible_in_snapshot(j.xid, %(prev)s::pg_snapshot)
-  AND (j.xid, j.change_id) > (%(after_xid)s::xid8, %(after_id)s::uuid)
-ORDER BY j.xid, j.change_id
-LIMIT %(limit)s
+-- One statement per chunk: the statement's snapshot, and the journal rows not visible in
+-- the snapshot up to which everything was applied ($prev), after the keyset position of
+-- this pass, in cursor order, each with its log row and the stored clocks of its record.
+-- The LEFT JOIN LATERAL returns the snapshot even when there are no rows (xid NULL).
+-- A journal row whose log row is hidden (row level security) comes back with hidden=true
+-- instead of vanishing.
+WITH snap AS MATERIALIZED (SELECT pg_current_snapshot()::text AS snapshot)
+SELECT snap.snapshot, r.*
+FROM snap LEFT JOIN LATERAL (
+    SELECT j.xid::text AS xid, j.change_id::text AS change_id, c.id IS NULL AS hidden,
+           c.user_id, c.table_name, c.record_id, c.op,
+           c.data::text AS data, c.field_meta::text AS field_meta, c.created_at, k.state
+    FROM mana_ai.journal j
+    LEFT JOIN public.sync_changes c ON c.id = j.change_id
+    LEFT JOIN mana_ai.record_clocks k
+           ON k.kind = CASE c.table_name WHEN 'aiMissions' THEN 'mission'
+                                         WHEN 'agents' THEN 'agent' END
+          AND k.user_id = c.user_id AND k.record_id = c.record_id
+    WHERE j.xid >= pg_snapshot_xmin(%(prev)s::pg_snapshot)
+      AND NOT pg_visible_in_snapshot(j.xid, %(prev)s::pg_snapshot)
+      AND (j.xid, j.change_id) > (%(after_xid)s::xid8, %(after_id)s::uuid)
+    ORDER BY j.xid, j.change_id
+    LIMIT %(limit)s
+) r ON true

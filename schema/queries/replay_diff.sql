@@ -27,30 +27,26 @@ WITH inflight AS (
     FROM {live_clocks} l FULL JOIN {shadow_clocks} s USING (kind, user_id, record_id)
     WHERE l.state IS DISTINCT FROM s.state
 ), diff AS (
-    SELECT kind, user_id, record_id, 'snapshot' AS what, live, shadow,
+    SELECT kind, user_id, record_id, 'snapshot' AS what, live IS NULL AS no_live,
+           shadow IS NULL AS no_shadow,
            CASE WHEN live IS NOT NULL AND shadow IS NOT NULL THEN
                ARRAY(SELECT key FROM jsonb_each(live) a FULL JOIN jsonb_each(shadow) b USING (key)
                      WHERE a.value IS DISTINCT FROM b.value ORDER BY key)
                || CASE WHEN at_differs THEN ARRAY['last_applied_at'] ELSE ARRAY[]::text[] END
-           END AS fields
+           END AS fields,
+           NULL::bytea AS live_state, NULL::bytea AS shadow_state
     FROM snapshots
     UNION ALL
-    SELECT kind, user_id, record_id, 'clock', live, shadow,
-           CASE WHEN live IS NOT NULL AND shadow IS NOT NULL THEN
-               ARRAY(SELECT key FROM jsonb_each(coalesce(live->'fields', jsonb_build_object())) a
-                     FULL JOIN jsonb_each(coalesce(shadow->'fields', jsonb_build_object())) b USING (key)
-                     WHERE a.value IS DISTINCT FROM b.value ORDER BY key)
-               || ARRAY(SELECT '(' || key || ')' FROM jsonb_each(live - 'fields') a
-                        FULL JOIN jsonb_each(shadow - 'fields') b USING (key)
-                        WHERE a.value IS DISTINCT FROM b.value ORDER BY key)
-           END
+    -- Clock states are MessagePack: the caller decodes them to name the fields.
+    SELECT kind, user_id, record_id, 'clock', live IS NULL, shadow IS NULL, NULL::text[],
+           live, shadow
     FROM clocks
 )
 SELECT d.kind, d.user_id, d.record_id, d.what,
-       CASE WHEN d.live IS NULL THEN 'only-replay'
-            WHEN d.shadow IS NULL THEN 'only-live'
+       CASE WHEN d.no_live THEN 'only-replay'
+            WHEN d.no_shadow THEN 'only-live'
             ELSE 'differs' END AS status,
-       d.fields,
+       d.fields, d.live_state, d.shadow_state,
        EXISTS (SELECT 1 FROM inflight i
                WHERE i.kind = d.kind AND i.user_id = d.user_id AND i.record_id = d.record_id)
            AS inflight
