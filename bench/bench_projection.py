@@ -169,9 +169,9 @@ class _Seen:
         inner_follow = follower._catch_up
         inner_pass = projector.catch_up
 
-        async def follow() -> Any:
+        async def follow(work: Any) -> Any:
             self.follow_started = time.monotonic()
-            return await inner_follow()
+            return await inner_follow(work)
 
         async def catch_up(conn: Any) -> Any:
             self.passes += 1
@@ -188,6 +188,7 @@ async def _latency_once(
     from consumer.config import Settings
     from consumer.db import APPLICATION_NAME, CONNECT_TIMEOUT
     from consumer.health import Health
+    from consumer import listener
     from consumer.listener import Follower
     from consumer.projection import Projector
 
@@ -219,8 +220,18 @@ async def _latency_once(
         projector = Projector(
             batch_size=settings.batch_size, max_row_bytes=settings.max_row_bytes, on_applied=seen
         )
-        follower = Follower(settings, projector, pool, health)
+        follower = Follower(settings, projector, health)
         seen.wrap(follower, projector)
+        # The Follower opens its own work connection: time its statements too. In pipeline
+        # mode a statement's time is only its queueing; the pass total is what counts.
+        inner_connect = listener.aconnect
+
+        async def aconnect(*args: Any, **kwargs: Any) -> psycopg.AsyncConnection:
+            conn = await inner_connect(*args, **kwargs)
+            timer.instrument(conn)
+            return conn
+
+        listener.aconnect = aconnect  # type: ignore[assignment]
         async with anyio.create_task_group() as tg:
             tg.start_soon(follower.run)
             with anyio.fail_after(30):
@@ -246,6 +257,7 @@ async def _latency_once(
                 await anyio.sleep(0.02)
             passes = seen.passes - passes_before
             tg.cancel_scope.cancel()
+        listener.aconnect = inner_connect  # type: ignore[assignment]
     done = [(m, t) for m, t in committed if m in seen.at]
     latencies = [(seen.at[m] - t) * 1000 for m, t in done]
     doorbell = [(seen.marks_of[m][0] - t) * 1000 for m, t in done]
