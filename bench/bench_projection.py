@@ -185,10 +185,10 @@ class _Seen:
 async def _latency_once(
     dsn: str, *, rate: float, seconds: float, warmup_s: float, run: int
 ) -> dict[str, Any]:
+    from consumer import listener
     from consumer.config import Settings
     from consumer.db import APPLICATION_NAME, CONNECT_TIMEOUT
     from consumer.health import Health
-    from consumer import listener
     from consumer.listener import Follower
     from consumer.projection import Projector
 
