@@ -240,3 +240,26 @@ def test_role_hidden_by_row_level_security_stops_with_one_line(db: str) -> None:
         with psycopg.connect(db, autocommit=True) as admin:
             admin.execute("DROP OWNED BY consumer_no_bypass")
             admin.execute("DROP ROLE consumer_no_bypass")
+
+
+async def test_hot_standby_waits_then_takes_over(db: str) -> None:
+    async with anyio.create_task_group() as tg:
+        leader_scope = anyio.CancelScope()
+
+        async def leader() -> None:
+            with leader_scope:
+                await serve(settings(db))
+
+        tg.start_soon(leader)
+        await anyio.sleep(0.5)
+        tg.start_soon(lambda: serve(settings(db)))  # the standby: same database
+        await anyio.sleep(0.5)
+        with psycopg.connect(db, autocommit=True) as conn:
+            mission(conn, "while-leader", state="active")
+        await wait_until(lambda: ("u1", "while-leader") in actual_snapshots(db)["missions"], 5)
+        leader_scope.cancel()  # the leader goes away; its advisory lock goes with it
+        with psycopg.connect(db, autocommit=True) as conn:
+            mission(conn, "after-takeover", state="active")
+        await wait_until(lambda: ("u1", "after-takeover") in actual_snapshots(db)["missions"], 10)
+        assert converged(db)
+        tg.cancel_scope.cancel()  # neither raised CheckpointConflict: one applier at a time
