@@ -18,9 +18,14 @@ At most once per occurrence. The `ran` decisions of a pass are claimed in the di
 ledger, in one statement and one commit, before any of them starts (consumer/ledger.py).
 A lost claim means another scheduler (a replica, or this one before a restart) dispatched
 it: nothing is run and nothing is emitted, and later passes do not see the occurrence (the
-due query skips ledgered occurrences). Cost of this design: the due query scans the 14 h
-text window of the index for '+' strings on every pass (about 20 ms with 1M missions spread
-over 30 days; see bench/bench_scheduler.py).
+due query skips ledgered occurrences).
+
+Positive offsets. A nextRunAt like '...T10:00+02:00' sorts after its instant, so the text
+bound `<= now` misses it. The 14 h text window that finds them costs ~20-40 ms with 1M
+missions, so it is scanned only every WIDE_SCAN_EVERY; the '+' missions it finds are kept
+in memory (by key) and re-read by key each pass, and so are the missions the projection
+reports changed (notify_changed), so a new or moved '+' mission is seen at once. Every other
+pass reads only `nextRunAt <= now` through the seed index.
 
 Spans and metrics. One "scheduler.pass" span per pass, one "mission.decision" child per
 decision. A skipped occurrence stays due and is decided again on every pass; to keep traces
@@ -72,6 +77,7 @@ WAKE_EPSILON = 0.005  # seconds added to a timed sleep: a timer may fire a hair 
 MIN_SLEEP = 0.001
 FINISH_TIMEOUT = 5.0  # seconds a finishing run may spend recording its outcome
 MAX_BACKOFF = 30.0
+WIDE_SCAN_EVERY = 60.0  # seconds between scans of the 14 h window for '+' offsets
 
 _decode = msgspec.json.Decoder(dict[str, Any])
 
@@ -200,6 +206,9 @@ class Scheduler:
         self.clock = clock
         self.in_flight = InFlight()
         self.next_due: datetime | None = None  # earliest future nextRunAt seen by the last pass
+        self._wide_at: float | None = None  # monotonic time of the last 14 h window scan
+        self._positive: set[tuple[str, str]] = set()  # missions with a '+hh:mm' nextRunAt
+        self._changed: set[tuple[str, str]] = set()  # missions the projection changed
         self._tg: anyio.abc.TaskGroup | None = None
         self._wake: anyio.Event | None = None  # created inside the loop (needs a running loop)
         self._pending = False  # a wake arrived since the current pass started
@@ -217,6 +226,8 @@ class Scheduler:
         Synchronous and cheap; call it on the event loop's thread. Any change wakes the loop:
         a pass costs one indexed query, and wakes during a pass fold into one more pass.
         """
+        if applied is not None:
+            self._changed |= applied.missions
         self._poke()
 
     def _poke(self) -> None:
@@ -362,9 +373,25 @@ class Scheduler:
     async def _select(self, conn: psycopg.AsyncConnection, now: datetime) -> tuple[list[_Due], int]:
         """Due occurrences, oldest first; also sets next_due. Returns (due, candidates read)."""
         exact = utc_text(now + TEXT_SLACK)
-        wide = utc_text(now + MAX_POSITIVE_OFFSET + TEXT_SLACK)
+        mono = time.monotonic()
+        wide_scan = self._wide_at is None or mono - self._wide_at >= WIDE_SCAN_EVERY
+        wide = utc_text(now + MAX_POSITIVE_OFFSET + TEXT_SLACK) if wide_scan else exact
         cur = await conn.execute(load("due_missions"), {"exact": exact, "wide": wide})
         rows = await cur.fetchall()
+        if wide_scan:
+            self._wide_at = mono
+            self._positive = {(r[0], r[1]) for r in rows if "+" in r[2]}
+        keys = (self._positive | self._changed) - {(r[0], r[1]) for r in rows}
+        self._changed = set()
+        if keys:
+            users, missions = zip(*sorted(keys), strict=True)
+            cur = await conn.execute(
+                load("due_by_keys"), {"users": list(users), "missions": list(missions)}
+            )
+            by_key = await cur.fetchall()
+            # Remember the '+' ones among them; the rest the text-bound query will find.
+            self._positive = (self._positive - keys) | {(r[0], r[1]) for r in by_key if "+" in r[2]}
+            rows += by_key
         due: list[_Due] = []
         upcoming: list[datetime] = []
         for user_id, mission_id, next_run_at, body in rows:

@@ -429,6 +429,30 @@ async def test_due_selection_reads_offsets_as_instants(env: Env) -> None:
     assert s.sleep_seconds() == 600
 
 
+async def test_positive_offsets_are_found_between_window_scans(env: Env) -> None:
+    """The 14 h window is scanned once per WIDE_SCAN_EVERY; between scans, '+hh:mm'
+    missions it found, and missions the projection reports changed, are read by key."""
+    plus2 = timezone(timedelta(hours=2))
+    now = datetime.now(UTC)
+    soon = (now + timedelta(seconds=1)).astimezone(plus2).isoformat(timespec="milliseconds")
+    mission(env.log, "known-plus2", state="active", nextRunAt=soon)
+    await env.apply()
+    s = env.scheduler(GatedDispatcher(gated=False), max_sleep=600)
+    assert await s.run_pass() == []
+    scanned_at = s._wide_at
+    assert scanned_at is not None
+    # Written after the scan; its text sorts 2 h after its instant (a minute ago).
+    late = (now - timedelta(minutes=1)).astimezone(plus2).isoformat(timespec="milliseconds")
+    mission(env.log, "new-plus2", state="active", nextRunAt=late)
+    await env.apply()
+    records = await s.run_pass()
+    assert [r.mission_id for r in records] == ["new-plus2"]
+    await anyio.sleep(max(0.0, (s.next_due - datetime.now(UTC)).total_seconds()) + 0.05)
+    records = await s.run_pass()
+    assert [r.mission_id for r in records] == ["known-plus2"]
+    assert s._wide_at == scanned_at, "found by key, without scanning the window again"
+
+
 def test_due_queries_use_the_seed_index(db: str) -> None:
     now = datetime.now(UTC)
     with psycopg.connect(db) as conn:
