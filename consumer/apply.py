@@ -105,37 +105,72 @@ async def apply_rows(
     are loaded here. `defer_counts`: leave the new/updated counts to `settle()`, so that
     in pipeline mode nothing waits for a result before the caller's COMMIT."""
     result = Applied()
-    changes: dict[Key, list[Change]] = defaultdict(list)
+    changes: dict[Key, list[tuple[Change, RawChange]]] = defaultdict(list)
     rejected: list[tuple[RawChange, str]] = []
     for raw in raws:
         checked = validate(raw, max_bytes)
         if isinstance(checked, Rejected):
             rejected.append((raw, checked.reason))
         else:
-            changes[(checked.kind, checked.user_id, checked.record_id)].append(checked)
-    if rejected:
-        await _quarantine(conn, rejected, result)
+            changes[(checked.kind, checked.user_id, checked.record_id)].append((checked, raw))
     if changes:
         if states is None:
             states = await _load_states(conn, list(changes), targets)
         changed: list[tuple[Key, RecordState, bytes]] = []
         for key, batch in changes.items():
             before = states.get(key)
-            state = decode_state(before) if before is not None else RecordState()
-            for change in batch:
-                result.bad_stamps += apply_change(state, change)
-                result.rows += 1
-            encoded = encode_state(state)
-            if encoded == before:
-                continue  # a re-delivery that changed nothing: no write, no wake-up
+            try:
+                state, encoded = _merge(before, batch, result)
+            except Exception:
+                # Something in these rows defeats the merge or its encoding (say an integer
+                # past 64 bits). Find the culprits row by row; the others still apply.
+                state, encoded = _merge_each(before, batch, result, rejected)
+            if encoded == before or (before is None and state.last_applied_us is None):
+                continue  # a re-delivery that changed nothing (or nothing applied): no write
             changed.append((key, state, encoded))
             kind, user_id, record_id = key
             (result.missions if kind == "mission" else result.agents).add((user_id, record_id))
         if changed:
             await _write(conn, changed, targets, result)
+    if rejected:
+        await _quarantine(conn, rejected, result)
     if not defer_counts:
         await result.settle()
     return result
+
+
+def _merge(
+    before: bytes | None, batch: list[tuple[Change, RawChange]], result: Applied
+) -> tuple[RecordState, bytes]:
+    state = decode_state(before) if before is not None else RecordState()
+    bad = 0
+    for change, _ in batch:
+        bad += apply_change(state, change)
+    encoded = encode_state(state)
+    result.bad_stamps += bad
+    result.rows += len(batch)
+    return state, encoded
+
+
+def _merge_each(
+    before: bytes | None,
+    batch: list[tuple[Change, RawChange]],
+    result: Applied,
+    rejected: list[tuple[RawChange, str]],
+) -> tuple[RecordState, bytes]:
+    encoded = before if before is not None else encode_state(RecordState())
+    state = decode_state(encoded)
+    for change, raw in batch:
+        try:
+            bad = apply_change(state, change)
+            encoded = encode_state(state)
+        except Exception as exc:
+            state = decode_state(encoded)  # back to the last state that encoded
+            rejected.append((raw, f"unmergeable: {type(exc).__name__}: {exc}"))
+            continue
+        result.bad_stamps += bad
+        result.rows += 1
+    return state, encoded
 
 
 async def _load_states(

@@ -160,3 +160,29 @@ async def test_journal_is_pruned_behind_the_checkpoint(db: str) -> None:
         assert await projector.prune(conn) == 5
     with psycopg.connect(db) as conn:
         assert conn.execute("SELECT count(*) FROM mana_ai.journal").fetchone() == (0,)
+
+
+async def test_a_row_the_merge_cannot_store_is_quarantined_and_its_neighbours_apply(
+    db: str,
+) -> None:
+    """An integer past 64 bits is valid JSON and valid jsonb, but cannot be stored in the
+    clocks: that row alone goes to quarantine, the stream goes on."""
+    with psycopg.connect(db, autocommit=True) as conn:
+        with conn.transaction():  # one transaction: the rows land in one batch
+            mission(conn, "m1", state="active", title="before")
+            conn.execute(
+                """INSERT INTO public.sync_changes (app_id, table_name, record_id, user_id,
+                       op, data, client_id) VALUES ('ai', 'aiMissions', 'm1', 'u1', 'update',
+                       '{"huge": 123456789012345678901234567890}', 'c')"""
+            )
+            # Rows of one transaction share created_at: stamp this one later to win.
+            write(conn, "aiMissions", "m1", {"title": "after"},
+                  field_meta={"title": "2030-01-01T00:00:00Z"})
+            mission(conn, "m2", state="active")
+    await project(db)
+    with psycopg.connect(db) as conn:
+        rows = conn.execute("SELECT reason, raw->>'record_id' FROM mana_ai.quarantine").fetchall()
+    assert len(rows) == 1 and rows[0][1] == "m1" and rows[0][0].startswith("unmergeable")
+    snaps = actual_snapshots(db)["missions"]
+    assert snaps[("u1", "m1")]["title"] == "after" and "huge" not in snaps[("u1", "m1")]
+    assert ("u1", "m2") in snaps
