@@ -381,14 +381,18 @@ class Scheduler:
         if wide_scan:
             self._wide_at = mono
             self._positive = {(r[0], r[1]) for r in rows if "+" in r[2]}
-        keys = (self._positive | self._changed) - {(r[0], r[1]) for r in rows}
-        self._changed = set()
+        changed, self._changed = self._changed, set()
+        keys = (self._positive | changed) - {(r[0], r[1]) for r in rows}
         if keys:
             users, missions = zip(*sorted(keys), strict=True)
-            cur = await conn.execute(
-                load("due_by_keys"), {"users": list(users), "missions": list(missions)}
-            )
-            by_key = await cur.fetchall()
+            try:
+                cur = await conn.execute(
+                    load("due_by_keys"), {"users": list(users), "missions": list(missions)}
+                )
+                by_key = await cur.fetchall()
+            except BaseException:
+                self._changed |= changed  # not looked at: the next pass does
+                raise
             # Remember the '+' ones among them; the rest the text-bound query will find.
             self._positive = (self._positive - keys) | {(r[0], r[1]) for r in by_key if "+" in r[2]}
             rows += by_key
