@@ -9,7 +9,6 @@ import msgspec
 
 MISSIONS_TABLE = "aiMissions"
 AGENTS_TABLE = "agents"
-AI_APP = "ai"
 
 # table_name in the log -> kind in mana_ai.record_clocks
 KIND_BY_TABLE = {MISSIONS_TABLE: "mission", AGENTS_TABLE: "agent"}

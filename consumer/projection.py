@@ -23,7 +23,8 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 import msgspec
 import psycopg
@@ -95,18 +96,15 @@ async def advance_checkpoint(
         )
 
 
-class conflicts:  # noqa: N801 - used as a context manager
+@contextmanager
+def conflicts(cp: Checkpoint, name: str = CHECKPOINT) -> Iterator[None]:
     """Turns the CAS function's conflict error into CheckpointConflict."""
-
-    def __init__(self, cp: Checkpoint, name: str = CHECKPOINT) -> None:
-        self.cp, self.name = cp, name
-
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, kind: object, exc: BaseException | None, tb: object) -> None:
-        if isinstance(exc, psycopg.Error) and exc.sqlstate == CONFLICT_SQLSTATE:
-            raise _conflict(self.name, self.cp.version) from None
+    try:
+        yield
+    except psycopg.Error as exc:
+        if exc.sqlstate == CONFLICT_SQLSTATE:
+            raise _conflict(name, cp.version) from None
+        raise
 
 
 def committed(cp: Checkpoint, applied_below: int, *, bootstrapped: bool = False) -> None:

@@ -54,7 +54,6 @@ import psycopg
 from psycopg import errors as pgerr
 from psycopg import sql
 from psycopg.rows import args_row
-from psycopg.types.array import ListBinaryDumper
 
 from .apply import LIVE, Targets, apply_rows
 from .config import first_line
@@ -247,10 +246,6 @@ async def _connect(dsn: str, *, autocommit: bool = False) -> psycopg.AsyncConnec
         )
     except psycopg.OperationalError as exc:
         raise ConfigError(f"cannot connect to the database: {first_line(exc)}") from None
-    # apply_rows sends its batches as arrays (UNNEST). psycopg's text array format escapes
-    # every quote of every JSON body with a regex: half the replay's time. Binary arrays
-    # carry the strings as they are.
-    conn.adapters.register_dumper(list, ListBinaryDumper)
     return conn
 
 
