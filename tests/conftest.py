@@ -13,12 +13,18 @@ from collections.abc import Iterator
 
 import psycopg
 import pytest
+from hypothesis import HealthCheck, settings
 from psycopg import sql
 from psycopg.conninfo import make_conninfo
 
 from consumer.migrate import migrate
 
 TEMPLATE = "mana_ai_template"
+
+# One profile for every property test: machines here are shared, so wall-clock limits on a
+# single example or on input generation measure the neighbours, not the code under test.
+settings.register_profile("mana-ai", deadline=None, suppress_health_check=[HealthCheck.too_slow])
+settings.load_profile("mana-ai")
 
 
 @pytest.fixture(scope="session")

@@ -12,7 +12,7 @@ from datetime import UTC, date, datetime, timedelta, timezone
 from typing import Any
 
 import msgspec
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from consumer.merge import (
@@ -243,7 +243,7 @@ def top_ties(rows: list[Change]) -> dict[str, list[Change]]:
 
 # --------------------------------------------------------------------------- properties
 
-FAST = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+FAST = settings(max_examples=200)  # deadline and health checks: the profile in conftest
 
 
 @FAST
