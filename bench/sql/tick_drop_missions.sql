@@ -1,0 +1,2 @@
+-- Bench only, upstream's polling tick: a deleted record loses its snapshot.
+DELETE FROM bench_tick.mission_snapshots WHERE user_id = %(user_id)s AND mission_id = %(record_id)s

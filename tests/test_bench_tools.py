@@ -1,0 +1,173 @@
+"""The benchmark's pure parts: upstream's polling fold (the baseline), the paired-ratio
+interval and the report writer. No timing is asserted here."""
+
+from __future__ import annotations
+
+import math
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from bench import report
+from bench.baseline import FIELD_META_KEY, Row, field_meta_time, fold, js_iso, js_truthy, seed_row
+from bench.common import ratio_interval, t_quantile
+
+T0 = datetime(2025, 6, 1, 9, 0, 0, 123456, tzinfo=UTC)
+
+
+def at(seconds: float) -> datetime:
+    return T0 + timedelta(seconds=seconds)
+
+
+def test_field_meta_time_shapes() -> None:
+    assert field_meta_time("2025-06-01T09:00:00.000Z") == "2025-06-01T09:00:00.000Z"
+    assert field_meta_time({"at": "2025-06-01T09:00:00Z", "actor": {}}) == "2025-06-01T09:00:00Z"
+    assert field_meta_time({"at": 5}) == ""
+    assert field_meta_time(None) == ""
+    assert field_meta_time(17) == ""
+
+
+def test_js_iso_is_utc_milliseconds() -> None:
+    assert js_iso(T0) == "2025-06-01T09:00:00.123Z"
+    plus2 = datetime(2025, 6, 1, 11, 0, 0, tzinfo=UTC).astimezone(
+        datetime.now().astimezone().tzinfo)
+    assert js_iso(plus2) == "2025-06-01T11:00:00.000Z"
+
+
+def test_first_row_creates_the_record_and_data_id_wins() -> None:
+    merged = fold([Row("m1", "insert", {"title": "a", "id": "own"}, {"title": "S1"}, at(0))])
+    assert merged == {"id": "own", "title": "a", FIELD_META_KEY: {"title": "S1"}}
+
+
+def test_first_row_clocks_only_from_its_field_meta() -> None:
+    rows = [
+        # 'state' has no stamp: any later write wins it, even one stamped earlier.
+        Row("m1", "insert", {"title": "a", "state": "active"}, {"title": "2025-06-01T10:00:00Z"},
+            at(0)),
+        Row("m1", "update", {"title": "b", "state": "paused"},
+            {"title": "2025-06-01T09:59:59Z", "state": "2000-01-01T00:00:00Z"}, at(1)),
+    ]
+    merged = fold(rows)
+    assert merged is not None
+    assert merged["title"] == "a"  # stamped earlier than its clock: loses
+    assert merged["state"] == "paused"  # no clock: wins
+    assert merged[FIELD_META_KEY] == {"title": "2025-06-01T10:00:00Z",
+                                      "state": "2000-01-01T00:00:00Z"}
+
+
+def test_later_row_without_stamp_uses_created_at_and_ties_go_to_the_later_row() -> None:
+    stamp = js_iso(at(5))
+    rows = [
+        Row("m1", "insert", {"n": 1}, {"n": stamp}, at(0)),
+        Row("m1", "update", {"n": 2}, {}, at(5)),  # created_at spelled as the stamp: >= wins
+    ]
+    merged = fold(rows)
+    assert merged is not None and merged["n"] == 2
+
+
+def test_stamps_compare_as_text_like_upstream() -> None:
+    # '+' sorts before 'Z', so the same instant spelled with an offset loses to the 'Z'
+    # spelling: upstream's quirk, kept in the baseline (our merge compares instants).
+    rows = [
+        Row("m1", "insert", {"n": 1}, {"n": "2025-06-01T10:00:00.000Z"}, at(0)),
+        Row("m1", "update", {"n": 2}, {"n": "2025-06-01T10:00:00.000+00:00"}, at(1)),
+    ]
+    merged = fold(rows)
+    assert merged is not None and merged["n"] == 1
+
+
+def test_delete_anywhere_drops_the_record() -> None:
+    rows = [
+        Row("m1", "insert", {"n": 1}, {}, at(0)),
+        Row("m1", "delete", None, None, at(1)),
+        Row("m1", "update", {"n": 2}, {}, at(2)),
+    ]
+    assert fold(rows) is None
+
+
+@pytest.mark.parametrize(("value", "dropped"), [
+    ("2025-06-01", True), ("", False), (0, False), (1, True), (True, True), (False, False),
+    (None, False), ([], True), ({}, True),
+])
+def test_agent_deleted_when_deleted_at_is_truthy(value: object, dropped: bool) -> None:
+    rows = [Row("a1", "insert", {"name": "x", "deletedAt": value}, {}, at(0))]
+    assert (fold(rows, agent=True) is None) is dropped
+    assert fold(rows, agent=False) is not None  # missions keep deletedAt in the record
+    assert js_truthy(value) is dropped
+
+
+def test_stored_snapshot_is_fed_back_as_the_first_row() -> None:
+    stored = {"id": "m1", "title": "a", "state": "active",
+              FIELD_META_KEY: {"title": "2025-06-01T10:00:00Z"}}
+    rows = [
+        seed_row("m1", stored, at(0)),
+        Row("m1", "update", {"title": "old", "state": "paused"},
+            {"title": "2025-06-01T09:00:00Z"}, at(10)),
+    ]
+    merged = fold(rows)
+    assert merged is not None
+    assert merged["title"] == "a"  # the stored stamp still guards it
+    assert merged["state"] == "paused"  # no stored stamp: the new row wins
+    assert merged[FIELD_META_KEY]["state"] == js_iso(at(10))
+
+
+def test_ratio_interval_on_log_ratios() -> None:
+    ratio, lo, hi = ratio_interval([0.9, 0.9, 0.9, 0.9])
+    assert ratio == pytest.approx(0.9) and lo == pytest.approx(0.9) and hi == pytest.approx(0.9)
+    ratio, lo, hi = ratio_interval([0.8, 1.0, 0.9, 0.95, 0.85])
+    assert lo < ratio < hi
+    assert ratio == pytest.approx(math.exp(sum(map(math.log, [0.8, 1.0, 0.9, 0.95, 0.85])) / 5))
+    assert math.isnan(ratio_interval([0.9])[1])
+    assert t_quantile(4) == pytest.approx(2.776)
+    assert t_quantile(200) == pytest.approx(1.972, abs=0.002)
+    assert t_quantile(100, 0.90) == pytest.approx(1.660, abs=0.002)
+
+
+def _run() -> dict:
+    return {
+        "quick": True, "started": "2026-01-01 10:00 UTC", "seconds": 12.0,
+        "argv": ["--quick"], "note": "The machine was shared.",
+        "load": {"start": [1.0, 0.5, 0.2], "end": [1.5, 0.7, 0.3]},
+        "plots": [{"file": "benchmarks/tick-vs-pass.png", "caption": "tick against pass"}],
+        "modules": [
+            {"name": "tick", "status": 0, "seconds": 10.0, "argv": ["--quick"],
+             "commands": ["pgbench -n -T 2 -f x.sql"],
+             "items": [
+                 {"table": "machine", "headers": ["", ""], "rows": [["nproc", "2"]]},
+                 {"section": "10,000 log rows"},
+                 {"note": "a | note"},
+                 {"table": "cost", "headers": ["log rows", "tick", "ok"],
+                  "rows": [[10000, 129.456, True], [100000, None, False]]},
+                 {"verdict": "same records", "ok": True},
+             ], "data": {}},
+            {"name": "cost", "status": 1, "seconds": 1.0, "argv": [], "commands": [],
+             "items": [{"table": "machine", "headers": ["", ""], "rows": [["nproc", "4"]]},
+                       {"verdict": "x0.95", "ok": False}], "data": {}},
+        ],
+    }
+
+
+def test_report_renders_machine_once_commands_tables_and_goals() -> None:
+    text = report.render(_run())
+    assert text.count("## Machine") == 1
+    assert "| nproc | 2 |" in text and "| nproc | 4 |" not in text
+    assert "The machine was shared." in text
+    assert "python -m bench --quick" in text and "python -m bench.bench_tick --quick" in text
+    assert "pgbench -n -T 2 -f x.sql" in text
+    assert "| log rows | tick | ok |" in text
+    assert "|---|---:|---|" in text
+    assert "| 10,000 | 129.5 | yes |" in text
+    assert "| 100,000 | - | no |" in text
+    assert "a \\| note" not in text and "- a | note" in text  # notes are not table cells
+    assert "| tick | same records | met |" in text and "| cost | x0.95 | MISSED |" in text
+    assert "FAILED (status 1)" in text
+    assert "![tick against pass](benchmarks/tick-vs-pass.png)" in text
+    assert "quick (smoke size" in text
+
+
+def test_report_cells() -> None:
+    assert report.cell(float("nan")) == "-"
+    assert report.cell(12345.6) == "12,346"
+    assert report.cell(0.123) == "0.12"
+    assert report.cell("a|b") == "a\\|b"
+    assert report.md_table([], []) == []
