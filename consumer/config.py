@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import os
+from typing import TYPE_CHECKING
 
 import msgspec
 from psycopg.conninfo import conninfo_to_dict
 
 from .errors import ConfigError
+
+if TYPE_CHECKING:
+    from .db import Bounds
 
 DSN_ENV = "SYNC_DATABASE_URL"
 
@@ -24,6 +28,40 @@ class Settings(msgspec.Struct, kw_only=True):
     lag_threshold: float = 30.0
     scheduler: bool = True
     max_sleep: float = 60.0
+    # Bounded waits. A connection silent for peer_timeout is dead (TCP keepalives and user
+    # timeout, on our side and the server's: the server then frees a vanished leader's lock,
+    # which bounds failover); probe_timeout bounds the idle probe and the listener's own
+    # statements; an apply pass that commits nothing for stall_after is abandoned, and
+    # /healthz reports a loop that has not completed a cycle within its bound.
+    connect_timeout: float = 5.0
+    peer_timeout: float = 4.0
+    statement_timeout: float = 30.0
+    probe_timeout: float = 5.0
+    stall_after: float = 30.0
+    # A standby waits on the leader lock in slices this long (it takes over the moment the
+    # lock is free; a slice only bounds how long it goes without proving itself alive).
+    lock_wait: float = 2.0
+
+    def __post_init__(self) -> None:
+        positive = ("idle_probe", "connect_timeout", "peer_timeout", "probe_timeout")
+        for name in (*positive, "stall_after", "lock_wait"):
+            if not getattr(self, name) > 0:
+                raise ConfigError(f"{name.replace('_', '-')} must be positive")
+        if self.statement_timeout < 0:
+            raise ConfigError("statement-timeout must be 0 (none) or positive")
+
+    def bounds(self) -> Bounds:
+        from .db import Bounds
+
+        return Bounds(
+            connect_timeout=self.connect_timeout,
+            peer_timeout=self.peer_timeout,
+            statement_timeout=self.statement_timeout,
+        )
+
+    def scheduler_bound(self) -> float:
+        """The scheduler sleeps up to max_sleep between passes; a pass gets stall_after."""
+        return self.max_sleep + self.stall_after
 
 
 def resolve_dsn(flag: str | None) -> str:

@@ -40,6 +40,7 @@ GAUGES = [
     "mana_ai_apply_lag_seconds",
     "mana_ai_checkpoint_age_seconds",
     "mana_ai_listener_connected",
+    "mana_ai_leader",
     "mana_ai_runs_in_flight",
 ]
 HISTOGRAMS = [
@@ -66,6 +67,7 @@ def _touch_all() -> None:
     metrics.APPLY_LAG.set(0)
     metrics.CHECKPOINT_AGE.set(1.5)
     metrics.LISTENER_CONNECTED.set(1)
+    metrics.LEADER.set(1)
     metrics.RUNS_IN_FLIGHT.inc()
     metrics.TICK_DURATION.observe(0.02)
     metrics.PLANNER_REQUEST_DURATION.observe(1.2)
@@ -226,10 +228,43 @@ async def test_healthz() -> None:
         assert json.loads(body) == {
             "status": "unavailable",
             "reason": "apply lag 45.2 s exceeds 30 s",
+            "role": "starting",
             "listener_connected": True,
             "lag_seconds": 45.2,
+            "last_cycle_seconds_ago": {},
             "last_error": None,
         }
+
+
+@pytest.mark.anyio
+async def test_healthz_reports_a_loop_that_stopped_making_progress() -> None:
+    now = [100.0]
+    health = Health(listener_connected=True, role="leader", clock=lambda: now[0])
+    health.expect("apply", 10.0)
+    health.expect("scheduler", 70.0)
+    async with running(health) as port:
+        now[0] += 9.0
+        code, _, body = await raw_request(port, get("/healthz"))
+        payload = json.loads(body)
+        assert code == 200 and payload["role"] == "leader"
+        assert payload["last_cycle_seconds_ago"] == {"apply": 9.0, "scheduler": 9.0}
+
+        now[0] += 2.0  # the apply loop is now 11 s past its last cycle: stalled
+        code, _, body = await raw_request(port, get("/healthz"))
+        assert code == 503
+        assert json.loads(body)["reason"] == (
+            "apply loop has not completed a cycle for 11.0 s (bound 10 s)"
+        )
+
+        health.beat("apply")  # progress again: healthy
+        assert (await raw_request(port, get("/healthz")))[0] == 200
+
+        health.release("scheduler")  # a standby does not decide: no bound on it
+        health.role = "standby"
+        now[0] += 69.0
+        health.beat("apply")
+        code, _, body = await raw_request(port, get("/healthz"))
+        assert code == 200 and json.loads(body)["role"] == "standby"
 
 
 @pytest.mark.anyio
