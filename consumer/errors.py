@@ -15,3 +15,7 @@ class PrivilegeError(Exception):
 
 class CheckpointConflict(Exception):
     """Another worker moved the checkpoint under us: stop instead of overwriting its work."""
+
+
+class Deposed(Exception):
+    """A newer leader took over: stop deciding and applying, and become a standby again."""

@@ -3,9 +3,21 @@ work connection) at every doorbell, probe when idle, poll now and then in case a
 was lost, and come back with capped exponential backoff and jitter after any connection
 loss.
 
-Only one consumer per database applies the journal: the leader holds a session advisory
-lock on its listener connection. Hot standbys wait for it; when the leader's connection
-dies, the lock goes with it and a standby takes over from the durable checkpoint.
+Leadership. Only one consumer per database applies the journal and decides: the leader
+holds a session advisory lock on its listener connection. Hot standbys wait on that lock
+(in slices of `lock_wait`, so the wait itself is bounded) and get it the moment the
+leader's session ends. A new leader takes a new epoch (`mana_ai.take_leadership`): every
+checkpoint move is compared with it in the same statement, and so can every decision
+claim (`Term.epoch`, `mana_ai.still_leader`). A term is "ready" only after its first
+complete catch-up, so the scheduler never decides from a projection that missed what was
+written while nobody led. The term ends the moment the listener connection fails, a probe
+misses its deadline, or a checkpoint move finds a newer epoch: the process stops deciding
+and applying and becomes a standby again.
+
+Bounded waits. Every connection has TCP keepalives, a user timeout and a statement timeout
+(consumer.db.Bounds); the probe and the listener's statements have a client-side deadline;
+an apply pass that commits nothing for `stall_after` is abandoned. A connection that stops
+answering without closing is therefore dropped in seconds and /healthz says why.
 """
 
 from __future__ import annotations
@@ -13,16 +25,20 @@ from __future__ import annotations
 import logging
 import random
 import time
+from collections.abc import Awaitable
+from typing import Any, TypeVar
 
 import anyio
 import psycopg
+from psycopg import errors as pgerr
 
 from . import metrics
 from .config import Settings, first_line
-from .db import aconnect
-from .errors import CheckpointConflict, ConfigError, PrivilegeError
-from .health import Health
-from .projection import Projector
+from .db import Deadline, aconnect, closing, within
+from .errors import CheckpointConflict, ConfigError, Deposed, PrivilegeError
+from .health import APPLY, LEADER, STANDBY, Health
+from .projection import CHECKPOINT, Projector
+from .sql import load
 
 log = logging.getLogger(__name__)
 
@@ -31,10 +47,24 @@ LEADER_LOCK_KEY = 0x6D616E61_6C64  # "mana" "ld": one applier per database
 FATAL = (ConfigError, CheckpointConflict, PrivilegeError)
 PRUNE_EVERY = 10.0  # seconds between journal prunes
 
+T = TypeVar("T")
 
 def backoff_delay(attempt: int, *, base: float = 0.2, cap: float = 30.0) -> float:
     """Exponential backoff with full jitter, so a fleet does not reconnect in lock step."""
     return random.uniform(0, min(cap, base * 2**attempt))
+
+
+class Term:
+    """One stretch of leadership of this process, from taking the lock to losing it."""
+
+    def __init__(self, epoch: int) -> None:
+        self.epoch = epoch
+        self.ready = anyio.Event()  # the first complete catch-up of this term is done
+        self.lost = anyio.Event()  # set once, when the term ends
+
+    @property
+    def valid(self) -> bool:
+        return not self.lost.is_set()
 
 
 class Follower:
@@ -42,8 +72,27 @@ class Follower:
         self.settings = settings
         self.projector = projector
         self.health = health
-        self.leading = anyio.Event()  # set once this process holds the leader lock
+        self.term: Term | None = None  # the current term, while this process leads
+        self._changed = anyio.Event()  # set (and replaced) at every change of term state
         self.attempt = 0
+
+    @property
+    def leading(self) -> bool:
+        """This process leads and has caught up since it took the lock."""
+        term = self.term
+        return term is not None and term.valid and term.ready.is_set()
+
+    async def next_term(self) -> Term:
+        """Wait until this process leads and has caught up; returns that term."""
+        while True:
+            term = self.term
+            if term is not None and term.valid and term.ready.is_set():
+                return term
+            await self._changed.wait()
+
+    def _signal(self) -> None:
+        self._changed.set()
+        self._changed = anyio.Event()
 
     async def run(self) -> None:
         """Until cancelled. Transient failures are retried; configuration errors raise."""
@@ -52,6 +101,9 @@ class Follower:
                 await self._session()
             except FATAL:
                 raise
+            except Deposed as exc:
+                log.warning("deposed: %s; standing by", exc)
+                self.projector.forget()
             except (psycopg.Error, OSError, TimeoutError) as exc:
                 self._lost(exc)
             delay = backoff_delay(self.attempt, cap=self.settings.reconnect_max)
@@ -68,68 +120,165 @@ class Follower:
         self.projector.forget()
         log.warning("connection lost: %s", first_line(exc))
 
-    async def _session(self) -> None:
-        dsn = self.settings.database_url
-        async with (
-            await aconnect(dsn, autocommit=True) as conn,
-            await aconnect(dsn, autocommit=True) as work,
-        ):
-            await self._become_leader(conn)
-            # The projection is derived state: after a crash it is re-applied from the log,
-            # so its commits need not wait for the WAL flush. WAL order still keeps each
-            # checkpoint with its snapshot writes. (The scheduler's ledger stays durable:
-            # it runs on the pool, not here.)
-            await work.execute("SET synchronous_commit = off")
-            # LISTEN first, then catch up: a row committed in between rings the bell.
-            await conn.execute(f"LISTEN {CHANNEL}")
-            self.health.listener_connected = True
-            self.health.last_error = None
-            metrics.LISTENER_CONNECTED.set(1)
-            await self.projector.bootstrap(work)
-            await self._catch_up(work)
-            self.attempt = 0
-            log.info(
-                "following the log (checkpoint %s)",
-                self.projector.cp and self.projector.cp.applied_below,
-            )
-            last_poll = last_prune = time.monotonic()
-            while True:
-                rang = False
-                async for _ in conn.notifies(timeout=self.settings.idle_probe, stop_after=1):
-                    rang = True
-                now = time.monotonic()
-                if rang:
-                    self.projector.ring()
-                    if self.settings.batch_max_wait > 0:
-                        await anyio.sleep(self.settings.batch_max_wait)
-                else:
-                    await conn.execute("SELECT 1")  # idle: prove the connection is alive
-                    if now - last_poll < self.settings.safety_poll:
-                        continue
-                await self._catch_up(work)
-                last_poll = now
-                if now - last_prune >= PRUNE_EVERY:
-                    pruned = await self.projector.prune(work)
-                    if pruned:
-                        log.debug("pruned %d journal rows", pruned)
-                    last_prune = now
+    async def _exec(
+        self,
+        conn: psycopg.AsyncConnection,
+        what: str,
+        query: str,
+        params: dict[str, Any] | tuple[Any, ...] | None = None,
+        *,
+        extra: float = 0.0,
+    ) -> psycopg.AsyncCursor[Any]:
+        """A statement of the listener connection, with a client-side deadline."""
+        deadline = Deadline(self.settings.probe_timeout + extra)
+        try:
+            return await within(conn, deadline, conn.execute(query, params))
+        except TimeoutError as exc:
+            raise TimeoutError(f"{what}: {exc}") from None
 
-    async def _become_leader(self, conn: psycopg.AsyncConnection) -> None:
+    async def _session(self) -> None:
+        dsn, bounds = self.settings.database_url, self.settings.bounds()
+        listener = await aconnect(dsn, autocommit=True, bounds=bounds, purpose="listener")
+        async with closing(listener) as conn:
+            term = await self._become_leader(conn)
+            try:
+                work = await aconnect(dsn, autocommit=True, bounds=bounds, purpose="work")
+                async with closing(work):
+                    await self._lead(conn, work, term)
+            finally:
+                self._step_down(term)
+
+    async def _lead(
+        self, conn: psycopg.AsyncConnection, work: psycopg.AsyncConnection, term: Term
+    ) -> None:
+        # The projection is derived state: after a crash it is re-applied from the log,
+        # so its commits need not wait for the WAL flush. WAL order still keeps each
+        # checkpoint with its snapshot writes. (The scheduler's ledger stays durable:
+        # it runs on the pool, not here.)
+        await self._on_work(work, "settings", work.execute("SET synchronous_commit = off"))
+        # LISTEN first, then catch up: a row committed in between rings the bell.
+        await self._exec(conn, "LISTEN", f"LISTEN {CHANNEL}")
+        self.health.listener_connected = True
+        self.health.last_error = None
+        metrics.LISTENER_CONNECTED.set(1)
+        self.projector.forget()  # a new term trusts only what the database says
+        self.projector.epoch = term.epoch
+        self.health.expect(APPLY, self.settings.stall_after)
+        await self._on_work(work, "bootstrap", self.projector.bootstrap(work))
+        await self._catch_up(work)
+        self.attempt = 0
+        term.ready.set()  # decisions may start: the projection holds what was written
+        self._signal()
+        log.info(
+            "leading (epoch %d), caught up; following the log (checkpoint %s)",
+            term.epoch,
+            self.projector.cp and self.projector.cp.applied_below,
+        )
+        last_poll = last_prune = time.monotonic()
+        while True:
+            rang = False
+            async for _ in conn.notifies(timeout=self.settings.idle_probe, stop_after=1):
+                rang = True
+            now = time.monotonic()
+            if rang:
+                self.projector.ring()
+                if self.settings.batch_max_wait > 0:
+                    await anyio.sleep(self.settings.batch_max_wait)
+            else:
+                # Idle: prove the connection (and our epoch) alive within the deadline.
+                await self._probe(conn, term)
+                if now - last_poll < self.settings.safety_poll:
+                    self.health.beat(APPLY)
+                    continue
+            await self._catch_up(work)
+            last_poll = now
+            if now - last_prune >= PRUNE_EVERY:
+                pruned = await self._on_work(work, "prune", self.projector.prune(work))
+                if pruned:
+                    log.debug("pruned %d journal rows", pruned)
+                last_prune = now
+
+    async def _probe(self, conn: psycopg.AsyncConnection, term: Term) -> None:
+        cur = await self._exec(conn, "probe", load("leader_check"), {"epoch": term.epoch})
+        row = await cur.fetchone()
+        if not (row and row[0]):
+            raise Deposed(f"the leader epoch moved past {term.epoch}")
+
+    async def _become_leader(self, conn: psycopg.AsyncConnection) -> Term:
+        """Wait for the leader lock (a standby meanwhile), then take a new epoch."""
+        wait_ms = int(self.settings.lock_wait * 1000)
+        await self._exec(
+            conn, "lock_timeout", "SELECT set_config('lock_timeout', %s, false)", (f"{wait_ms}ms",)
+        )
         waiting_logged = False
         while True:
-            cur = await conn.execute("SELECT pg_try_advisory_lock(%s)", (LEADER_LOCK_KEY,))
-            row = await cur.fetchone()
-            if row and row[0]:
-                if waiting_logged:
-                    log.info("standby: the leader is gone; taking over")
-                self.leading.set()
-                return
+            try:
+                await self._exec(
+                    conn,
+                    "leader lock",
+                    "SELECT pg_advisory_lock(%s)",
+                    (LEADER_LOCK_KEY,),
+                    extra=self.settings.lock_wait,
+                )
+                break
+            except pgerr.LockNotAvailable:
+                pass  # another process leads: one slice of waiting done
             if not waiting_logged:
                 log.info("standby: another consumer is applying this log; waiting to take over")
                 waiting_logged = True
-            self.health.listener_connected = True  # a healthy standby
-            await anyio.sleep(self.settings.idle_probe)
+            self._standby()
+        if waiting_logged:
+            log.info("standby: the leader is gone; taking over")
+        # Later statements of this session must not give up on a short lock wait.
+        await self._exec(conn, "lock_timeout", "SELECT set_config('lock_timeout', '0', false)")
+        cur = await self._exec(conn, "epoch", load("leader_take"), {"name": CHECKPOINT})
+        row = await cur.fetchone()
+        if row is None or row[0] is None:
+            raise ConfigError("mana_ai.checkpoint has no projection row: run `consumer migrate`")
+        term = Term(int(row[0]))
+        self.term = term
+        self.health.role = LEADER
+        metrics.LEADER.set(1)
+        self._signal()
+        return term
+
+    def _standby(self) -> None:
+        self.health.role = STANDBY
+        self.health.listener_connected = True  # a healthy standby
+        self.health.release(APPLY)  # a standby applies nothing: no apply bound
+        metrics.LISTENER_CONNECTED.set(1)
+
+    def _step_down(self, term: Term) -> None:
+        """The term is over, whatever ended it: stop deciding and applying at once."""
+        term.lost.set()
+        if self.term is term:
+            self.term = None
+        self.projector.epoch = None
+        self.health.role = STANDBY
+        self.health.release(APPLY)
+        metrics.LEADER.set(0)
+        self._signal()
+        log.info("leader term %d over", term.epoch)
+
+    async def _on_work(self, work: psycopg.AsyncConnection, what: str, step: Awaitable[T]) -> T:
+        """A step on the work connection. A pass may be long (a backlog), but each of its
+        chunks commits quickly: give up when none has for stall_after (a work connection
+        that hangs open)."""
+        deadline = Deadline(self.settings.stall_after)
+
+        def progressed() -> None:
+            deadline.progress()
+            self.health.beat(APPLY)
+
+        self.projector.on_progress = progressed
+        try:
+            return await within(work, deadline, step)
+        except TimeoutError as exc:
+            raise TimeoutError(f"{what}: nothing committed: {exc}") from None
+        finally:
+            self.projector.on_progress = None
 
     async def _catch_up(self, work: psycopg.AsyncConnection) -> None:
-        await self.projector.catch_up(work)
+        await self._on_work(work, "apply pass", self.projector.catch_up(work))
         self.health.lag_seconds = 0.0
+        self.health.beat(APPLY)

@@ -90,6 +90,11 @@ LISTENER_CONNECTED = Gauge(
     "1 while the LISTEN connection is up, else 0.",
     registry=REGISTRY,
 )
+LEADER = Gauge(
+    "mana_ai_leader",
+    "1 while this process holds the leader lock (applies and decides), else 0.",
+    registry=REGISTRY,
+)
 BAD_STAMPS = Counter(
     "mana_ai_bad_stamps", "Field stamps that could not be parsed or compared.", registry=REGISTRY
 )

@@ -31,7 +31,7 @@ import psycopg
 
 from . import metrics
 from .apply import LIVE, Applied, Targets, apply_rows
-from .errors import CheckpointConflict, ConfigError
+from .errors import CheckpointConflict, ConfigError, Deposed
 from .model import KIND_BY_TABLE, RawChange
 from .sql import load
 
@@ -65,6 +65,7 @@ async def read_checkpoint(conn: psycopg.AsyncConnection, name: str = CHECKPOINT)
 
 
 CONFLICT_SQLSTATE = "MA001"  # raised by mana_ai.advance_checkpoint
+DEPOSED_SQLSTATE = "MA002"  # the same, when a newer leader epoch was taken
 
 
 def _conflict(name: str, version: int) -> CheckpointConflict:
@@ -81,9 +82,11 @@ async def advance_checkpoint(
     *,
     bootstrapped: bool = False,
     name: str = CHECKPOINT,
+    epoch: int | None = None,
 ) -> None:
     """Compare-and-set inside the caller's transaction. In pipeline mode a conflict shows
-    at the caller's COMMIT (see `conflicts`); `cp` is updated by `committed` after it."""
+    at the caller's COMMIT (see `conflicts`); `cp` is updated by `committed` after it.
+    `epoch`: the leader epoch this process holds; the move is refused once it is stale."""
     with conflicts(cp, name):
         await conn.execute(
             load("checkpoint_cas"),
@@ -92,18 +95,21 @@ async def advance_checkpoint(
                 "applied_below": str(applied_below),
                 "bootstrapped": bootstrapped,
                 "version": cp.version,
+                "epoch": epoch,
             },
         )
 
 
 @contextmanager
 def conflicts(cp: Checkpoint, name: str = CHECKPOINT) -> Iterator[None]:
-    """Turns the CAS function's conflict error into CheckpointConflict."""
+    """Turns the CAS function's conflict errors into CheckpointConflict or Deposed."""
     try:
         yield
     except psycopg.Error as exc:
         if exc.sqlstate == CONFLICT_SQLSTATE:
             raise _conflict(name, cp.version) from None
+        if exc.sqlstate == DEPOSED_SQLSTATE:
+            raise Deposed(exc.diag.message_primary or "a newer leader took over") from None
         raise
 
 
@@ -167,6 +173,10 @@ class Projector:
         self.on_applied = on_applied
         self.targets = targets
         self.cp: Checkpoint | None = None
+        # The leader epoch every checkpoint move is fenced with (None: unfenced, for tools).
+        self.epoch: int | None = None
+        # Called after every committed chunk: the listener's stall deadline moves on.
+        self.on_progress: Callable[[], None] | None = None
         self.prev: str | None = None  # snapshot up to which everything is applied
         self.pending_since: float | None = None  # monotonic time of the oldest unanswered ring
         # Since when an open transaction has held the checkpoint below the newest xid
@@ -219,7 +229,11 @@ class Projector:
                     )
                     done.merge(applied)
                     total += len(rows)
-            await advance_checkpoint(conn, cp, cp.applied_below, bootstrapped=True)
+                    if self.on_progress is not None:
+                        self.on_progress()
+            await advance_checkpoint(
+                conn, cp, cp.applied_below, bootstrapped=True, epoch=self.epoch
+            )
         committed(cp, cp.applied_below, bootstrapped=True)
         self._account(done)  # only now: the scheduler must not read before the commit
         log.info("bootstrap: %d rows folded in %.2f s", total, time.monotonic() - started)
@@ -261,9 +275,11 @@ class Projector:
                     new_below = min(int(rows[-1][0]), watermark) if full else watermark
                     moved = bool(rows) or new_below > cp.applied_below
                     if moved:
-                        await advance_checkpoint(conn, cp, new_below)
+                        await advance_checkpoint(conn, cp, new_below, epoch=self.epoch)
             if moved:
                 committed(cp, new_below)
+            if self.on_progress is not None:
+                self.on_progress()
             await applied.settle()
             metrics.APPLY_BATCH.observe(time.perf_counter() - started)
             self._account(applied)

@@ -62,6 +62,7 @@ from psycopg_pool import AsyncConnectionPool
 from . import ledger, metrics
 from .apply import Applied
 from .decisions import Decision, Verdict, decide, is_due, is_legacy, parse_instant
+from .errors import Deposed
 from .ledger import Occurrence
 from .sql import load
 from .telemetry import tracer as default_tracer
@@ -217,6 +218,12 @@ class Scheduler:
         self._last: dict[Occurrence, tuple[Decision, float]] = {}
         # (user, agent) with a mission deferred by skipped-concurrency in the current pass
         self._deferred: set[tuple[str, str | None]] = set()
+        # Leadership gate, set by the service: decide and claim only while it returns True
+        # (checked before a pass and again right before its claim). `epoch` is the leader
+        # epoch of this process's term, for claims that are fenced in SQL.
+        self.leading: Callable[[], bool] = lambda: True
+        self.epoch: int | None = None
+        self.on_pass: Callable[[], None] = lambda: None  # a pass completed (health heartbeat)
 
     # ------------------------------------------------------------------ wake-ups
 
@@ -248,6 +255,9 @@ class Scheduler:
                     self._pending = False
                     try:
                         await self.run_pass()
+                    except Deposed:
+                        log.info("scheduler: no longer the leader; deciding stops")
+                        return
                     except Exception:
                         failures += 1
                         delay = min(MAX_BACKOFF, self.max_sleep, 0.25 * 2**failures)
@@ -255,6 +265,7 @@ class Scheduler:
                         await anyio.sleep(delay)  # a wake does not cut the backoff short
                         continue
                     failures = 0
+                    self.on_pass()
                     if self._pending:
                         continue  # something changed during the pass
                     with anyio.move_on_after(self.sleep_seconds()):
@@ -295,6 +306,8 @@ class Scheduler:
     async def _pass(self, span: trace.Span, tg: anyio.abc.TaskGroup) -> list[DecisionRecord]:
         now = self.clock()
         self._deferred = set()
+        if not self.leading():
+            raise Deposed("not the leader")
         async with self.pool.connection() as conn:
             async with conn.transaction():
                 due, candidates = await self._select(conn, now)
@@ -308,6 +321,8 @@ class Scheduler:
             decided = [x for d in due if (x := self._decide(d, agents, usage)) is not None]
             ran = [x for x in decided if x.verdict.decision is Decision.RAN]
             try:
+                if not self.leading():
+                    raise Deposed("leadership lost during the pass")
                 won = await ledger.claim_many(
                     conn,
                     [

@@ -5,22 +5,25 @@ from __future__ import annotations
 
 import logging
 import signal
+from collections.abc import Callable
 from contextlib import AsyncExitStack
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
 from psycopg_pool import AsyncConnectionPool
 
 from . import metrics, telemetry
 from .config import Settings, first_line
-from .db import APPLICATION_NAME, CONNECT_TIMEOUT
 from .errors import ConfigError
-from .health import Health
+from .health import SCHEDULER, Health
 from .listener import FATAL, Follower
 from .migrate import migrate
 from .planner import Planner, PlannerConfig, planner_config_from_env
 from .projection import Projector
 from .runner import Runner
+
+if TYPE_CHECKING:
+    from .scheduler import Scheduler
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +70,7 @@ async def serve(
         open=False,
         check=AsyncConnectionPool.check_connection,
         name="mana-ai-work",
-        kwargs={"application_name": APPLICATION_NAME, "connect_timeout": CONNECT_TIMEOUT},
+        kwargs=settings.bounds().kwargs("pool"),
     )
     try:
         await pool.open(wait=True, timeout=15)
@@ -90,23 +93,55 @@ async def serve(
             if settings.scheduler:
                 from .scheduler import Scheduler
 
-                scheduler = Scheduler(
-                    pool,
-                    tracer=telemetry.tracer(),
-                    max_sleep=settings.max_sleep,
-                    dispatcher=dispatcher,
+                def make_scheduler() -> Scheduler:
+                    return Scheduler(
+                        pool,
+                        tracer=telemetry.tracer(),
+                        max_sleep=settings.max_sleep,
+                        dispatcher=dispatcher,
+                    )
+
+                tg.start_soon(
+                    _decide_while_leading, follower, projector, health, settings, make_scheduler
                 )
-                projector.on_applied = scheduler.notify_changed
-                tg.start_soon(_lead_then, follower, scheduler.run)
             if ready is not None:
                 ready.set()
     log.info("stopped")
 
 
-async def _lead_then(follower: Follower, job) -> None:
-    # Decisions only on the leader: standbys keep their snapshots cold until they take over.
-    await follower.leading.wait()
-    await job()
+async def _decide_while_leading(
+    follower: Follower,
+    projector: Projector,
+    health: Health,
+    settings: Settings,
+    make_scheduler: Callable[[], Scheduler],
+) -> None:
+    """Decisions only on the leader, only from a projection caught up since it became leader,
+    and only until its term ends; then wait for the next term. A fresh scheduler per term:
+    nothing it remembered (due keys, last decisions) survives a gap in leadership."""
+    while True:
+        term = await follower.next_term()
+        scheduler = make_scheduler()
+        scheduler.leading = lambda term=term: term.valid  # type: ignore[misc]
+        scheduler.epoch = term.epoch
+        scheduler.on_pass = lambda: health.beat(SCHEDULER)
+        projector.on_applied = scheduler.notify_changed
+        health.expect(SCHEDULER, settings.scheduler_bound())
+        log.info("deciding as the leader (epoch %d)", term.epoch)
+        try:
+            async with anyio.create_task_group() as tg:
+
+                tg.start_soon(_cancel_when_set, term.lost, tg.cancel_scope)
+                await scheduler.run()  # returns once it finds the term over
+                tg.cancel_scope.cancel()
+        finally:
+            projector.on_applied = None
+            health.release(SCHEDULER)
+
+
+async def _cancel_when_set(event: anyio.Event, scope: anyio.CancelScope) -> None:
+    await event.wait()
+    scope.cancel()
 
 
 async def _watch_lag(projector: Projector, health: Health) -> None:

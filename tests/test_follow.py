@@ -81,8 +81,8 @@ def kill_consumer_sessions(dsn: str) -> int:
     with psycopg.connect(dsn, autocommit=True) as admin:
         rows = admin.execute(
             """SELECT pg_terminate_backend(pid) FROM pg_stat_activity
-               WHERE datname = current_database() AND application_name = %s""",
-            (APPLICATION_NAME,),
+               WHERE datname = current_database() AND application_name LIKE %s""",
+            (APPLICATION_NAME + "%",),
         ).fetchall()
     return len(rows)
 

@@ -1,0 +1,455 @@
+"""Leadership and bounded waits under faults, against a real server: a stale epoch cannot
+move the checkpoint; a deposed leader stops deciding and stands by; the standby takes over
+within 5 s of the leader's SIGKILL with nothing lost and nothing run twice; a connection
+that stops answering without closing turns /healthz 503 and the consumer recovers; an
+agent paused while the consumer was down does not run after the restart."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import anyio
+import anyio.abc
+import psycopg
+import pytest
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
+from psycopg_pool import AsyncConnectionPool
+
+from consumer.config import Settings
+from consumer.db import aconnect
+from consumer.errors import Deposed
+from consumer.health import Health
+from consumer.listener import LEADER_LOCK_KEY, Follower
+from consumer.planner import PlannerConfig
+from consumer.projection import Projector
+from consumer.scheduler import Scheduler
+from consumer.service import _decide_while_leading, serve
+from consumer.sql import load
+from tests.logtools import actual_snapshots, agent, expected_snapshots, mission
+from tests.planner_stub import PlannerStub
+
+pytestmark = pytest.mark.anyio
+
+FAILOVER_BOUND_S = 5.0
+
+
+def settings(dsn: str, **overrides: Any) -> Settings:
+    base: dict[str, Any] = dict(
+        database_url=dsn,
+        metrics_port=0,
+        scheduler=False,
+        idle_probe=0.5,
+        probe_timeout=1.0,
+        safety_poll=5.0,
+        reconnect_max=1.0,
+        lock_wait=0.5,
+        stall_after=3.0,
+        max_sleep=2.0,
+    )
+    base.update(overrides)
+    return Settings(**base)
+
+
+def at(seconds: float) -> str:
+    """nextRunAt `seconds` from now, as clients write it (ms precision, 'Z')."""
+    t = datetime.now(UTC) + timedelta(seconds=seconds)
+    return t.strftime("%Y-%m-%dT%H:%M:%S.") + f"{t.microsecond // 1000:03d}Z"
+
+
+async def wait_until(check: Callable[[], bool], within: float = 15.0, what: str = "") -> float:
+    started = time.monotonic()
+    while not check():
+        if time.monotonic() - started > within:
+            raise AssertionError(f"not reached within {within:g} s: {what}")
+        await anyio.sleep(0.02)
+    return time.monotonic() - started
+
+
+def converged(dsn: str) -> bool:
+    return actual_snapshots(dsn) == expected_snapshots(dsn)
+
+
+def lock_holders(dsn: str) -> list[tuple[int, bool]]:
+    """(pid, granted) of every session holding or waiting for the leader lock."""
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        return conn.execute(
+            """SELECT pid, granted FROM pg_locks
+               WHERE locktype = 'advisory' AND objsubid = 1
+                 AND database = (SELECT oid FROM pg_database WHERE datname = current_database())
+                 AND ((classid::bigint << 32) | objid::bigint) = %s""",
+            (LEADER_LOCK_KEY,),
+        ).fetchall()
+
+
+def leader_pid(dsn: str) -> int | None:
+    return next((pid for pid, granted in lock_holders(dsn) if granted), None)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def http_json(url: str) -> tuple[int, dict[str, Any]]:
+    try:
+        with urllib.request.urlopen(url, timeout=3) as resp:
+            return resp.status, json.loads(resp.read())
+    except urllib.error.HTTPError as err:
+        return err.code, json.loads(err.read())
+
+
+def planned(stub: PlannerStub, marker: str) -> int:
+    """Planner requests whose prompt names `marker` (one per run of that mission)."""
+    return sum(marker in json.dumps(r.body) for r in list(stub.requests))
+
+
+# --------------------------------------------------------------------------- fencing
+
+
+async def test_a_stale_epoch_cannot_move_the_checkpoint(db: str) -> None:
+    async with await aconnect(db, autocommit=True) as work:
+        take = load("leader_take")
+        first = await (await work.execute(take, {"name": "projection"})).fetchone()
+        assert first is not None
+        projector = Projector()
+        projector.epoch = int(first[0])
+        await projector.bootstrap(work)
+        with psycopg.connect(db, autocommit=True) as log:
+            mission(log, "before", state="active")
+        await projector.catch_up(work)
+
+        # Another process takes the lock: our epoch is stale from now on.
+        second = await (await work.execute(take, {"name": "projection"})).fetchone()
+        assert second is not None and int(second[0]) == projector.epoch + 1
+        with psycopg.connect(db, autocommit=True) as log:
+            mission(log, "after", state="active")
+        with pytest.raises(Deposed):
+            await projector.catch_up(work)
+        check = load("leader_check")
+        stale = await (await work.execute(check, {"epoch": projector.epoch})).fetchone()
+        fresh = await (await work.execute(check, {"epoch": int(second[0])})).fetchone()
+        assert stale == (False,) and fresh == (True,)
+    missions = actual_snapshots(db)["missions"]
+    assert ("u1", "before") in missions and ("u1", "after") not in missions  # rolled back
+
+
+class RecordingScheduler(Scheduler):
+    """Counts its passes and the missions it decided `ran`."""
+
+    passes: list[float]
+    ran: list[str]
+
+    async def run_pass(self) -> list:
+        records = await super().run_pass()
+        self.passes.append(time.monotonic())
+        self.ran += [r.mission_id for r in records if r.decision.value == "ran"]
+        return records
+
+
+class Replica:
+    """A Follower and the leader-only decision loop, as `serve` wires them."""
+
+    def __init__(self, dsn: str, pool: AsyncConnectionPool) -> None:
+        self.settings = settings(dsn)
+        self.health = Health()
+        self.projector = Projector()
+        self.follower = Follower(self.settings, self.projector, self.health)
+        self.passes: list[float] = []
+        self.ran: list[str] = []
+        self.pool = pool
+
+    def make_scheduler(self) -> Scheduler:
+        s = RecordingScheduler(self.pool, max_sleep=self.settings.max_sleep)
+        s.passes, s.ran = self.passes, self.ran
+        return s
+
+    def start(self, tg: anyio.abc.TaskGroup) -> None:
+        tg.start_soon(self.follower.run)
+        tg.start_soon(
+            _decide_while_leading,
+            self.follower,
+            self.projector,
+            self.health,
+            self.settings,
+            self.make_scheduler,
+        )
+
+
+async def test_a_deposed_leader_stops_deciding_and_stands_by(db: str) -> None:
+    async with AsyncConnectionPool(db, min_size=1, max_size=4, open=False) as pool:
+        await pool.open(wait=True)
+        a, b = Replica(db, pool), Replica(db, pool)
+        with psycopg.connect(db, autocommit=True) as log:
+            async with anyio.create_task_group() as tg:
+                a.start(tg)
+                mission(log, "m0", state="active", nextRunAt=at(-1))
+                await wait_until(lambda: "m0" in a.ran, 10, "the first replica decides")
+                b.start(tg)
+                await wait_until(lambda: b.health.role == "standby", 10, "a standby")
+                old_pid = leader_pid(db)
+                assert old_pid is not None and a.follower.leading and not b.follower.leading
+
+                # The leader's listener connection dies (its lock goes with it).
+                with psycopg.connect(db, autocommit=True) as admin:
+                    admin.execute("SELECT pg_terminate_backend(%s)", (old_pid,))
+                await wait_until(lambda: not a.follower.leading, 5, "the old leader steps down")
+                passes_after_loss = len(a.passes)
+                took = await wait_until(lambda: b.follower.leading, 5, "the standby leads")
+                assert took < FAILOVER_BOUND_S
+                mission(log, "m1", state="active", nextRunAt=at(-1))
+                await wait_until(lambda: "m1" in b.ran, 5, "the new leader decides")
+                await wait_until(lambda: a.health.role == "standby", 5, "old leader stands by")
+                await anyio.sleep(1.0)
+                assert len(a.passes) == passes_after_loss  # not one pass since it lost
+                assert not a.follower.leading and "m1" not in a.ran
+                assert sorted(a.ran + b.ran) == ["m0", "m1"]  # each decided once
+                assert [granted for _, granted in lock_holders(db)].count(True) == 1
+                tg.cancel_scope.cancel()
+    assert converged(db)
+
+
+# --------------------------------------------------------------------------- failover
+
+
+def spawn(dsn: str, port: int, stub: PlannerStub) -> subprocess.Popen[str]:
+    env = {
+        **os.environ,
+        "OTEL_TRACES_EXPORTER": "none",
+        "SYNC_DATABASE_URL": dsn,
+        "MANA_LLM_URL": stub.url,
+        "MANA_LLM_API_KEY": "test-key",
+    }
+    return subprocess.Popen(
+        [sys.executable, "-m", "consumer", "run", "--metrics-port", str(port), "--max-sleep", "2"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+
+
+def role_of(port: int) -> str | None:
+    try:
+        return http_json(f"http://127.0.0.1:{port}/healthz")[1].get("role")
+    except OSError:
+        return None
+
+
+def stop(proc: subprocess.Popen[str]) -> str:
+    if proc.poll() is None:
+        proc.terminate()
+    try:
+        out, _ = proc.communicate(timeout=15)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        out, _ = proc.communicate()
+    return out or ""
+
+
+class Writer:
+    """A writer thread in mana-sync's shape: one row per transaction, until stopped."""
+
+    def __init__(self, dsn: str) -> None:
+        self.dsn, self.count = dsn, 0
+        self.errors: list[BaseException] = []
+        self._stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        try:
+            with psycopg.connect(self.dsn, autocommit=True) as conn:
+                while not self._stop.is_set():
+                    # Paused missions: rows to project, nothing to decide.
+                    mission(conn, f"w{self.count % 17}", state="paused", n=self.count)
+                    self.count += 1
+                    time.sleep(0.005)
+        except BaseException as exc:  # noqa: BLE001 - reported by the test
+            self.errors.append(exc)
+
+    def __enter__(self) -> Writer:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self.thread.join(10)
+        assert not self.errors, self.errors
+
+
+async def test_sigkilled_leader_the_standby_decides_within_5_s(db: str) -> None:
+    ports = [free_port(), free_port()]
+    with PlannerStub() as stub:
+        procs = [spawn(db, ports[0], stub)]
+        outputs: list[str] = []
+        try:
+            await wait_until(lambda: role_of(ports[0]) == "leader", 30, "first process leads")
+            procs.append(spawn(db, ports[1], stub))
+            await wait_until(lambda: role_of(ports[1]) == "standby", 30, "second stands by")
+            with psycopg.connect(db, autocommit=True) as log, Writer(db) as writer:
+                mission(log, "before", state="active", objective="obj-before", nextRunAt=at(-1))
+                await wait_until(lambda: planned(stub, "obj-before") == 1, 10, "leader runs")
+                await anyio.sleep(0.3)  # the writer keeps writing
+                procs[0].send_signal(signal.SIGKILL)
+                killed = time.monotonic()
+                mission(log, "after", state="active", objective="obj-after", nextRunAt=at(-1))
+                await wait_until(lambda: planned(stub, "obj-after") >= 1, 15, "standby runs")
+                failover = time.monotonic() - killed
+                await anyio.sleep(0.5)
+            assert writer.count > 50
+            assert role_of(ports[1]) == "leader"
+            await wait_until(lambda: converged(db), 15, "no row lost")
+            await anyio.sleep(1.0)  # room for a wrong second run to show
+            assert planned(stub, "obj-before") == 1 and planned(stub, "obj-after") == 1
+            assert failover < FAILOVER_BOUND_S, f"failover took {failover:.2f} s"
+        finally:
+            outputs = [stop(p) for p in procs]
+    assert procs[1].returncode == 0, outputs[1]
+    print(f"failover (SIGKILL -> the standby's run started): {failover * 1000:.0f} ms")
+
+
+async def test_agent_paused_while_down_is_not_run_after_the_restart(db: str) -> None:
+    with PlannerStub() as stub, psycopg.connect(db, autocommit=True) as log:
+        config = PlannerConfig(base_url=stub.url, api_key="test-key")
+        s = settings(db, scheduler=True)
+        due_in = 3.0
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(lambda: serve(s, planner_config=config))
+            agent(log, "a1", name="Pausable", state="active")
+            agent(log, "a2", name="Control", state="active")
+            mission(log, "mp", state="active", agentId="a1", objective="obj-paused",
+                    nextRunAt=at(due_in))
+            mission(log, "mc", state="active", agentId="a2", objective="obj-control",
+                    nextRunAt=at(due_in))
+            await wait_until(lambda: len(actual_snapshots(db)["missions"]) == 2, 10)
+            tg.cancel_scope.cancel()
+        # While nobody runs: the agent is paused, and both missions come due.
+        agent(log, "a1", state="paused")
+        await anyio.sleep(due_in + 0.5)
+        assert stub.requests == []
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(lambda: serve(s, planner_config=config))
+            await wait_until(lambda: planned(stub, "obj-control") == 1, 15, "control runs")
+            await anyio.sleep(1.0)
+            tg.cancel_scope.cancel()
+        assert planned(stub, "obj-paused") == 0
+
+
+# --------------------------------------------------------------------------- half-open
+
+
+class StallingProxy:
+    """TCP proxy to the server that can stop forwarding while keeping every socket open."""
+
+    def __init__(self, dsn: str) -> None:
+        params = conninfo_to_dict(dsn)
+        host = str(params.get("host") or "localhost")
+        port = int(params.get("port") or 5432)
+        self.upstream_unix = f"{host}/.s.PGSQL.{port}" if host.startswith("/") else None
+        self.upstream = (host, port)
+        self.flowing = anyio.Event()
+        self.flowing.set()
+        self.port = 0
+
+    def pause(self) -> None:
+        self.flowing = anyio.Event()
+
+    def resume(self) -> None:
+        self.flowing.set()
+
+    async def _connect(self) -> anyio.abc.ByteStream:
+        if self.upstream_unix:
+            return await anyio.connect_unix(self.upstream_unix)
+        return await anyio.connect_tcp(*self.upstream)
+
+    async def _pump(self, src: anyio.abc.ByteStream, dst: anyio.abc.ByteStream) -> None:
+        try:
+            while True:
+                await self.flowing.wait()  # paused: read nothing, write nothing, close nothing
+                data = await src.receive()
+                await self.flowing.wait()
+                await dst.send(data)
+        except (anyio.EndOfStream, anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
+            pass
+        finally:
+            await dst.aclose()
+            await src.aclose()
+
+    async def _handle(self, client: anyio.abc.ByteStream) -> None:
+        await self.flowing.wait()
+        server = await self._connect()
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(self._pump, client, server)
+            tg.start_soon(self._pump, server, client)
+
+    async def serve(self, *, task_status: anyio.abc.TaskStatus[int]) -> None:
+        listener = await anyio.create_tcp_listener(local_host="127.0.0.1")
+        async with listener:
+            self.port = listener.extra(anyio.abc.SocketAttribute.local_port)
+            task_status.started(self.port)
+            await listener.serve(self._handle)
+
+
+async def test_a_connection_that_stops_answering_turns_healthz_503_then_recovers(
+    db: str,
+) -> None:
+    proxy = StallingProxy(db)
+    http = free_port()
+    async with anyio.create_task_group() as tg:
+        port = await tg.start(proxy.serve)
+        via_proxy = make_conninfo(db, host="127.0.0.1", port=port)
+        tg.start_soon(lambda: serve(settings(via_proxy, metrics_port=http)))
+
+        async def health() -> tuple[int, dict[str, Any]]:
+            return await anyio.to_thread.run_sync(http_json, f"http://127.0.0.1:{http}/healthz")
+
+        async def healthy() -> bool:
+            try:
+                return (await health())[0] == 200
+            except OSError:
+                return False
+
+        async def until(pred: Callable[[], Any], within: float, what: str) -> float:
+            started = time.monotonic()
+            while not await pred():
+                if time.monotonic() - started > within:
+                    raise AssertionError(f"not reached within {within:g} s: {what}")
+                await anyio.sleep(0.1)
+            return time.monotonic() - started
+
+        await until(healthy, 20, "healthy through the proxy")
+        with psycopg.connect(db, autocommit=True) as log:
+            mission(log, "flowing", state="active")
+            await wait_until(lambda: ("u1", "flowing") in actual_snapshots(db)["missions"], 5)
+
+            proxy.pause()
+            mission(log, "stalled", state="active")
+
+            async def unhealthy() -> bool:
+                return (await health())[0] == 503
+
+            noticed = await until(unhealthy, 10, "/healthz turns 503")
+            code, body = await health()
+            assert code == 503 and body["reason"], body
+            assert ("u1", "stalled") not in actual_snapshots(db)["missions"]
+
+            proxy.resume()
+            recovered = await until(healthy, 20, "healthy again after forwarding resumes")
+            await wait_until(lambda: ("u1", "stalled") in actual_snapshots(db)["missions"], 10)
+            mission(log, "after", state="active")
+            await wait_until(lambda: ("u1", "after") in actual_snapshots(db)["missions"], 10)
+        assert converged(db)
+        print(f"half-open: 503 after {noticed:.1f} s; healthy {recovered:.1f} s after resume")
+        tg.cancel_scope.cancel()
