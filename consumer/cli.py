@@ -96,6 +96,54 @@ def build_parser() -> argparse.ArgumentParser:
         help="longest the scheduler sleeps without looking for due missions (60)",
     )
 
+    bounds = p.add_argument_group("bounded waits and failover")
+    bounds.add_argument(
+        "--peer-timeout",
+        type=float,
+        default=4.0,
+        metavar="SECONDS",
+        help="a connection silent this long is dead (TCP keepalives and user timeout on both "
+        "ends); bounds failover when the leader's host vanishes (4)",
+    )
+    bounds.add_argument(
+        "--connect-timeout",
+        type=float,
+        default=5.0,
+        metavar="SECONDS",
+        help="limit on establishing a connection (5)",
+    )
+    bounds.add_argument(
+        "--statement-timeout",
+        type=float,
+        default=30.0,
+        metavar="SECONDS",
+        help="server-side limit on any statement of the service; 0 for none (30)",
+    )
+    bounds.add_argument(
+        "--idle-probe",
+        type=float,
+        default=5.0,
+        metavar="SECONDS",
+        help="silence after which the listener probes its connection (5)",
+    )
+    bounds.add_argument(
+        "--probe-timeout",
+        type=float,
+        default=5.0,
+        metavar="SECONDS",
+        help="deadline of the probe and the listener's statements; a miss drops the "
+        "connection and, on the leader, its leadership (5)",
+    )
+    bounds.add_argument(
+        "--stall-after",
+        type=float,
+        default=30.0,
+        metavar="SECONDS",
+        help="an apply step that commits nothing for this long is abandoned, and /healthz "
+        "turns 503 when the apply loop (or the scheduler, after --max-sleep plus this) has "
+        "not completed a cycle (30)",
+    )
+
     p = sub.add_parser("replay", help="rebuild every snapshot from the start of the log")
     _add_db(p)
     _add_max_row_bytes(p)
@@ -134,6 +182,12 @@ def _settings(args: argparse.Namespace) -> Settings:
         metrics_port=port,
         scheduler=not args.no_scheduler,
         max_sleep=args.max_sleep,
+        peer_timeout=args.peer_timeout,
+        connect_timeout=args.connect_timeout,
+        statement_timeout=args.statement_timeout,
+        idle_probe=args.idle_probe,
+        probe_timeout=args.probe_timeout,
+        stall_after=args.stall_after,
     )
 
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import psycopg
+
 from .db import connect
 from .errors import ConfigError
 from .sql import load
@@ -17,7 +19,26 @@ def collect(dsn: str) -> dict[str, Any]:
         if row is None:
             raise ConfigError("mana_ai.checkpoint has no projection row: run `consumer migrate`")
         names = [d.name for d in cur.description or []]
-    return dict(zip(names, row, strict=True))
+        status = dict(zip(names, row, strict=True))
+        status.update(_leadership(conn))
+    return status
+
+
+def _leadership(conn: psycopg.Connection) -> dict[str, Any]:
+    """The role of each consumer session: who leads (holds the leader lock), how many wait."""
+    from .listener import LEADER_LOCK_KEY
+
+    cur = conn.execute(load("status_leader"), {"key": LEADER_LOCK_KEY})
+    row = cur.fetchone()
+    names = [d.name for d in cur.description or []]
+    found = dict(zip(names, row or (), strict=False))
+    pid = found.get("leader_pid")
+    found["leader"] = (
+        f"pid {pid} from {found.get('leader_client')}, epoch {found.get('leader_epoch')}"
+        if pid is not None
+        else "none (no consumer holds the leader lock)"
+    )
+    return found
 
 
 def print_status(dsn: str, *, as_json: bool = False) -> int:
@@ -36,6 +57,9 @@ def print_status(dsn: str, *, as_json: bool = False) -> int:
         "agents": "agent snapshots",
         "bootstrapped": "bootstrap done",
         "checkpoint_updated_at": "checkpoint last moved",
+        "leader": "leader (applies and decides)",
+        "leader_since": "leader session started",
+        "standbys_waiting": "standbys waiting for the lock",
     }
     width = max(len(v) for v in labels.values())
     for key, label in labels.items():

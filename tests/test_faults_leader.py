@@ -37,6 +37,7 @@ from consumer.projection import Projector
 from consumer.scheduler import Scheduler
 from consumer.service import _decide_while_leading, serve
 from consumer.sql import load
+from consumer.status import collect
 from tests.logtools import actual_snapshots, agent, expected_snapshots, mission
 from tests.planner_stub import PlannerStub
 
@@ -201,6 +202,11 @@ async def test_a_deposed_leader_stops_deciding_and_stands_by(db: str) -> None:
                 await wait_until(lambda: b.health.role == "standby", 10, "a standby")
                 old_pid = leader_pid(db)
                 assert old_pid is not None and a.follower.leading and not b.follower.leading
+                assert a.health.status()[1]["role"] == "leader"
+                await wait_until(lambda: collect(db)["standbys_waiting"] == 1, 5, "status")
+                report = collect(db)
+                assert report["leader_pid"] == old_pid and report["leader_epoch"] >= 1
+                assert f"pid {old_pid}" in report["leader"]
 
                 # The leader's listener connection dies (its lock goes with it).
                 with psycopg.connect(db, autocommit=True) as admin:
