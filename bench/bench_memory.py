@@ -110,12 +110,12 @@ def measure(dsn: str, exe: str, missions: int, seconds: int, rate: int) -> dict[
 
 def main(argv: list[str] | None = None) -> int:
     parser = base_parser("RSS of `consumer run` beside many missions, under traffic.")
-    parser.add_argument("--missions", type=int, help="mission snapshots (1000000; quick 100000)")
-    parser.add_argument("--seconds", type=int, help="seconds of traffic (30; quick 8)")
+    parser.add_argument("--missions", type=int, help="mission snapshots (1000000; quick 50000)")
+    parser.add_argument("--seconds", type=int, help="seconds of traffic (30; quick 5)")
     parser.add_argument("--rate", type=int, default=500, help="rows of ours per second (500)")
     args = parser.parse_args(list(argv or []))
-    args.missions = args.missions or (100_000 if args.quick else 1_000_000)
-    args.seconds = args.seconds or (8 if args.quick else 30)
+    args.missions = args.missions or (50_000 if args.quick else 1_000_000)
+    args.seconds = args.seconds or (5 if args.quick else 30)
     print("# bench_memory: RSS of `consumer run` beside many missions (issue 11)\n", flush=True)
     exe = pg_bin("pgbench")
     if exe is None:

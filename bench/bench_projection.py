@@ -6,18 +6,20 @@
              writer in a separate process inserts one mission per transaction, paced by
              the monotonic clock, and notes time.monotonic() when each COMMIT returns.
              CLOCK_MONOTONIC is system-wide on Linux, so latency = applied - committed.
-2. catchup   rows/s applying a backlog: journal path (checkpoint bootstrapped) and the
-             bootstrap path (log scan), at several batch sizes, each run on a fresh clone
-             of a loaded template database.
-3. trigger   what the journal trigger costs mana-sync's single-row INSERT transactions:
+2. catchup   rows/s applying a backlog by shape (the same rows over few or many records):
+             journal path (checkpoint bootstrapped) and bootstrap path (log scan), each run
+             on a fresh clone of a loaded template database. `sweep`: one shape at several
+             batch sizes (not run by default).
+3. trigger   (not run by default: bench_cost measures it with paired rounds) what the
+             journal trigger costs mana-sync's single-row INSERT transactions:
              pgbench, another app's rows / our rows / our rows with the trigger disabled.
 
-    python -m bench.bench_projection [--quick] [--only latency|catchup|trigger] ...
+    python -m bench.bench_projection [--quick] [--only latency|catchup|sweep|trigger] ...
         --profile    catch-up: also a cProfile of one journal-path run
         --breakdown  trigger: also diagnostic triggers doing part of the work (noisy at
                      1 client: differences of ~20 us are within round-to-round spread)
 
-Full size takes ~5 minutes on 2 vCPUs; --quick ~20 s.
+Full size takes ~6 minutes on 2 vCPUs; --quick ~40 s.
 """
 
 from __future__ import annotations
@@ -55,6 +57,7 @@ from bench.common import (
     percentile,
     pg_bin,
     print_table,
+    record,
     section,
     server,
     verdict,
@@ -210,13 +213,19 @@ async def _latency_once(
         configure=configure,
     )
     await pool.open(wait=True, timeout=15)
-    count = int(rate * seconds)
-    warmup = int(rate * warmup_s)
+    # One Python writer paces 500/s well but cannot reach 2,000/s here: beyond 500/s the
+    # rate is split over writers of up to 1,000/s each, started together.
+    n_writers = 1 if rate <= 500 else math.ceil(rate / 1000)
+    each = rate / n_writers
+    count = int(each * seconds)
+    warmup = int(each * warmup_s)
     ctx = mp.get_context("spawn")
-    parent, child = ctx.Pipe()
-    writer = ctx.Process(
-        target=_writer, args=(dsn, f"lat{run}", rate, count, warmup, child), daemon=True
-    )
+    pipes = [ctx.Pipe() for _ in range(n_writers)]
+    writers = [
+        ctx.Process(target=_writer, args=(dsn, f"lat{run}w{k}", each, count, warmup, child),
+                    daemon=True)
+        for k, (_parent, child) in enumerate(pipes)
+    ]
     async with pool:
         projector = Projector(
             batch_size=settings.batch_size, max_row_bytes=settings.max_row_bytes, on_applied=seen
@@ -238,21 +247,30 @@ async def _latency_once(
             with anyio.fail_after(30):
                 while not (health.listener_connected and projector.prev is not None):  # noqa: ASYNC110
                     await anyio.sleep(0.01)
-            writer.start()
-            ready = await anyio.to_thread.run_sync(parent.recv)
-            if ready != "ready":
-                raise RuntimeError(f"writer failed: {ready!r}")
+            for writer in writers:
+                writer.start()
+            for parent, _child in pipes:
+                ready = await anyio.to_thread.run_sync(parent.recv)
+                if ready != "ready":
+                    raise RuntimeError(f"writer failed: {ready!r}")
             await anyio.sleep(0.2)
             timer.stmt.clear()
             timer.calls.clear()
             timer.each = {}
             passes_before = seen.passes
-            parent.send("go")
-            result = await anyio.to_thread.run_sync(parent.recv)
-            await anyio.to_thread.run_sync(writer.join, 10)
-            if result[0] != "ok":
-                raise RuntimeError(f"writer failed: {result[1]}")
-            _, committed, txn_us, data_bytes, meta_bytes = result
+            for parent, _child in pipes:
+                parent.send("go")
+            committed, txn_us = [], []
+            data_bytes = meta_bytes = 0
+            for (parent, _child), writer in zip(pipes, writers, strict=True):
+                result = await anyio.to_thread.run_sync(parent.recv)
+                await anyio.to_thread.run_sync(writer.join, 10)
+                if result[0] != "ok":
+                    raise RuntimeError(f"writer failed: {result[1]}")
+                committed += result[1]
+                txn_us += result[2]
+                data_bytes, meta_bytes = result[3], result[4]
+            committed.sort(key=lambda c: c[1])
             deadline = time.monotonic() + 5.0  # stragglers
             while time.monotonic() < deadline and any(m not in seen.at for m, _ in committed):  # noqa: ASYNC110
                 await anyio.sleep(0.02)
@@ -270,6 +288,8 @@ async def _latency_once(
         "p90": percentile(latencies, 90),
         "p99": percentile(latencies, 99),
         "max": max(latencies) if latencies else float("nan"),
+        "latencies": latencies,
+        "writers": n_writers,
         "min": min(latencies) if latencies else float("nan"),
         "count": len(latencies),
         "missing": sum(1 for m, _ in committed if m not in seen.at),
@@ -309,7 +329,8 @@ async def _floor(dsn: str, n: int = 500) -> tuple[float, float]:
     return 1e6 * percentile(trips, 50), 1e6 * percentile(commits, 50)
 
 
-def bench_latency(srv: Server, template: str, *, runs: int, rate: float, seconds: float) -> None:
+def bench_latency(srv: Server, template: str, *, runs: int, rate: float, seconds: float
+                  ) -> list[dict[str, Any]]:
     section(f"1. commit-to-snapshot latency: {rate:g} missions/s for {seconds:g} s "
             f"(+0.5 s warm-up), {runs} run(s)")
     results = []
@@ -368,10 +389,17 @@ def bench_latency(srv: Server, template: str, *, runs: int, rate: float, seconds
         trip, commit = anyio.run(_floor, dsn, backend="asyncio")
     note(f"floor on this machine: one async round trip (SELECT 1) p50 {trip:.0f} us; "
          f"BEGIN + 1-row INSERT + durable COMMIT p50 {commit:.0f} us")
-    verdict(f"p50 {med['p50']:.2f} ms <= {GOAL_P50_MS:g} ms", med["p50"] <= GOAL_P50_MS)
-    verdict(f"p99 {med['p99']:.2f} ms <= {GOAL_P99_MS:g} ms", med["p99"] <= GOAL_P99_MS)
-    verdict("no committed row left unapplied", all(r["missing"] == 0 for r in results))
+    # The goals: p50 at 500/s, p99 at 2,000/s (medians of runs); other rates: both.
+    if rate < 2000:
+        verdict(f"{rate:g}/s: p50 {med['p50']:.2f} ms <= {GOAL_P50_MS:g} ms (median of "
+                f"{runs} runs)", med["p50"] <= GOAL_P50_MS)
+    if rate > 500:
+        verdict(f"{rate:g}/s: p99 {med['p99']:.2f} ms <= {GOAL_P99_MS:g} ms (median of "
+                f"{runs} runs)", med["p99"] <= GOAL_P99_MS)
+    verdict(f"{rate:g}/s: no committed row left unapplied",
+            all(r["missing"] == 0 for r in results))
     print()
+    return results
 
 
 # --------------------------------------------------------------------------- 2. catch-up
@@ -674,6 +702,51 @@ def bench_catchup(
         srv.drop_database(loaded)
 
 
+def bench_shapes(
+    srv: Server, template: str, *, rows: int, shapes: list[int], runs: int,
+    bootstrap_runs: int,
+) -> list[dict[str, Any]]:
+    """Catch-up rows/s by backlog shape: the same number of rows over few or many records
+    (rows per record is what a record-grouped fold can exploit), at the default batch."""
+    section(f"2. catch-up throughput by backlog shape: {rows:,} rows over "
+            + ", ".join(f"{n:,}" for n in shapes) + f" records; journal path {runs} run(s) "
+            f"each, bootstrap path {bootstrap_runs} run(s)")
+    found: list[dict[str, Any]] = []
+    table_rows: list[list[object]] = []
+    ok = True
+    for records in shapes:
+        backlog = Backlog(rows, records)
+        loaded = srv.migrated_template("shape")
+        try:
+            with Stopwatch() as sw:
+                backlog.load(srv.dsn_for(loaded))
+            note(f"{records:,} records: {backlog.describe(srv.dsn_for(loaded))}; loaded in "
+                 f"{sw.seconds:.0f} s")
+            for path, n in (("journal", runs), ("bootstrap", bootstrap_runs)):
+                results = [_run_backlog(srv, loaded, path, 2000, backlog) for _ in range(n)]
+                if not results:
+                    continue
+                ok = ok and all(r.fingerprint[:3] == (*backlog.expected, 0) for r in results)
+                rates = [r.rate for r in results]
+                cpu = 1e6 * median([r.cpu for r in results]) / rows
+                found.append({"rows": rows, "records": records, "path": path,
+                              "rates": rates, "client_cpu_us_per_row": cpu})
+                table_rows.append([f"{path} path", f"{rows // records:,}", records, len(rates),
+                                   median(rates), min(rates), max(rates), cpu])
+        finally:
+            srv.drop_database(loaded)
+    print_table(
+        f"catch-up of a {rows:,}-row backlog by shape (Projector.bootstrap + catch_up on one "
+        "connection, batch 2000)",
+        ["", "rows/record", "records", "runs", "rows/s (median)", "min", "max",
+         "client CPU us/row"],
+        table_rows,
+    )
+    verdict("every run gives the expected snapshots (0 quarantined)", ok)
+    record("catchup_shapes", found)
+    return found
+
+
 def _print_split(typical: dict[str, RunStats]) -> None:
     labels: list[str] = []
     for st in typical.values():
@@ -895,12 +968,21 @@ def bench_trigger(
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
     parser = base_parser("Projection benchmarks: latency, catch-up throughput, trigger cost.")
-    parser.add_argument("--only", action="append", choices=["latency", "catchup", "trigger"],
-                        help="run only these parts (repeatable)")
+    parser.add_argument("--only", action="append",
+                        choices=["latency", "catchup", "sweep", "trigger"],
+                        help="run only these parts (repeatable; default latency and catchup: "
+                        "bench_cost measures the trigger with paired rounds)")
     parser.add_argument("--runs", type=int, help="runs per measurement (default 3, quick 1)")
-    parser.add_argument("--rate", type=float, default=500.0, help="latency: missions/s")
-    parser.add_argument("--seconds", type=float, help="latency: seconds per run (10, quick 3)")
-    parser.add_argument("--backlog-rows", type=int, help="catch-up: rows (200000, quick 40000)")
+    parser.add_argument("--rates", default=None,
+                        help="latency: missions/s, comma list (500,2000)")
+    parser.add_argument("--shapes", default=None, help="catch-up: records of each backlog "
+                        "shape, comma list (rows/100, rows/10, rows)")
+    parser.add_argument("--shape-runs", type=int,
+                        help="catch-up: journal-path runs per shape (2, quick 1)")
+    parser.add_argument("--bootstrap-runs", type=int,
+                        help="catch-up: bootstrap-path runs per shape (1, quick 0)")
+    parser.add_argument("--seconds", type=float, help="latency: seconds per run (10, quick 2)")
+    parser.add_argument("--backlog-rows", type=int, help="catch-up: rows (200000, quick 10000)")
     parser.add_argument("--records", type=int, help="catch-up: distinct records (rows/10)")
     parser.add_argument("--batch-sizes", default=None,
                         help="catch-up: comma list for the journal path (1000,2000,5000)")
@@ -922,9 +1004,15 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     args = parser.parse_args(argv)
     q = args.quick
     args.runs = args.runs or (1 if q else 3)
-    args.seconds = args.seconds or (3.0 if q else 10.0)
-    args.backlog_rows = args.backlog_rows or (40_000 if q else 200_000)
+    args.seconds = args.seconds or (2.0 if q else 10.0)
+    args.backlog_rows = args.backlog_rows or (10_000 if q else 200_000)
     args.records = args.records or max(args.backlog_rows // 10, 10)
+    args.rates = [float(x) for x in (args.rates or "500,2000").split(",") if x.strip()]
+    rows = args.backlog_rows
+    args.shapes = _ints(args.shapes, [max(rows // 100, 1), max(rows // 10, 1), rows])
+    args.shape_runs = args.shape_runs if args.shape_runs is not None else (1 if q else 2)
+    args.bootstrap_runs = (args.bootstrap_runs if args.bootstrap_runs is not None
+                           else (0 if q else 1))
     args.batch_sizes = _ints(args.batch_sizes, [2000] if q else [1000, 2000, 5000])
     args.bootstrap_batch_sizes = _ints(args.bootstrap_batch_sizes,
                                        [2000] if q else [1000, 2000, 5000])
@@ -932,7 +1020,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     args.rounds = args.rounds or (2 if q else 3)
     if args.concurrent is None:
         args.concurrent = 0 if q else 4
-    args.only = args.only or ["latency", "catchup", "trigger"]
+    args.only = args.only or ["latency", "catchup"]
     return args
 
 
@@ -953,9 +1041,18 @@ def main(argv: list[str] | None = None) -> int:
         template = srv.migrated_template("projection")
         try:
             if "latency" in args.only:
-                bench_latency(srv, template, runs=args.runs, rate=args.rate,
-                              seconds=args.seconds)
+                latency: dict[str, list[float]] = {}
+                for rate in args.rates:
+                    runs = bench_latency(srv, template, runs=args.runs, rate=rate,
+                                         seconds=args.seconds)
+                    latency[f"{rate:g}"] = [x for r in runs for x in r["latencies"]]
+                    record(f"latency_runs_{rate:g}", [
+                        {k: v for k, v in r.items() if k != "latencies"} for r in runs])
+                record("latency", latency)
             if "catchup" in args.only:
+                bench_shapes(srv, template, rows=args.backlog_rows, shapes=args.shapes,
+                             runs=args.shape_runs, bootstrap_runs=args.bootstrap_runs)
+            if "sweep" in args.only:
                 bench_catchup(srv, template, rows=args.backlog_rows, records=args.records,
                               runs=args.runs, sweep_runs=args.sweep_runs,
                               batch_sizes=args.batch_sizes,

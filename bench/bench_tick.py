@@ -254,13 +254,13 @@ def run_size(dsn: str, loaded: int, size: int, rounds: int, new_rows: int
 def parse_args(argv: list[str]) -> Any:
     parser = base_parser("Upstream's polling tick against our pass, on the same new rows.")
     parser.add_argument("--sizes", help="log sizes, comma list (10000,100000,1000000; "
-                        "quick 5000,50000)")
-    parser.add_argument("--rounds", type=int, help="measured rounds per size (7, quick 3)")
+                        "quick 2000,20000)")
+    parser.add_argument("--rounds", type=int, help="measured rounds per size (7, quick 2)")
     parser.add_argument("--new-rows", type=int, default=100, help="new rows per round (100)")
     args = parser.parse_args(argv)
-    default = "5000,50000" if args.quick else "10000,100000,1000000"
+    default = "2000,20000" if args.quick else "10000,100000,1000000"
     args.sizes = sorted(int(x) for x in (args.sizes or default).split(",") if x.strip())
-    args.rounds = args.rounds or (3 if args.quick else 7)
+    args.rounds = args.rounds or (2 if args.quick else 7)
     return args
 
 

@@ -32,8 +32,11 @@ def find(run: dict[str, Any], key: str) -> Any:
 
 def latency_cdf(data: dict[str, list[float]], path: Path) -> str:
     fig, ax = plt.subplots(figsize=(7, 4.2))
+    lows = []
     for rate, values in sorted(data.items(), key=lambda kv: float(kv[0])):
-        xs = sorted(v for v in values if v is not None)
+        xs = sorted(v for v in values if v is not None and v > 0)
+        if xs:
+            lows.append(xs[len(xs) // 1000])
         if not xs:
             continue
         ys = [(i + 1) / len(xs) for i in range(len(xs))]
@@ -41,6 +44,8 @@ def latency_cdf(data: dict[str, list[float]], path: Path) -> str:
                 label=f"{float(rate):,.0f} rows/s (n={len(xs):,}, "
                       f"p50 {statistics.median(xs):.2f} ms)")
     ax.set_xscale("log")
+    if lows:  # start at the 0.1th percentile: a stray near-zero sample would squash the rest
+        ax.set_xlim(left=min(lows) * 0.8)
     ax.set_xlabel("commit to snapshot applied (ms, log scale)")
     ax.set_ylabel("fraction of rows")
     ax.set_ylim(0, 1.01)
