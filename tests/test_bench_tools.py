@@ -171,3 +171,21 @@ def test_report_cells() -> None:
     assert report.cell(0.123) == "0.12"
     assert report.cell("a|b") == "a\\|b"
     assert report.md_table([], []) == []
+
+
+def test_pgbench_writers_mix_by_script_weights() -> None:
+    from bench.bench_cost import pgbench_cmd
+
+    scripts = {"ours": "o.sql", "other": "x.sql"}
+    cmd = pgbench_cmd("pgbench", "DSN", scripts, 4, 10, 2)
+    assert cmd[-1] == "DSN" and cmd[cmd.index("-c") + 1] == "4" and cmd[cmd.index("-T") + 1] == "2"
+    assert "o.sql@10" in cmd and "x.sql@90" in cmd
+    assert pgbench_cmd("pgbench", "DSN", scripts, 1, 100, 1).count("-f") == 1
+
+
+def test_report_command_line_hides_machine_specifics() -> None:
+    from bench.__main__ import _parse, _shown
+
+    argv = ["--quick", "--database-url", "postgresql://h/db", "--out", "somewhere", "tick"]
+    args, _extra = _parse(argv)
+    assert _shown(argv, args) == ["--quick", "tick"]
