@@ -976,7 +976,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--rates", default=None,
                         help="latency: missions/s, comma list (500,2000)")
     parser.add_argument("--shapes", default=None, help="catch-up: records of each backlog "
-                        "shape, comma list (rows/100, rows/10, rows)")
+                        "shape, comma list (rows/100, rows/10, rows; quick rows/10, rows)")
     parser.add_argument("--shape-runs", type=int,
                         help="catch-up: journal-path runs per shape (2, quick 1)")
     parser.add_argument("--bootstrap-runs", type=int,
@@ -1009,7 +1009,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     args.records = args.records or max(args.backlog_rows // 10, 10)
     args.rates = [float(x) for x in (args.rates or "500,2000").split(",") if x.strip()]
     rows = args.backlog_rows
-    args.shapes = _ints(args.shapes, [max(rows // 100, 1), max(rows // 10, 1), rows])
+    args.shapes = _ints(args.shapes, [max(rows // 10, 1), rows] if q
+                        else [max(rows // 100, 1), max(rows // 10, 1), rows])
     args.shape_runs = args.shape_runs if args.shape_runs is not None else (1 if q else 2)
     args.bootstrap_runs = (args.bootstrap_runs if args.bootstrap_runs is not None
                            else (0 if q else 1))

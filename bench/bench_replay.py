@@ -107,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=int, default=5000, help="rows per batch (5000)")
     parser.add_argument("--verify", action="store_true", help="also time replay --verify")
     args = parser.parse_args(argv)
-    rows = min(args.rows, 100_000) if args.quick else args.rows
+    rows = min(args.rows, 50_000) if args.quick else args.rows
     # Progress lines of the replay (a plain log line every 5 s when not on a terminal).
     handler = logging.StreamHandler()
     handler.setFormatter(logging.Formatter("   %(message)s"))

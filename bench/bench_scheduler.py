@@ -196,7 +196,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="seconds over which the lateness missions fall due (5)")
     args = parser.parse_args(argv)
     if args.quick:
-        args.missions, args.runs, args.lateness = 100_000, 3, 50
+        args.missions, args.runs, args.lateness = 50_000, 3, 50
 
     with server(args.database_url) as srv:
         print_table("machine", ["", ""], machine_info(srv))

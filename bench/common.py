@@ -294,7 +294,8 @@ def record(key: str, value: object) -> None:
 def command(cmd: Sequence[str]) -> None:
     """Note an external command a benchmark ran, for the report's list of exact commands."""
     if _collector is not None:
-        text = " ".join(cmd)
+        # The program by name: where it is installed is this machine's business.
+        text = " ".join([Path(cmd[0]).name, *cmd[1:]]) if cmd else ""
         if text not in _collector.commands:
             _collector.commands.append(text)
 
