@@ -20,7 +20,7 @@ round, and the interval says how far the mean is known. Each (writers, mix) bloc
 a fresh clone of a migrated database.
 
     python -m bench.bench_cost [--quick] [--writers 1,2,4] [--mixes 10,100]
-                               [--rounds 10] [--seconds 1] [--variants trigger,listener,consumer]
+                               [--rounds 8] [--seconds 1] [--variants trigger,listener,consumer]
 """
 
 from __future__ import annotations
@@ -238,7 +238,7 @@ def parse_args(argv: list[str]) -> Any:
     parser = base_parser("Trigger and consumer cost on mana-sync's writers: paired A/B.")
     parser.add_argument("--writers", help="pgbench clients, comma list (1,2,4; quick 2)")
     parser.add_argument("--mixes", help="percent of rows ours, comma list (10,100; quick 10)")
-    parser.add_argument("--rounds", type=int, help="rounds per block (10; quick 3)")
+    parser.add_argument("--rounds", type=int, help="rounds per block (8; quick 3)")
     parser.add_argument("--seconds", type=int, help="seconds per arm and round (1)")
     parser.add_argument("--variants", default=",".join(VARIANTS),
                         help=f"which of {', '.join(VARIANTS)} (all)")
@@ -246,7 +246,7 @@ def parse_args(argv: list[str]) -> Any:
     q = args.quick
     args.writers = [int(x) for x in (args.writers or ("2" if q else "1,2,4")).split(",")]
     args.mixes = [int(x) for x in (args.mixes or ("10" if q else "10,100")).split(",")]
-    args.rounds = args.rounds or (3 if q else 10)
+    args.rounds = args.rounds or (3 if q else 8)
     args.seconds = args.seconds or 1
     args.variants = [v for v in args.variants.split(",") if v]
     unknown = set(args.variants) - set(VARIANTS)
