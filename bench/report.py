@@ -104,6 +104,67 @@ def module_lines(module: dict[str, Any]) -> list[str]:
     return lines
 
 
+def find(run: dict[str, Any], key: str) -> Any:
+    for module in run.get("modules", []):
+        data = module.get("data") or {}
+        if key in data:
+            return data[key]
+    return None
+
+
+def spread(values: Sequence[float], unit: str = "", scale: float = 1.0) -> str:
+    """'median (min-max)unit' of some runs; one run: just the value."""
+    vals = sorted(v * scale for v in values if v is not None and v == v)
+    if not vals:
+        return "-"
+    mid = len(vals) // 2
+    med = vals[mid] if len(vals) % 2 else (vals[mid - 1] + vals[mid]) / 2
+    if len(vals) == 1:
+        return f"{cell(med)}{unit}"
+    return f"{cell(med)}{unit} ({cell(vals[0])}-{cell(vals[-1])})"
+
+
+def summary_rows(run: dict[str, Any]) -> list[list[object]]:
+    """The headline figures, from the raw data of whichever modules ran."""
+    rows: list[list[object]] = []
+    for module in run.get("modules", []):
+        for key, runs in (module.get("data") or {}).items():
+            if not key.startswith("latency_runs_") or not runs:
+                continue
+            rate = key.removeprefix("latency_runs_")
+            rows.append([f"commit to snapshot at {rate} rows/s, p50 / p99 / max (ms)",
+                         " / ".join(spread([r.get(k) for r in runs]) for k in
+                                    ("p50", "p99", "max"))
+                         + f"; {len(runs)} run(s)"])
+    for shape in find(run, "catchup_shapes") or []:
+        rows.append([f"catch-up, {shape['rows']:,} rows over {shape['records']:,} records, "
+                     f"{shape['path']} path (rows/s)", spread(shape["rates"])])
+    for size in find(run, "tick") or []:
+        tick, ours = size.get("tick_ms") or [], size.get("pass_ms") or []
+        ratio = ""
+        if tick and ours:
+            mid_tick, mid_ours = sorted(tick)[len(tick) // 2], sorted(ours)[len(ours) // 2]
+            ratio = f"; tick / pass x{mid_tick / mid_ours:.0f}"
+        rows.append([f"{size.get('new_rows', 100)} new rows at {size['log_rows']:,} log rows: "
+                     "polling tick / our pass (ms)",
+                     f"{spread(tick)} / {spread(ours)}{ratio}"])
+    for c in (find(run, "cost") or {}).get("summary", []):
+        interval = "-" if c["low"] is None or c["high"] is None or c["low"] != c["low"] \
+            else f"{c['low']:.3f}-{c['high']:.3f}"
+        rows.append([f"writers' throughput, {c['variant']}, {c['mix']} % ours, "
+                     f"{c['writers']} writer(s), x of no trigger",
+                     f"x{c['ratio']:.3f} (95 % interval {interval}, {c['rounds']} rounds)"
+                     + ("" if interval != "-" and (c["high"] < 0.95 or c["low"] > 0.95)
+                        else "; does not exclude a 5 % cost")])
+    mem = find(run, "memory")
+    if mem:
+        rows.append([f"RSS of consumer run beside {mem['missions']:,} missions under "
+                     f"{mem['rate']} rows/s: ready / peak / steady (MiB)",
+                     f"{cell(mem['ready_mib'])} / {cell(mem['peak_mib'])} / "
+                     f"{cell(mem['steady_mib'])}"])
+    return rows
+
+
 def render(run: dict[str, Any]) -> str:
     lines: list[str] = ["# Benchmarks", ""]
     size = "quick (smoke size: numbers are indicative only)" if run.get("quick") else "full size"
@@ -141,6 +202,11 @@ def render(run: dict[str, Any]) -> str:
     rows = machine_rows(run)
     if rows:
         lines += ["## Machine", "", *md_table(["", ""], rows), ""]
+
+    headline = summary_rows(run)
+    if headline:
+        lines += ["## Summary", "", "Medians, with min-max over runs in brackets.", "",
+                  *md_table(["figure", "measured"], headline), ""]
 
     found = verdicts(run)
     if found:

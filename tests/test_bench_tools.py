@@ -189,3 +189,36 @@ def test_report_command_line_hides_machine_specifics() -> None:
     argv = ["--quick", "--database-url", "postgresql://h/db", "--out", "somewhere", "tick"]
     args, _extra = _parse(argv)
     assert _shown(argv, args) == ["--quick", "tick"]
+
+
+def test_summary_pulls_headline_figures_from_the_raw_data() -> None:
+    run = _run()
+    run["modules"][0]["data"] = {
+        "latency_runs_500": [{"p50": 1.5, "p99": 4.0, "max": 9.0},
+                             {"p50": 2.5, "p99": 5.0, "max": 7.0},
+                             {"p50": 2.0, "p99": 4.5, "max": 8.0}],
+        "catchup_shapes": [{"rows": 200000, "records": 2000, "path": "journal",
+                            "rates": [8000.0, 9000.0]}],
+        "tick": [{"log_rows": 10000, "new_rows": 100, "tick_ms": [120.0, 130.0, 140.0],
+                  "pass_ms": [12.0, 13.0, 14.0]}],
+        "cost": {"summary": [
+            {"variant": "listener", "writers": 2, "mix": 10, "ratio": 0.9, "low": 0.85,
+             "high": 0.94, "rounds": 8},
+            {"variant": "trigger", "writers": 1, "mix": 10, "ratio": 0.99, "low": 0.93,
+             "high": 1.02, "rounds": 8}]},
+        "memory": {"missions": 1000000, "rate": 500, "ready_mib": 60.0, "peak_mib": 72.0,
+                   "steady_mib": 70.0},
+    }
+    rows = dict((str(a), str(b)) for a, b in report.summary_rows(run))
+    assert rows["commit to snapshot at 500 rows/s, p50 / p99 / max (ms)"] == (
+        "2.00 ms (1.50-2.50) / 4.50 ms (4.00-5.00) / 8.00 ms (7.00-9.00); 3 run(s)".replace(
+            " ms", ""))
+    assert rows["catch-up, 200,000 rows over 2,000 records, journal path (rows/s)"] == (
+        "8,500 (8,000-9,000)")
+    assert rows["100 new rows at 10,000 log rows: polling tick / our pass (ms)"].endswith("x10")
+    listener = rows["writers' throughput, listener, 10 % ours, 2 writer(s), x of no trigger"]
+    assert "0.850-0.940" in listener and "does not exclude" not in listener
+    trigger = rows["writers' throughput, trigger, 10 % ours, 1 writer(s), x of no trigger"]
+    assert trigger.endswith("does not exclude a 5 % cost")
+    assert "60.00 / 72.00 / 70.00" in "".join(rows.values())
+    assert "## Summary" in report.render(run)
