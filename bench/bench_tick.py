@@ -122,20 +122,40 @@ async def tick(conns: tuple[psycopg.AsyncConnection, psycopg.AsyncConnection]
 # --------------------------------------------------------------------------- data
 
 
-def load_log(dsn: str, start: int, stop: int, chunk: int = 5000) -> None:
+COPY_SQL = """
+INSERT INTO public.sync_changes
+    (app_id, table_name, record_id, user_id, op, data, field_meta, client_id, created_at)
+SELECT app_id, table_name, record_id || %(suffix)s, user_id, op, data, field_meta,
+       'bench-copy', created_at + %(shift)s * interval '1 hour'
+FROM (SELECT * FROM public.sync_changes WHERE client_id = 'bench-loader'
+      ORDER BY created_at LIMIT %(n)s) AS base
+"""
+
+
+def load_log(dsn: str, start: int, stop: int, chunk: int = 5000, base: int = 10_000) -> None:
     """Log rows start..stop (10 per record, no deletes) with the journal trigger off: our
-    side is rebuilt by replay afterwards, which is faster than following the journal."""
-    records = max(stop // 10, 10)
+    side is rebuilt by replay afterwards, which is faster than following the journal.
+
+    The first `base` rows are generated; the rest are copies of them under new record ids
+    (building JSON in SQL is the slow part of a load, and the shape is the same)."""
     with psycopg.connect(dsn, autocommit=True) as conn:
         conn.execute("ALTER TABLE public.sync_changes DISABLE TRIGGER mana_ai_journal")
         try:
-            for lo in range(start, stop + 1, chunk):
+            made = start - 1
+            while made < min(stop, base):
+                hi = min(made + chunk, stop, base)
+                records = max(min(stop, base) // 10, 10)
                 conn.execute(LOAD_SQL, {
-                    "lo": lo, "hi": min(lo + chunk - 1, stop),
+                    "lo": made + 1, "hi": hi,
                     # No delete rows: the last round of deletes starts past `total`.
                     "total": 10 * stop + records, "records": records,
                     "missions": records * 4 // 5, "users": 1000,
                 })
+                made = hi
+            while made < stop:
+                n = min(stop - made, base)
+                conn.execute(COPY_SQL, {"suffix": f"-c{made}", "shift": made // base, "n": n})
+                made += n
         finally:
             conn.execute("ALTER TABLE public.sync_changes ENABLE TRIGGER mana_ai_journal")
         conn.execute("VACUUM (ANALYZE) public.sync_changes")
