@@ -305,6 +305,7 @@ def report(blocks: list[dict[str, Any]], args: Any) -> int:
             vals = block["tps"][arm]
             rows.append([arm, block["writers"], f"{block['mix']} %", len(ratios),
                          median(base), median(vals), r, lo, hi, min(ratios), max(ratios),
+                         1 / r if r else float("nan"),
                          "yes" if hi < 0.95 else ("no" if lo > 0.95 else "can't tell")])
             summary.append({"variant": arm, "writers": block["writers"], "mix": block["mix"],
                             "ratio": r, "low": lo, "high": hi, "rounds": len(ratios),
@@ -313,7 +314,7 @@ def report(blocks: list[dict[str, Any]], args: Any) -> int:
         f"throughput of mana-sync's writers against no trigger: tps medians, ratio = geometric "
         f"mean of per-round ratios, 95 % t interval ({args.seconds} s per arm and round)",
         ["variant", "writers", "ours", "rounds", "tps none", "tps variant", "ratio", "95% low",
-         "95% high", "min", "max", "costs > 5 %?"],
+         "95% high", "min", "max", "time/txn x", "costs > 5 %?"],
         rows,
     )
     cpu_rows = []
