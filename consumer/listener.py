@@ -29,10 +29,11 @@ from collections.abc import Awaitable
 from typing import Any, TypeVar
 
 import anyio
+import anyio.lowlevel
 import psycopg
 from psycopg import errors as pgerr
 
-from . import metrics
+from . import metrics, shutdown
 from .config import Settings, first_line
 from .db import Deadline, aconnect, closing, within
 from .errors import CheckpointConflict, ConfigError, Deposed, PrivilegeError
@@ -213,16 +214,20 @@ class Follower:
         waiting_logged = False
         while True:
             try:
-                await self._exec(
-                    conn,
-                    "leader lock",
-                    "SELECT pg_advisory_lock(%s)",
-                    (LEADER_LOCK_KEY,),
-                    extra=self.settings.lock_wait,
-                )
+                # A standby spends its life in this wait: a shutdown lets the slice end
+                # (lock_wait) rather than cut the statement off (consumer/shutdown.py).
+                with shutdown.finishing():
+                    await self._exec(
+                        conn,
+                        "leader lock",
+                        "SELECT pg_advisory_lock(%s)",
+                        (LEADER_LOCK_KEY,),
+                        extra=self.settings.lock_wait,
+                    )
                 break
             except pgerr.LockNotAvailable:
-                pass  # another process leads: one slice of waiting done
+                # Another process leads; a stop takes effect here, between two slices.
+                await anyio.lowlevel.checkpoint()
             if not waiting_logged:
                 log.info("standby: another consumer is applying this log; waiting to take over")
                 waiting_logged = True
@@ -272,7 +277,10 @@ class Follower:
 
         self.projector.on_progress = progressed
         try:
-            return await within(work, deadline, step)
+            # A step cut off mid-query would close the connection with a warning: a
+            # shutdown lets it finish (consumer/shutdown.py).
+            with shutdown.finishing():
+                return await within(work, deadline, step)
         except TimeoutError as exc:
             raise TimeoutError(f"{what}: nothing committed: {exc}") from None
         finally:

@@ -59,7 +59,7 @@ from opentelemetry import trace
 from opentelemetry.trace import Status, StatusCode
 from psycopg_pool import AsyncConnectionPool
 
-from . import ledger, metrics
+from . import ledger, metrics, shutdown
 from .apply import Applied
 from .decisions import Decision, Verdict, decide, is_due, is_legacy, parse_instant
 from .errors import Deposed
@@ -254,7 +254,8 @@ class Scheduler:
                     self._wake = anyio.Event()
                     self._pending = False
                     try:
-                        await self.run_pass()
+                        with shutdown.finishing():  # see consumer/shutdown.py
+                            await self.run_pass()
                     except Deposed:
                         log.info("scheduler: no longer the leader; deciding stops")
                         return

@@ -12,7 +12,8 @@ from typing import TYPE_CHECKING, Any
 import anyio
 from psycopg_pool import AsyncConnectionPool
 
-from . import metrics, telemetry
+from . import metrics, shutdown, telemetry
+from .apply import Applied
 from .config import Settings, first_line
 from .errors import ConfigError
 from .health import SCHEDULER, Health
@@ -61,7 +62,11 @@ async def serve(
     ready: anyio.Event | None = None,
     dispatcher: Any = None,
     planner_config: PlannerConfig | None = None,
+    on_applied: Callable[[Applied], None] | None = None,
 ) -> None:
+    """The service until cancelled or signalled. `on_applied` sees every applied batch
+    after its commit (the demo's view measures commit-to-snapshot latency with it)."""
+    shutdown.reset()
     health = Health(lag_threshold_seconds=settings.lag_threshold)
     pool = AsyncConnectionPool(
         settings.database_url,
@@ -80,7 +85,11 @@ async def serve(
         if dispatcher is None and planner_config is not None:
             planner = await stack.enter_async_context(Planner(planner_config))
             dispatcher = Runner(pool, planner, tracer=telemetry.tracer())
-        projector = Projector(batch_size=settings.batch_size, max_row_bytes=settings.max_row_bytes)
+        projector = Projector(
+            batch_size=settings.batch_size,
+            max_row_bytes=settings.max_row_bytes,
+            on_applied=on_applied,
+        )
         follower = Follower(settings, projector, health)
         async with anyio.create_task_group() as tg:
             tg.start_soon(_stop_on_signal, tg.cancel_scope)
@@ -102,7 +111,13 @@ async def serve(
                     )
 
                 tg.start_soon(
-                    _decide_while_leading, follower, projector, health, settings, make_scheduler
+                    _decide_while_leading,
+                    follower,
+                    projector,
+                    health,
+                    settings,
+                    make_scheduler,
+                    on_applied,
                 )
             if ready is not None:
                 ready.set()
@@ -115,6 +130,7 @@ async def _decide_while_leading(
     health: Health,
     settings: Settings,
     make_scheduler: Callable[[], Scheduler],
+    observer: Callable[[Applied], None] | None = None,
 ) -> None:
     """Decisions only on the leader, only from a projection caught up since it became leader,
     and only until its term ends; then wait for the next term. A fresh scheduler per term:
@@ -125,7 +141,7 @@ async def _decide_while_leading(
         scheduler.leading = lambda term=term: term.valid  # type: ignore[misc]
         scheduler.epoch = term.epoch
         scheduler.on_pass = lambda: health.beat(SCHEDULER)
-        projector.on_applied = scheduler.notify_changed
+        projector.on_applied = _both(scheduler.notify_changed, observer)
         health.expect(SCHEDULER, settings.scheduler_bound())
         log.info("deciding as the leader (epoch %d)", term.epoch)
         try:
@@ -135,8 +151,21 @@ async def _decide_while_leading(
                 await scheduler.run()  # returns once it finds the term over
                 tg.cancel_scope.cancel()
         finally:
-            projector.on_applied = None
+            projector.on_applied = observer
             health.release(SCHEDULER)
+
+
+def _both(
+    first: Callable[[Applied], None], second: Callable[[Applied], None] | None
+) -> Callable[[Applied], None]:
+    if second is None:
+        return first
+
+    def both(applied: Applied) -> None:
+        first(applied)
+        second(applied)
+
+    return both
 
 
 async def _cancel_when_set(event: anyio.Event, scope: anyio.CancelScope) -> None:
@@ -157,6 +186,7 @@ async def _stop_on_signal(scope: anyio.CancelScope) -> None:
     with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async for signum in signals:
             log.info("received %s: stopping", signal.Signals(signum).name)
+            shutdown.begin()  # work in progress finishes (briefly), then everything stops
             scope.cancel()
             return
 
