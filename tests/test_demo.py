@@ -23,7 +23,6 @@ import time
 from pathlib import Path
 
 import psycopg
-import pytest
 
 from consumer.demo_planner import UNANSWERABLE
 from consumer.demo_view import TITLES
