@@ -161,12 +161,19 @@ class DemoPlanner:
         self.close()
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="deterministic OpenAI-compatible demo planner")
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m consumer.demo_planner",
+        description="deterministic OpenAI-compatible demo planner",
+    )
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8080)
     parser.add_argument("--delay", type=float, default=1.0, help="seconds per answer (1)")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     planner = DemoPlanner(args.host, args.port, delay=args.delay)
     print(f"demo planner on {planner.url}/v1/chat/completions", flush=True)
     try:

@@ -21,13 +21,21 @@ The script is fixed (the same decisions show every time) and timed from the star
           deleted every 5 s, and another malformed row every 20 s.
 
 Record ids carry a tag of the run, so a demo on kept data (`.data/`) adds to what is there.
+
+It also runs on its own, as mana-sync's role (the compose stack's writer):
+
+    python -m consumer.demo_writer --database-url postgresql://mana_sync:...@postgres/mana
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import logging
+import os
 import random
+import signal
+import sys
 import threading
 import time
 import uuid
@@ -240,3 +248,41 @@ class Writer:
             if now >= next_bad + 20:
                 next_bad = now
                 self.write_bad(conn, user, "data")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m consumer.demo_writer",
+        description="write demo traffic into sync_changes the way mana-sync's clients do",
+    )
+    parser.add_argument(
+        "--database-url",
+        metavar="URL",
+        help="mana-sync's database, as a role without BYPASSRLS (default: $SYNC_DATABASE_URL)",
+    )
+    parser.add_argument("--seconds", type=float, default=0.0, help="stop after N s (0: never)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    dsn = args.database_url or os.environ.get("SYNC_DATABASE_URL", "")
+    if not dsn:
+        print("demo_writer: pass --database-url or set SYNC_DATABASE_URL", file=sys.stderr)
+        return 2
+    stop = threading.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):  # docker stop sends SIGTERM
+        signal.signal(signum, lambda *_: stop.set())
+    writer = Writer(dsn, stop)
+    thread = threading.Thread(target=writer.run, name="demo-writer")
+    thread.start()
+    stop.wait(args.seconds or None)
+    stop.set()
+    thread.join()
+    log.info("demo writer: %d changes written", writer.writes)
+    return 0 if writer.error is None else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
