@@ -36,10 +36,12 @@ from .demo_planner import DemoPlanner
 from .demo_view import Collector, View, plain_summary
 from .demo_writer import EVERY_MINUTES, Writer
 from .errors import ConfigError
+from .listener import FATAL
 from .metrics import REGISTRY
 from .migrate import migrate
 from .planner import PlannerConfig
 from .projection import CHECKPOINT
+from .service import _first_leaf, serve
 from .sql import load
 from .status import collect
 
@@ -193,7 +195,6 @@ def _demo(dsn: str, seconds: float, *, traces: str | None, live: bool | None) ->
         )
 
         async def main() -> None:
-            from .service import serve
 
             ready = anyio.Event()
             async with anyio.create_task_group() as tg:
@@ -229,6 +230,8 @@ def _demo(dsn: str, seconds: float, *, traces: str | None, live: bool | None) ->
         started = time.monotonic()
         try:
             anyio.run(main, backend="asyncio")
+        except* FATAL as group:  # a one-line error of the consumer, not a traceback
+            raise _first_leaf(group) from None
         finally:
             stop_writer.set()
             writer_thread.join(10)
