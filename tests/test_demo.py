@@ -157,7 +157,7 @@ def test_live_view_in_a_terminal_and_ctrl_c(tmp_path: Path) -> None:
     data = tmp_path / "data"
     code, raw = _run_in_pty(
         [sys.executable, "-m", "consumer", "demo", "--data-dir", str(data)],
-        interrupt_after=6.0,
+        interrupt_after=4.0,
     )
     text = ANSI.sub("", raw)
     assert code == 0, text[-3000:]
