@@ -16,9 +16,11 @@ import os
 import pty
 import re
 import select
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -153,12 +155,21 @@ def _run_in_pty(argv: list[str], *, interrupt_after: float, limit: float = 90.0)
     return os.waitstatus_to_exitcode(status), b"".join(chunks).decode(errors="replace")
 
 
-def test_live_view_in_a_terminal_and_ctrl_c(tmp_path: Path) -> None:
-    data = tmp_path / "data"
-    code, raw = _run_in_pty(
-        [sys.executable, "-m", "consumer", "demo", "--data-dir", str(data)],
-        interrupt_after=4.0,
-    )
+def test_live_view_in_a_terminal_and_ctrl_c() -> None:
+    # Not pytest's tmp_path: as root the server runs as a user of its own, and concurrent
+    # pytest sessions reset pytest's base directory to 0700, locking that user out.
+    base = Path(tempfile.mkdtemp(prefix="mana-ai-demo-"))
+    base.chmod(0o755)
+    data = base / "data"
+    try:
+        code, raw = _run_in_pty(
+            [sys.executable, "-m", "consumer", "demo", "--data-dir", str(data)],
+            interrupt_after=4.0,
+        )
+        kept = (data / "pgdata" / "PG_VERSION").exists()
+        running = (data / "pgdata" / "postmaster.pid").exists()
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
     text = ANSI.sub("", raw)
     assert code == 0, text[-3000:]
     for title in TITLES:
@@ -174,5 +185,4 @@ def test_live_view_in_a_terminal_and_ctrl_c(tmp_path: Path) -> None:
     assert _warnings(text) == [], text[-3000:]
     assert "PostgreSQL stopped" in text
     # The server is down and its data kept for the next `make run`.
-    assert (data / "pgdata" / "PG_VERSION").exists()
-    assert not (data / "pgdata" / "postmaster.pid").exists()
+    assert kept and not running
