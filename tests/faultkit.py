@@ -1,0 +1,305 @@
+"""Shared kit for fault scenarios: a write storm in mana-sync's transaction shape, the
+"nothing lost" checks (snapshots equal a fold of the log, `consumer replay --verify`
+exits 0) and a `consumer run` subprocess that can be killed at will.
+
+A scenario reads: start a storm, hurt the consumer or the server, stop the storm, then
+`assert_nothing_lost(dsn)`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.error
+import urllib.request
+import uuid
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+import psycopg
+
+# How the consumer's sessions show in pg_stat_activity.application_name (see consumer.db).
+from consumer.db import APPLICATION_NAME
+from tests.logtools import INSERT, actual_snapshots, expected_snapshots
+
+LISTENER_APP = f"{APPLICATION_NAME} listener"
+WORK_APP = f"{APPLICATION_NAME} work"
+
+
+def wait_until(check: Callable[[], bool], within: float, what: str = "condition") -> float:
+    """Poll `check` until true; returns the seconds it took. Raises after `within` s."""
+    started = time.monotonic()
+    while not check():
+        if time.monotonic() - started > within:
+            raise AssertionError(f"{what} not reached within {within:g} s")
+        time.sleep(0.05)
+    return time.monotonic() - started
+
+
+# --------------------------------------------------------------------------- the storm
+
+
+class WriteStorm:
+    """`writers` threads, each committing transactions the way mana-sync does: BEGIN,
+    `set_config('app.current_user_id', user, true)`, one to three inserts of that user's
+    missions or agents, COMMIT. The writers share a small pool of records, so rows of
+    different writers race on the same fields. A writer whose connection is lost (server
+    restart, terminated backend) reconnects and goes on; what it did not commit is simply
+    not in the log.
+
+    `rows_per_writer` bounds the storm (None: until `stop()`); `pause` is the sleep
+    between a writer's transactions.
+    """
+
+    def __init__(
+        self,
+        dsn: str,
+        *,
+        writers: int = 2,
+        rows_per_writer: int | None = None,
+        records: int = 12,
+        users: int = 3,
+        pause: float = 0.003,
+        seed: int | None = None,
+    ) -> None:
+        self.dsn = dsn
+        self.rows_per_writer = rows_per_writer
+        self.records, self.users, self.pause = records, users, pause
+        self.seed = random.randrange(2**32) if seed is None else seed
+        self.committed = 0  # transactions committed, all writers
+        self.rows = 0  # rows committed, all writers
+        self.reconnects = 0
+        self.errors: list[BaseException] = []
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self.threads = [
+            threading.Thread(target=self._run, args=(i,), daemon=True, name=f"storm-{i}")
+            for i in range(writers)
+        ]
+
+    # A transaction of one user: mostly missions, sometimes an agent; some fields stamped.
+    def _transaction(self, conn: psycopg.Connection, rng: random.Random, n: int) -> int:
+        user = f"u{rng.randrange(self.users)}"
+        count = rng.randint(1, 3)
+        with conn.transaction():
+            conn.execute("SELECT set_config('app.current_user_id', %s, true)", (user,))
+            for _ in range(count):
+                table = "agents" if rng.random() < 0.2 else "aiMissions"
+                record = f"{'a' if table == 'agents' else 'm'}{rng.randrange(self.records)}"
+                op = "delete" if rng.random() < 0.03 else "update"
+                data: dict[str, Any] = {"n": n, "state": rng.choice(["active", "paused"])}
+                meta: dict[str, Any] = {}
+                if rng.random() < 0.5:
+                    at = datetime.now(UTC).isoformat().replace("+00:00", "Z")
+                    meta["state"] = {"at": at, "actor": "storm"} if rng.random() < 0.5 else at
+                conn.execute(
+                    INSERT,
+                    (str(uuid.uuid4()), table, record, user, op, json.dumps(data),
+                     json.dumps(meta), None),
+                )
+        return count
+
+    def _run(self, index: int) -> None:
+        rng = random.Random(self.seed * 31 + index)
+        n = 0
+        conn: psycopg.Connection | None = None
+        try:
+            while not self._stop.is_set():
+                if self.rows_per_writer is not None and n >= self.rows_per_writer:
+                    return
+                try:
+                    if conn is None or conn.closed:
+                        conn = psycopg.connect(self.dsn, autocommit=True, connect_timeout=5)
+                    count = self._transaction(conn, rng, n)
+                except psycopg.OperationalError:
+                    # Lost connection (restart, terminate): the transaction did not commit,
+                    # or did and we cannot tell; either way the log says what happened.
+                    with self._lock:
+                        self.reconnects += 1
+                    if conn is not None:
+                        conn.close()
+                    conn = None
+                    time.sleep(0.1)
+                    continue
+                n += count
+                with self._lock:
+                    self.committed += 1
+                    self.rows += count
+                if self.pause:
+                    time.sleep(self.pause)
+        except BaseException as exc:  # noqa: BLE001 - reported by stop()
+            self.errors.append(exc)
+        finally:
+            if conn is not None:
+                conn.close()
+
+    def start(self) -> WriteStorm:
+        for t in self.threads:
+            t.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        for t in self.threads:
+            t.join(30)
+        assert not any(t.is_alive() for t in self.threads), "a storm writer hangs"
+        assert not self.errors, self.errors
+
+    def __enter__(self) -> WriteStorm:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+# --------------------------------------------------------------------------- nothing lost
+
+
+def snapshots_equal_fold(dsn: str) -> bool:
+    """The snapshot tables hold exactly the fold of the whole log (consumer.merge.fold of
+    every row that validates), record by record."""
+    return actual_snapshots(dsn) == expected_snapshots(dsn)
+
+
+def fold_difference(dsn: str) -> str:
+    """A short description of how the snapshots differ from the fold (for messages)."""
+    actual, expected = actual_snapshots(dsn), expected_snapshots(dsn)
+    lines = []
+    for kind in ("missions", "agents"):
+        a, e = actual[kind], expected[kind]
+        for key in sorted(a.keys() | e.keys()):
+            if a.get(key) != e.get(key):
+                lines.append(f"{kind} {key}: live={a.get(key)!r} fold={e.get(key)!r}")
+    return "\n".join(lines[:10]) or "no difference"
+
+
+def wait_converged(dsn: str, within: float = 30.0) -> float:
+    """Wait until the snapshots equal the fold of the log; returns the seconds it took."""
+    try:
+        return wait_until(lambda: snapshots_equal_fold(dsn), within, "snapshots == fold")
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}:\n{fold_difference(dsn)}") from None
+
+
+def consumer_env(dsn: str | None = None) -> dict[str, str]:
+    env = {**os.environ, "OTEL_TRACES_EXPORTER": "none"}
+    if dsn is not None:
+        env["SYNC_DATABASE_URL"] = dsn
+    return env
+
+
+def replay_verify(dsn: str, timeout: float = 120) -> str:
+    """Run `consumer replay --verify`; assert exit 0 (live snapshots equal the log's fold
+    as replay computes it). Returns its output."""
+    out = subprocess.run(
+        [sys.executable, "-m", "consumer", "replay", "--verify"],
+        env=consumer_env(dsn),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    assert out.returncode == 0, (
+        f"replay --verify exited {out.returncode}:\n{out.stdout}{out.stderr}"
+    )
+    return out.stdout
+
+
+def assert_nothing_lost(dsn: str, within: float = 30.0) -> None:
+    """Both checks every fault scenario ends with."""
+    wait_converged(dsn, within)
+    replay_verify(dsn)
+
+
+def journal_applied(dsn: str) -> bool:
+    """Lag 0 as the database sees it: every journal row committed so far is below the
+    checkpoint (nothing is in flight, so the watermark is the next xid)."""
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        row = conn.execute(
+            """SELECT NOT EXISTS (SELECT 1 FROM mana_ai.journal j, mana_ai.checkpoint c
+                                   WHERE c.name = 'projection' AND j.xid >= c.applied_below)"""
+        ).fetchone()
+    return bool(row and row[0])
+
+
+# --------------------------------------------------------------------------- processes
+
+
+def terminate_backends(dsn: str, application_name: str) -> int:
+    """pg_terminate_backend on this database's sessions with that application_name;
+    returns how many."""
+    with psycopg.connect(dsn, autocommit=True) as admin:
+        rows = admin.execute(
+            """SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+               WHERE datname = current_database() AND application_name = %s""",
+            (application_name,),
+        ).fetchall()
+    return len(rows)
+
+
+def sessions(dsn: str, application_name: str) -> int:
+    with psycopg.connect(dsn, autocommit=True) as admin:
+        row = admin.execute(
+            """SELECT count(*) FROM pg_stat_activity
+               WHERE datname = current_database() AND application_name = %s""",
+            (application_name,),
+        ).fetchone()
+    return int(row[0]) if row else 0
+
+
+class ConsumerProcess:
+    """`consumer run --no-scheduler` in a subprocess; output goes to a file so a killed
+    process leaves its last words. Use as a context manager: it is killed on exit."""
+
+    def __init__(self, dsn: str, args: Sequence[str] = ()) -> None:
+        self.dsn = dsn
+        self.args = ["run", "--no-scheduler", "--metrics-port", "0", *args]
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.started = 0.0
+        self._log = tempfile.TemporaryFile()
+
+    def start(self) -> ConsumerProcess:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "consumer", *self.args],
+            env=consumer_env(self.dsn),
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+        )
+        self.started = time.monotonic()
+        return self
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def kill(self, sig: int = signal.SIGKILL) -> int | None:
+        assert self.proc is not None
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        return self.proc.wait(15)
+
+    def output(self) -> str:
+        """Everything the process (and its predecessors in this object) printed."""
+        self._log.seek(0)
+        return self._log.read().decode(errors="replace")
+
+    def __enter__(self) -> ConsumerProcess:
+        return self if self.alive() else self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.kill()
+
+
+def http_get(url: str, timeout: float = 5) -> tuple[int, bytes]:
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as resp:
+            return resp.status, resp.read()
+    except urllib.error.HTTPError as err:
+        return err.code, err.read()
