@@ -7,7 +7,9 @@ the snapshot writes. The same code serves the live projection, the bootstrap and
 
 from __future__ import annotations
 
+import logging
 from collections import defaultdict
+from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -16,10 +18,13 @@ import psycopg
 from psycopg import sql
 
 from . import metrics
+from .errors import CheckpointConflict, ConfigError, Deposed, is_transient
 from .merge import RecordState, agent_visible, apply_change, decode_state, encode_state, materialize
 from .model import Change, RawChange
 from .sql import load
 from .validate import Rejected, validate
+
+log = logging.getLogger(__name__)
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _json = msgspec.json.Encoder()
@@ -99,16 +104,22 @@ async def apply_rows(
     targets: Targets = LIVE,
     states: dict[Key, bytes | None] | None = None,
     defer_counts: bool = False,
+    missing: Sequence[tuple[str, str]] = (),
 ) -> Applied:
     """Validate, merge and write `raws`. `states`: the stored clocks of every record the
     rows touch (None: not stored yet), when the caller already read them; otherwise they
     are loaded here. `defer_counts`: leave the new/updated counts to `settle()`, so that
-    in pipeline mode nothing waits for a result before the caller's COMMIT."""
+    in pipeline mode nothing waits for a result before the caller's COMMIT. `missing`:
+    (change id, xid) of journaled rows whose log row is gone; they are quarantined as
+    `log-row-missing` with the rejected rows."""
     result = Applied()
     changes: dict[Key, list[tuple[Change, RawChange]]] = defaultdict(list)
     rejected: list[tuple[RawChange, str]] = []
     for raw in raws:
-        checked = validate(raw, max_bytes)
+        try:
+            checked = validate(raw, max_bytes)
+        except Exception as exc:  # a row validate did not foresee must not stop the batch
+            checked = Rejected(f"invalid row: {type(exc).__name__}: {exc}")
         if isinstance(checked, Rejected):
             rejected.append((raw, checked.reason))
         else:
@@ -132,8 +143,8 @@ async def apply_rows(
             (result.missions if kind == "mission" else result.agents).add((user_id, record_id))
         if changed:
             await _write(conn, changed, targets, result)
-    if rejected:
-        await _quarantine(conn, rejected, result)
+    if rejected or missing:
+        await _quarantine(conn, rejected, missing, result)
     if not defer_counts:
         await result.settle()
     return result
@@ -237,14 +248,79 @@ async def _write(
             )
 
 
+MISSING = "log-row-missing"
+
+
 async def _quarantine(
-    conn: psycopg.AsyncConnection, rejected: list[tuple[RawChange, str]], result: Applied
+    conn: psycopg.AsyncConnection,
+    rejected: list[tuple[RawChange, str]],
+    missing: Sequence[tuple[str, str]],
+    result: Applied,
 ) -> None:
+    ids = [raw.id for raw, _ in rejected] + [change_id for change_id, _ in missing]
+    reasons = [reason for _, reason in rejected] + [MISSING] * len(missing)
+    raws = [_json.encode(raw).decode() for raw, _ in rejected] + [
+        _json.encode({"id": change_id, "xid": xid}).decode() for change_id, xid in missing
+    ]
     result.pending_quarantine = await conn.execute(
-        load("quarantine_insert"),
-        {
-            "ids": [raw.id for raw, _ in rejected],
-            "reasons": [reason for _, reason in rejected],
-            "raws": [_json.encode(raw).decode() for raw, _ in rejected],
-        },
+        load("quarantine_insert"), {"ids": ids, "reasons": reasons, "raws": raws}
     )
+
+
+async def quarantine_from_log(conn: psycopg.AsyncConnection, change_id: str, reason: str) -> bool:
+    """Quarantine one row by its id, its raw copy taken from the log on the server (for a
+    row that cannot be read or applied even alone). True if it is new in quarantine."""
+    cur = await conn.execute(load("quarantine_from_log"), {"id": change_id, "reason": reason})
+    fresh = await cur.fetchone() is not None
+    if fresh:
+        metrics.count_quarantined(reason)
+    return fresh
+
+
+def unapplicable(exc: BaseException) -> str:
+    """The quarantine reason for a row that failed on its own."""
+    text = str(exc).strip().splitlines()
+    return f"unapplicable: {type(exc).__name__}: {text[0] if text else ''}"[:500]
+
+
+def isolating(exc: BaseException) -> bool:
+    """Whether a failed batch should be retried row by row: not when the connection is
+    gone, the checkpoint moved, a newer leader took over, or the configuration is wrong
+    (those are not a row's fault), and not for cancellation."""
+    return isinstance(exc, Exception) and not isinstance(
+        exc, (CheckpointConflict, ConfigError, Deposed)
+    ) and not is_transient(exc)
+
+
+async def apply_isolated(
+    conn: psycopg.AsyncConnection,
+    raws: list[RawChange],
+    *,
+    max_bytes: int,
+    targets: Targets = LIVE,
+) -> Applied:
+    """`apply_rows` in a savepoint of the caller's transaction; when the batch fails for
+    something a row holds (the server rejects a value, a bug meets an input it did not
+    foresee), each row is applied alone in its own savepoint and a row that still fails
+    is quarantined with the error, its raw copy taken from the log. The good rows apply."""
+    try:
+        async with conn.transaction():
+            return await apply_rows(conn, raws, max_bytes=max_bytes, targets=targets)
+    except Exception as exc:
+        if not isolating(exc):
+            raise
+        log.warning("a batch of %d rows failed (%s); applying it row by row", len(raws), exc)
+    result = Applied()
+    for raw in raws:
+        try:
+            async with conn.transaction():
+                one = await apply_rows(conn, [raw], max_bytes=max_bytes, targets=targets)
+        except Exception as exc:
+            if not isolating(exc):
+                raise
+            async with conn.transaction():
+                if await quarantine_from_log(conn, raw.id, unapplicable(exc)):
+                    result.quarantined += 1
+            continue
+        result.merge(one)
+    return result

@@ -36,7 +36,7 @@ from psycopg import errors as pgerr
 from . import metrics, shutdown
 from .config import Settings, first_line
 from .db import Deadline, aconnect, closing, within
-from .errors import CheckpointConflict, ConfigError, Deposed, PrivilegeError
+from .errors import CheckpointConflict, ConfigError, Deposed, PrivilegeError, is_transient
 from .health import APPLY, LEADER, STANDBY, Health
 from .projection import CHECKPOINT, Projector
 from .sql import load
@@ -105,7 +105,12 @@ class Follower:
             except Deposed as exc:
                 log.warning("deposed: %s; standing by", exc)
                 self.projector.forget()
-            except (psycopg.Error, OSError, TimeoutError) as exc:
+            except Exception as exc:
+                # Only a lost connection is retried. An error about data that escaped the
+                # projection's row-by-row isolation is a bug to see, not a reconnect loop
+                # that meets the same row forever.
+                if not is_transient(exc):
+                    raise
                 self._lost(exc)
             delay = backoff_delay(self.attempt, cap=self.settings.reconnect_max)
             self.attempt += 1

@@ -28,7 +28,10 @@ class RawChange(msgspec.Struct, frozen=True):
     op: str
     data: str | None
     field_meta: str | None
-    created_at: datetime
+    # None when the stored value is outside what a datetime holds ('infinity', year
+    # 10000): `created_at_text` then says what it was.
+    created_at: datetime | None
+    created_at_text: str | None = None
 
 
 class Change(msgspec.Struct, frozen=True):

@@ -30,7 +30,16 @@ import msgspec
 import psycopg
 
 from . import metrics
-from .apply import LIVE, Applied, Targets, apply_rows
+from .apply import (
+    LIVE,
+    Applied,
+    Targets,
+    apply_isolated,
+    apply_rows,
+    isolating,
+    quarantine_from_log,
+    unapplicable,
+)
 from .errors import CheckpointConflict, ConfigError, Deposed
 from .model import KIND_BY_TABLE, RawChange
 from .sql import load
@@ -120,23 +129,48 @@ def committed(cp: Checkpoint, applied_below: int, *, bootstrapped: bool = False)
     cp.bootstrapped = cp.bootstrapped or bootstrapped
 
 
+class JournalChunk(msgspec.Struct):
+    """One read of journal_read.sql: the statement's snapshot, whether row level security
+    applies to this role on the log, and the rows. Each row: (xid, change_id, missing,
+    user_id, table_name, record_id, op, data, field_meta, created_at, stored clocks,
+    created_at text)."""
+
+    snapshot: str
+    rls: bool
+    rows: list[tuple]
+
+
 async def read_journal(
     conn: psycopg.AsyncConnection, prev: str, after: tuple[str, str], limit: int
-) -> tuple[str, list[tuple]]:
-    """One chunk of journal rows not visible in `prev`, after the keyset position `after`,
-    with the snapshot of the reading statement. Each row: (xid, change_id, hidden, user_id,
-    table_name, record_id, op, data, field_meta, created_at, stored clocks)."""
+) -> JournalChunk:
+    """One chunk of journal rows not visible in `prev`, after the keyset position `after`."""
     cur = await conn.execute(
         load("journal_read"),
         {"prev": prev, "after_xid": after[0], "after_id": after[1], "limit": limit},
     )
     result = await cur.fetchall()
-    return str(result[0][0]), [r[1:] for r in result if r[1] is not None]
+    return JournalChunk(
+        str(result[0][0]), bool(result[0][1]), [r[2:] for r in result if r[2] is not None]
+    )
 
 
-def hidden_rows(rows: list[tuple]) -> int:
-    """Journal rows whose log row this role cannot see (row level security)."""
-    return sum(1 for r in rows if r[2])
+def missing_rows(chunk: JournalChunk, who: str = "the consumer") -> list[tuple[str, str]]:
+    """(change id, xid) of the journal rows whose log row we cannot see. With row level
+    security active for our role they may be hidden, not gone: a configuration error,
+    never skipped. Without it they are gone (inserted and deleted in one transaction,
+    purged): the caller notes them and goes on."""
+    missing = [(r[1], r[0]) for r in chunk.rows if r[2]]
+    if missing and chunk.rls:
+        raise ConfigError(
+            f"{len(missing)} journaled rows of public.sync_changes are hidden by row level "
+            f"security: {who}'s role needs BYPASSRLS (ALTER ROLE ... BYPASSRLS)"
+        )
+    return missing
+
+
+def journal_raws(chunk: JournalChunk) -> list[RawChange]:
+    """The rows of a chunk that have their log row, as RawChange."""
+    return [journal_raw(r) for r in chunk.rows if not r[2]]
 
 
 def journal_raw(row: tuple) -> RawChange:
@@ -149,7 +183,21 @@ def journal_raw(row: tuple) -> RawChange:
         data=row[7],
         field_meta=row[8],
         created_at=row[9],
+        created_at_text=row[11],
     )
+
+
+async def refuse_hidden_rows(conn: psycopg.AsyncConnection, what: str) -> None:
+    """Raise ConfigError (one line, naming the privilege) when row level security could
+    hide rows of the log from this role: a scan would then miss them and still finish."""
+    cur = await conn.execute(load("rls_active"))
+    row = await cur.fetchone()
+    if row is not None and row[0]:
+        raise ConfigError(
+            f"{what}: rows of public.sync_changes may be hidden by row level security from "
+            f"role {row[1]!r}, which lacks BYPASSRLS (ALTER ROLE {row[1]} BYPASSRLS); "
+            "nothing was marked done"
+        )
 
 
 def _states(rows: list[tuple]) -> dict[tuple[str, str, str], bytes | None]:
@@ -218,10 +266,13 @@ class Projector:
         started = time.monotonic()
         async with conn.transaction():
             # One transaction: a crash leaves bootstrapped=false and the scan runs again.
+            # A role that row level security filters would read only some rows and still
+            # finish: refuse before reading, so `bootstrapped` stays false.
+            await refuse_hidden_rows(conn, "bootstrap")
             async with conn.cursor(name="mana_ai_bootstrap") as cur:
                 await cur.execute(load("log_read"))
                 while rows := await cur.fetchmany(self.batch_size):
-                    applied = await apply_rows(
+                    applied = await apply_isolated(
                         conn,
                         [RawChange(*r) for r in rows],  # log_read's columns in field order
                         max_bytes=self.max_row_bytes,
@@ -249,33 +300,21 @@ class Projector:
         after_xid, after_id = "0", NIL_UUID
         while True:
             started = time.perf_counter()
-            # Pipeline: BEGIN + read in one round trip, writes + CAS + COMMIT in another.
-            with conflicts(cp):
-                async with conn.pipeline(), conn.transaction():
-                    snapshot, rows = await read_journal(
-                        conn, self.prev, (after_xid, after_id), self.batch_size
-                    )
-                    pass_snapshot = pass_snapshot or snapshot
-                    if hidden := hidden_rows(rows):
-                        raise ConfigError(
-                            f"{hidden} journaled rows of sync_changes are hidden by row level "
-                            "security: the consumer's role needs BYPASSRLS "
-                            "(ALTER ROLE ... BYPASSRLS)"
-                        )
-                    applied = await apply_rows(
-                        conn,
-                        [journal_raw(r) for r in rows],
-                        max_bytes=self.max_row_bytes,
-                        targets=self.targets,
-                        states=_states(rows) if self.targets == LIVE else None,
-                        defer_counts=True,
-                    )
-                    full = len(rows) == self.batch_size
-                    watermark = snapshot_xmin(pass_snapshot)
-                    new_below = min(int(rows[-1][0]), watermark) if full else watermark
-                    moved = bool(rows) or new_below > cp.applied_below
-                    if moved:
-                        await advance_checkpoint(conn, cp, new_below, epoch=self.epoch)
+            try:
+                chunk, applied, moved, new_below = await self._chunk(
+                    conn, cp, (after_xid, after_id), pass_snapshot
+                )
+            except Exception as exc:
+                if not isolating(exc):
+                    raise
+                # Something in this chunk defeats reading or applying it as a whole (a
+                # value the driver cannot load, one the server rejects): go through it row
+                # by row; a row that fails alone is quarantined, the others apply.
+                log.warning("a journal chunk failed (%s); applying it row by row", exc)
+                chunk, applied, moved, new_below = await self._chunk_by_row(
+                    conn, cp, (after_xid, after_id), pass_snapshot
+                )
+            pass_snapshot = pass_snapshot or chunk.snapshot
             if moved:
                 committed(cp, new_below)
             if self.on_progress is not None:
@@ -284,9 +323,11 @@ class Projector:
             metrics.APPLY_BATCH.observe(time.perf_counter() - started)
             self._account(applied)
             total.merge(applied)
-            if not full:
+            rows = chunk.rows
+            if len(rows) < self.batch_size:
                 break
             after_xid, after_id = rows[-1][0], rows[-1][1]
+        assert pass_snapshot is not None
         self.prev = pass_snapshot
         self.pending_since = None
         self._track_hold(pass_snapshot)
@@ -299,6 +340,94 @@ class Projector:
                 total.quarantined,
             )
         return total
+
+    def _below(self, cp: Checkpoint, chunk: JournalChunk, pass_snapshot: str) -> tuple[bool, int]:
+        """Whether the checkpoint moves after this chunk, and to where."""
+        rows = chunk.rows
+        full = len(rows) == self.batch_size
+        watermark = snapshot_xmin(pass_snapshot)
+        new_below = min(int(rows[-1][0]), watermark) if full else watermark
+        return bool(rows) or new_below > cp.applied_below, new_below
+
+    async def _chunk(
+        self,
+        conn: psycopg.AsyncConnection,
+        cp: Checkpoint,
+        after: tuple[str, str],
+        pass_snapshot: str | None,
+    ) -> tuple[JournalChunk, Applied, bool, int]:
+        """Read, apply and checkpoint one chunk in one transaction, two round trips:
+        BEGIN + read, then writes + CAS + COMMIT (pipeline)."""
+        assert self.prev is not None
+        with conflicts(cp):
+            async with conn.pipeline(), conn.transaction():
+                chunk = await read_journal(conn, self.prev, after, self.batch_size)
+                missing = missing_rows(chunk)
+                applied = await apply_rows(
+                    conn,
+                    journal_raws(chunk),
+                    max_bytes=self.max_row_bytes,
+                    targets=self.targets,
+                    states=_states(chunk.rows) if self.targets == LIVE else None,
+                    defer_counts=True,
+                    missing=missing,
+                )
+                moved, new_below = self._below(cp, chunk, pass_snapshot or chunk.snapshot)
+                if moved:
+                    await advance_checkpoint(conn, cp, new_below, epoch=self.epoch)
+        return chunk, applied, moved, new_below
+
+    async def _chunk_by_row(
+        self,
+        conn: psycopg.AsyncConnection,
+        cp: Checkpoint,
+        after: tuple[str, str],
+        pass_snapshot: str | None,
+    ) -> tuple[JournalChunk, Applied, bool, int]:
+        """The same chunk as `_chunk`, one row at a time, each in a savepoint. Its keys
+        come from a query that loads nothing but text, so even a row the driver cannot
+        load is found; a row that fails alone is quarantined with the error."""
+        assert self.prev is not None
+        total = Applied()
+        with conflicts(cp):
+            async with conn.transaction():
+                # A snapshot taken before the keys are read is a safe watermark: whatever
+                # finished before it is visible to the read.
+                cur = await conn.execute("SELECT pg_current_snapshot()::text")
+                snapshot_row = await cur.fetchone()
+                assert snapshot_row is not None
+                cur = await conn.execute(
+                    load("journal_keys"),
+                    {"prev": self.prev, "after_xid": after[0], "after_id": after[1],
+                     "limit": self.batch_size},
+                )
+                keys = await cur.fetchall()
+                position = after
+                for xid, change_id in keys:
+                    try:
+                        async with conn.transaction():
+                            one = await read_journal(conn, self.prev, position, 1)
+                            total.merge(
+                                await apply_rows(
+                                    conn,
+                                    journal_raws(one),
+                                    max_bytes=self.max_row_bytes,
+                                    targets=self.targets,
+                                    missing=missing_rows(one),
+                                )
+                            )
+                    except Exception as exc:
+                        if not isolating(exc):
+                            raise
+                        async with conn.transaction():
+                            if await quarantine_from_log(conn, change_id, unapplicable(exc)):
+                                total.quarantined += 1
+                    position = (xid, change_id)
+                chunk = JournalChunk(str(snapshot_row[0]), False, [tuple(k) for k in keys])
+                moved, new_below = self._below(cp, chunk, pass_snapshot or chunk.snapshot)
+                if moved:
+                    await advance_checkpoint(conn, cp, new_below, epoch=self.epoch)
+        return chunk, total, moved, new_below
 
     def _track_hold(self, snapshot: str) -> None:
         xmin, xmax, _ = snapshot.split(":", 2)

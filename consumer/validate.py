@@ -40,6 +40,11 @@ def _object(text: str | None, what: str, null_ok: bool) -> dict[str, Any] | Reje
     if text is not None:
         try:
             value = _decode(text)
+        except RecursionError:
+            # Valid JSON (jsonb has no depth limit) nested deeper than the decoder goes.
+            return Rejected(f"{what} nested too deeply")
+        except msgspec.ValidationError as exc:  # e.g. a number past a float's range
+            return Rejected(f"unreadable JSON in {what}: {exc}")
         except msgspec.DecodeError:
             return Rejected(f"malformed JSON in {what}")
     if type(value) is dict:
@@ -64,6 +69,8 @@ def validate(raw: RawChange, max_bytes: int) -> Change | Rejected:
     if raw.table_name not in TABLES:
         return Rejected("not our table")
     created_at = raw.created_at
+    if created_at is None:
+        return Rejected(f"created_at out of range ({raw.created_at_text})")
     if created_at.tzinfo is None or created_at.utcoffset() is None:
         return Rejected("created_at has no time zone")
 

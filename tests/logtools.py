@@ -5,12 +5,14 @@ from __future__ import annotations
 import json
 import uuid
 from collections import defaultdict
+from collections.abc import Collection
 from typing import Any
 
 import psycopg
 
 from consumer.merge import agent_visible, fold, materialize
 from consumer.model import RawChange
+from consumer.sql import load
 from consumer.validate import Rejected, validate
 
 INSERT = """INSERT INTO public.sync_changes
@@ -57,17 +59,20 @@ def agent(conn: psycopg.Connection, agent_id: str, **fields: Any) -> str:
     return write(conn, "agents", agent_id, fields, user=user)
 
 
-def expected_snapshots(dsn: str) -> dict[str, dict[tuple[str, str], dict]]:
-    """The one-shot fold of the whole log, as the snapshot tables should hold it."""
+def expected_snapshots(
+    dsn: str, exclude: Collection[str] = ()
+) -> dict[str, dict[tuple[str, str], dict]]:
+    """The one-shot fold of the whole log, as the snapshot tables should hold it.
+    `exclude`: change ids a test expects to be quarantined although they validate (an
+    integer past 64 bits, which the in-memory fold would keep)."""
     groups: dict[tuple[str, str, str], list] = defaultdict(list)
     with psycopg.connect(dsn) as conn:
-        rows = conn.execute(
-            """SELECT id::text, user_id, table_name, record_id, op, data::text,
-                      field_meta::text, created_at
-               FROM public.sync_changes WHERE app_id = 'ai'
-                 AND table_name IN ('aiMissions', 'agents')"""
-        ).fetchall()
+        # The consumer's own read of the log (it keeps a created_at of 'infinity' from
+        # failing the driver); the fold below is independent of the stream.
+        rows = conn.execute(load("log_read")).fetchall()
     for row in rows:
+        if row[0] in exclude:
+            continue
         checked = validate(RawChange(*row), 1_000_000)
         if not isinstance(checked, Rejected):
             groups[(checked.table_name, checked.user_id, checked.record_id)].append(checked)

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import uuid
+
 import psycopg
 import pytest
+from psycopg.conninfo import make_conninfo
+from psycopg.types.string import TextLoader
 
+from consumer import metrics
 from consumer.db import aconnect
-from consumer.errors import CheckpointConflict
+from consumer.errors import CheckpointConflict, ConfigError, is_transient
 from consumer.projection import Projector, advance_checkpoint, read_checkpoint
 from tests.logtools import actual_snapshots, agent, expected_snapshots, mission, write
 
@@ -186,3 +191,195 @@ async def test_a_row_the_merge_cannot_store_is_quarantined_and_its_neighbours_ap
     snaps = actual_snapshots(db)["missions"]
     assert snaps[("u1", "m1")]["title"] == "after" and "huge" not in snaps[("u1", "m1")]
     assert ("u1", "m2") in snaps
+
+
+def quarantine(dsn: str) -> dict[str, str]:
+    with psycopg.connect(dsn) as conn:
+        rows = conn.execute("SELECT change_id::text, reason FROM mana_ai.quarantine").fetchall()
+    return dict(rows)
+
+
+async def test_a_vanished_log_row_is_quarantined_counted_and_passed_over(db: str) -> None:
+    with psycopg.connect(db, autocommit=True) as conn:
+        mission(conn, "before", state="active")
+        with conn.transaction():  # inserted and deleted before commit: journaled, gone
+            gone = mission(conn, "ghost", state="active")
+            conn.execute("DELETE FROM public.sync_changes WHERE id = %s", (gone,))
+        purged = mission(conn, "purged", state="active")
+        conn.execute("DELETE FROM public.sync_changes WHERE id = %s", (purged,))
+        mission(conn, "after", state="active")
+    counted = metrics.QUARANTINED_ROWS.labels(reason="log_row_missing")._value.get()
+    projector = await project(db, batch_size=2)
+    assert quarantine(db) == {gone: "log-row-missing", purged: "log-row-missing"}
+    assert metrics.QUARANTINED_ROWS.labels(reason="log_row_missing")._value.get() == counted + 2
+    assert set(actual_snapshots(db)["missions"]) == {("u1", "before"), ("u1", "after")}
+    assert actual_snapshots(db) == expected_snapshots(db)
+    # Read again (a restart between checkpoint and watermark): counted once, not twice.
+    async with await aconnect(db) as conn:
+        projector.forget()
+        await projector.catch_up(conn)
+    assert metrics.QUARANTINED_ROWS.labels(reason="log_row_missing")._value.get() == counted + 2
+
+
+def _role_without_bypassrls(admin: psycopg.Connection, role: str) -> None:
+    admin.execute(f"CREATE ROLE {role} LOGIN NOBYPASSRLS")
+    admin.execute(f'GRANT CREATE ON DATABASE "{admin.info.dbname}" TO {role}')
+    admin.execute(f"GRANT USAGE ON SCHEMA mana_ai TO {role}")
+    admin.execute(f"GRANT ALL ON ALL TABLES IN SCHEMA mana_ai TO {role}")
+    admin.execute(f"GRANT EXECUTE ON ALL FUNCTIONS IN SCHEMA mana_ai TO {role}")
+    admin.execute(f"GRANT SELECT ON public.sync_changes TO {role}")
+
+
+async def test_bootstrap_refuses_when_rows_may_be_hidden_and_stays_undone(db: str) -> None:
+    role = f"nobypass_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(db, autocommit=True) as admin:
+        admin.execute("ALTER TABLE public.sync_changes DISABLE TRIGGER mana_ai_journal")
+        mission(admin, "old", state="active")  # predates the trigger: only the scan sees it
+        admin.execute("ALTER TABLE public.sync_changes ENABLE TRIGGER mana_ai_journal")
+        _role_without_bypassrls(admin, role)
+    try:
+        projector = Projector()
+        async with await aconnect(make_conninfo(db, user=role)) as conn:
+            with pytest.raises(ConfigError) as refused:
+                await projector.bootstrap(conn)
+        line = str(refused.value)
+        assert "\n" not in line and "BYPASSRLS" in line and role in line
+        assert line.startswith("bootstrap:")
+        with psycopg.connect(db) as conn:
+            row = conn.execute(
+                "SELECT bootstrapped FROM mana_ai.checkpoint WHERE name = 'projection'"
+            ).fetchone()
+        assert row == (False,)
+        assert actual_snapshots(db)["missions"] == {}
+    finally:
+        with psycopg.connect(db, autocommit=True) as admin:
+            admin.execute(f"DROP OWNED BY {role}")
+            admin.execute(f"DROP ROLE {role}")
+
+
+async def test_rows_hidden_by_rls_stay_a_configuration_error(db: str) -> None:
+    role = f"nobypass_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(db, autocommit=True) as admin:
+        mission(admin, "m1", state="active")
+        _role_without_bypassrls(admin, role)
+        admin.execute("UPDATE mana_ai.checkpoint SET bootstrapped = true")
+    try:
+        async with await aconnect(make_conninfo(db, user=role)) as conn:
+            with pytest.raises(ConfigError, match="hidden by row level security.*BYPASSRLS"):
+                await Projector().catch_up(conn)
+        assert quarantine(db) == {}  # not mistaken for a vanished row
+    finally:
+        with psycopg.connect(db, autocommit=True) as admin:
+            admin.execute(f"DROP OWNED BY {role}")
+            admin.execute(f"DROP ROLE {role}")
+
+
+async def test_rows_the_driver_or_decoder_cannot_handle_are_quarantined_alone(db: str) -> None:
+    deep = "[" * 1500 + "]" * 1500
+    with psycopg.connect(db, autocommit=True) as conn:
+        good = [mission(conn, "g1", state="active")]
+        bad = {
+            write(conn, "aiMissions", "inf", {"a": 1}, created_at="infinity"): "created_at out",
+            write(conn, "aiMissions", "ninf", {"a": 1}, created_at="-infinity"): "created_at out",
+            write(conn, "aiMissions", "y10k", {"a": 1}, created_at="10000-01-01"): "created_at out",
+            write(conn, "aiMissions", "bc", {"a": 1}, created_at="0044-03-15 BC"): "created_at out",
+        }
+        cid = str(uuid.uuid4())
+        conn.execute(
+            """INSERT INTO public.sync_changes (id, app_id, table_name, record_id, user_id, op,
+                   data, client_id) VALUES (%s, 'ai', 'aiMissions', 'deep', 'u1', 'update',
+                   %s::jsonb, 'c')""",
+            (cid, '{"x": ' + deep + "}"),
+        )
+        bad[cid] = "data nested too deeply"
+        cid = str(uuid.uuid4())
+        conn.execute(
+            """INSERT INTO public.sync_changes (id, app_id, table_name, record_id, user_id, op,
+                   data, client_id) VALUES (%s, 'ai', 'aiMissions', 'big', 'u1', 'update',
+                   '{"x": 1e400}'::jsonb, 'c')""",
+            (cid,),
+        )
+        bad[cid] = "unmergeable"  # jsonb keeps 1e400 as a 401-digit integer
+        good.append(mission(conn, "g2", state="active"))
+    for batch_size in (2000, 3):
+        async with await aconnect(db) as conn:
+            await conn.execute("TRUNCATE mana_ai.quarantine, mana_ai.mission_snapshots")
+            await conn.execute("TRUNCATE mana_ai.record_clocks")
+            await conn.execute("UPDATE mana_ai.checkpoint SET applied_below = '1'")
+            await conn.commit()
+        await project(db, batch_size=batch_size)
+        found = quarantine(db)
+        assert set(found) == set(bad)
+        for change_id, reason in bad.items():
+            assert found[change_id].startswith(reason), found[change_id]
+        assert set(actual_snapshots(db)["missions"]) == {("u1", "g1"), ("u1", "g2")}
+        assert actual_snapshots(db) == expected_snapshots(db, exclude=bad)
+
+
+class _PoisonLoader(TextLoader):
+    """Fails to load one text value, as the driver fails on values it cannot represent."""
+
+    def load(self, data):  # type: ignore[no-untyped-def]
+        if bytes(data) == b"poison-load":
+            raise psycopg.DataError("cannot load this value")
+        return super().load(data)
+
+
+POISON_TRIGGER = """
+CREATE FUNCTION mana_ai.test_poison() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    IF NEW.mission_id = 'poison-server' THEN
+        RAISE EXCEPTION 'the server rejects this row' USING ERRCODE = '22023';
+    END IF;
+    RETURN NEW;
+END $$;
+CREATE TRIGGER test_poison BEFORE INSERT OR UPDATE ON mana_ai.mission_snapshots
+    FOR EACH ROW EXECUTE FUNCTION mana_ai.test_poison();
+"""
+
+
+@pytest.mark.parametrize("batch_size", [2000, 2])
+async def test_a_chunk_that_fails_as_a_whole_is_applied_row_by_row(
+    db: str, batch_size: int
+) -> None:
+    with psycopg.connect(db, autocommit=True) as conn:
+        conn.execute(POISON_TRIGGER)
+        before = mission(conn, "g1", state="active")
+        rejected = mission(conn, "poison-server", state="active")
+        unloadable = mission(conn, "poison-load", state="active")
+        after = mission(conn, "g2", state="active")
+        conn.execute("UPDATE mana_ai.checkpoint SET bootstrapped = true")  # the journal path
+    assert not is_transient(psycopg.DataError("cannot load this value"))
+    projector = Projector(batch_size=batch_size)
+    async with await aconnect(db) as conn:
+        conn.adapters.register_loader("text", _PoisonLoader)
+        await projector.bootstrap(conn)
+        await projector.catch_up(conn)
+        await projector.catch_up(conn)  # and the next pass goes on from there
+    found = quarantine(db)
+    assert set(found) == {rejected, unloadable}, found
+    assert found[rejected].startswith("unapplicable: ") and "rejects" in found[rejected]
+    assert found[unloadable].startswith("unapplicable: DataError")
+    assert set(actual_snapshots(db)["missions"]) == {("u1", "g1"), ("u1", "g2")}
+    assert before and after
+    with psycopg.connect(db) as conn:
+        row = conn.execute(
+            "SELECT raw->>'record_id' FROM mana_ai.quarantine WHERE change_id = %s",
+            (unloadable,),
+        ).fetchone()
+    assert row == ("poison-load",)  # the raw row came from the log, not through the driver
+    assert projector.cp is not None and projector.prev is not None
+    assert str(projector.cp.applied_below) == projector.prev.split(":")[0]  # checkpoint moved
+
+
+async def test_bootstrap_applies_a_failing_batch_row_by_row(db: str) -> None:
+    with psycopg.connect(db, autocommit=True) as conn:
+        conn.execute(POISON_TRIGGER)
+        conn.execute("ALTER TABLE public.sync_changes DISABLE TRIGGER mana_ai_journal")
+        mission(conn, "g1", state="active")
+        rejected = mission(conn, "poison-server", state="active")
+        mission(conn, "g2", state="active")
+        conn.execute("ALTER TABLE public.sync_changes ENABLE TRIGGER mana_ai_journal")
+    await project(db)
+    assert set(quarantine(db)) == {rejected}
+    assert set(actual_snapshots(db)["missions"]) == {("u1", "g1"), ("u1", "g2")}

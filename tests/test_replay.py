@@ -257,6 +257,7 @@ async def test_replay_beside_writers_a_live_projector_and_a_reader(db: str) -> N
     replayed = anyio.Event()
     seeded = anyio.Event()  # the live projection holds the 40 seed missions
     moved_on = anyio.Event()  # the live projector made passes after the swap
+    writer_done = anyio.Event()  # the writer's last transaction has ended
     seen: list[int] = []
     written = 0
     passes_after_swap = 0
@@ -282,6 +283,7 @@ async def test_replay_beside_writers_a_live_projector_and_a_reader(db: str) -> N
                             (f"seed{written % 40 // 3 * 3}", json.dumps({"n": written})),
                         )
                 await anyio.sleep(0.003)
+        writer_done.set()
 
     async def live_projector() -> None:
         nonlocal passes_after_swap
@@ -295,6 +297,8 @@ async def test_replay_beside_writers_a_live_projector_and_a_reader(db: str) -> N
                     if passes_after_swap >= 5:
                         moved_on.set()
                 await anyio.sleep(0.005)
+            # The writer may commit once more after `stop`: the last pass comes after it.
+            await writer_done.wait()
             await projector.catch_up(conn)
 
     async def reader() -> None:

@@ -1,15 +1,25 @@
--- One statement per chunk: the statement's snapshot, and the journal rows not visible in
--- the snapshot up to which everything was applied ($prev), after the keyset position of
--- this pass, in cursor order, each with its log row and the stored clocks of its record.
+-- One statement per chunk: the statement's snapshot, whether row level security applies
+-- to this role on the log, and the journal rows not visible in the snapshot up to which
+-- everything was applied ($prev), after the keyset position of this pass, in cursor
+-- order, each with its log row and the stored clocks of its record.
 -- The LEFT JOIN LATERAL returns the snapshot even when there are no rows (xid NULL).
--- A journal row whose log row is hidden (row level security) comes back with hidden=true
--- instead of vanishing.
-WITH snap AS MATERIALIZED (SELECT pg_current_snapshot()::text AS snapshot)
-SELECT snap.snapshot, r.*
+-- A journal row without its log row comes back with missing=true instead of vanishing:
+-- the row is hidden from us (row level security active) or gone (deleted, purged).
+-- created_at is returned only inside the range a Python datetime holds (with two days'
+-- margin for the session's time zone), else NULL with its text beside it: the driver
+-- cannot load 'infinity' or year 10000, and one such row must not fail the whole chunk.
+WITH snap AS MATERIALIZED (
+    SELECT pg_current_snapshot()::text AS snapshot,
+           row_security_active('public.sync_changes'::regclass) AS rls
+)
+SELECT snap.snapshot, snap.rls, r.*
 FROM snap LEFT JOIN LATERAL (
-    SELECT j.xid::text AS xid, j.change_id::text AS change_id, c.id IS NULL AS hidden,
+    SELECT j.xid::text AS xid, j.change_id::text AS change_id, c.id IS NULL AS missing,
            c.user_id, c.table_name, c.record_id, c.op,
-           c.data::text AS data, c.field_meta::text AS field_meta, c.created_at, k.state
+           c.data::text AS data, c.field_meta::text AS field_meta,
+           CASE WHEN c.created_at BETWEEN '0001-01-03 00:00:00+00' AND '9999-12-29 00:00:00+00'
+                THEN c.created_at END AS created_at,
+           k.state, c.created_at::text AS created_at_text
     FROM mana_ai.journal j
     LEFT JOIN public.sync_changes c ON c.id = j.change_id
     LEFT JOIN mana_ai.record_clocks k
