@@ -23,7 +23,7 @@ The database URL comes from --database-url or SYNC_DATABASE_URL. Traces are expo
 as configured by the standard OTEL_* variables (OTEL_TRACES_EXPORTER=otlp|console|none,
 OTEL_EXPORTER_OTLP_ENDPOINT, OTEL_SERVICE_NAME). The planner is an OpenAI-compatible
 endpoint: MANA_LLM_URL, MANA_LLM_API_KEY, MANA_LLM_MODEL; without MANA_LLM_URL due
-missions are decided and recorded but not planned.
+missions are decided and traced, and nothing is claimed or run.
 """
 
 
@@ -44,6 +44,26 @@ def _add_max_row_bytes(p: argparse.ArgumentParser) -> None:
         help="rows whose data+field_meta are larger are quarantined (1000000); "
         "give run and replay the same value",
     )
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
+    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -95,6 +115,41 @@ def build_parser() -> argparse.ArgumentParser:
         default=60.0,
         metavar="SECONDS",
         help="longest the scheduler sleeps without looking for due missions (60)",
+    )
+    p.add_argument(
+        "--max-runs",
+        type=_positive_int,
+        default=16,
+        help="missions this process runs at once; every process, standbys too, takes runs "
+        "from the ledger up to this (16)",
+    )
+    p.add_argument(
+        "--run-attempts",
+        type=_positive_int,
+        default=3,
+        help="attempts per due occurrence before it is recorded failed (3)",
+    )
+    p.add_argument(
+        "--run-lease",
+        type=_positive_float,
+        default=60.0,
+        metavar="SECONDS",
+        help="lease of a running mission, renewed while it runs; a crashed process's runs "
+        "are taken over after it expires (60)",
+    )
+    p.add_argument(
+        "--run-backoff",
+        type=_positive_float,
+        default=30.0,
+        metavar="SECONDS",
+        help="wait before the second attempt, doubled for each further one (30)",
+    )
+    p.add_argument(
+        "--run-poll",
+        type=_positive_float,
+        default=1.0,
+        metavar="SECONDS",
+        help="longest a process waits before looking for runs another process claimed (1)",
     )
 
     bounds = p.add_argument_group("bounded waits and failover")
@@ -222,14 +277,24 @@ def _settings(args: argparse.Namespace) -> Settings:
         idle_probe=args.idle_probe,
         probe_timeout=args.probe_timeout,
         stall_after=args.stall_after,
+        max_runs=args.max_runs,
+        run_attempts=args.run_attempts,
+        run_lease=args.run_lease,
+        run_backoff=args.run_backoff,
+        run_poll=args.run_poll,
     )
 
 
 def cmd_migrate(args: argparse.Namespace) -> int:
     from .migrate import migrate
 
-    applied = migrate(resolve_dsn(args.database_url), with_sync_schema=args.with_sync_schema)
+    notes: list[str] = []
+    applied = migrate(
+        resolve_dsn(args.database_url), with_sync_schema=args.with_sync_schema, notes=notes
+    )
     print(f"applied {', '.join(applied)}" if applied else "schema is up to date")
+    for note in notes:
+        print(note)
     return 0
 
 

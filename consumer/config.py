@@ -41,6 +41,14 @@ class Settings(msgspec.Struct, kw_only=True):
     # A standby waits on the leader lock in slices this long (it takes over the moment the
     # lock is free; a slice only bounds how long it goes without proving itself alive).
     lock_wait: float = 2.0
+    # Runs: every process runs up to max_runs at once; an occurrence gets run_attempts
+    # attempts, backoff run_backoff * 2^(attempt-1) s between them, under a lease of
+    # run_lease s renewed while the run lives (a dead process's runs wait this long).
+    max_runs: int = 16
+    run_attempts: int = 3
+    run_lease: float = 60.0
+    run_backoff: float = 30.0
+    run_poll: float = 1.0  # seconds between looks for runs claimed by another process
 
     def __post_init__(self) -> None:
         positive = ("idle_probe", "connect_timeout", "peer_timeout", "probe_timeout")

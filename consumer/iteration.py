@@ -6,7 +6,7 @@ Pure: the caller passes ids and times; nothing here reads a clock or touches the
 from __future__ import annotations
 
 import re
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import msgspec
@@ -96,6 +96,12 @@ def build_iteration(
     }
 
 
+def rationale_of(mission: dict[str, Any]) -> str:
+    """The actor's rationale: the mission's objective, as upstream writes it."""
+    objective = mission.get("objective")
+    return objective if isinstance(objective, str) else ""
+
+
 def build_actor(
     mission_id: str, iteration_id: str | None, agent: dict[str, Any] | None, rationale: str
 ) -> dict[str, Any]:
@@ -139,25 +145,65 @@ class WriteBack(msgspec.Struct, frozen=True):
     origin: str = "agent"
 
 
+def _key(user_id: str, record_id: str) -> None:
+    # RLS scopes the write by user id; an empty one must never reach the database.
+    if not isinstance(user_id, str) or not user_id:
+        raise ValueError("write-back needs a non-empty user id")
+    # The snapshot's key, never a field of the record: a record's own "id" may say anything.
+    if not isinstance(record_id, str) or not record_id:
+        raise ValueError("write-back needs the mission's key")
+
+
+def stamp_after(now: datetime, current: list[int | None]) -> datetime:
+    """The stamp for fields whose current clocks (us since epoch) are `current`: `now`, or
+    1 ms past the newest clock when that is ahead (a device clock running fast), so the
+    write wins the field's last-writer-wins merge. 1 ms, because stamps are written with
+    millisecond precision."""
+    newest = max((c for c in current if c is not None), default=None)
+    if newest is None:
+        return now
+    ahead = datetime(1970, 1, 1, tzinfo=UTC) + timedelta(microseconds=newest + 1000)
+    return max(now, ahead)
+
+
 def build_writeback(
     mission: dict[str, Any],
+    record_id: str,
     user_id: str,
     iteration: dict[str, Any],
     actor: dict[str, Any],
-    now: datetime,
+    stamp: datetime,
 ) -> WriteBack:
-    # RLS scopes the write by user id; an empty one must never reach the database (§2).
-    if not isinstance(user_id, str) or not user_id:
-        raise ValueError("write-back needs a non-empty user id")
-    record_id = mission.get("id")
-    if not isinstance(record_id, str) or not record_id:
-        raise ValueError("write-back needs the mission's id")
+    """The iteration appended to the mission's `iterations`, stamped `stamp`."""
+    _key(user_id, record_id)
     old = mission.get("iterations")
     iterations = [*old, iteration] if isinstance(old, list) else [iteration]
     return WriteBack(
         user_id=user_id,
         record_id=record_id,
         data={"iterations": iterations},
-        field_meta={"iterations": iso_ms(now)},
+        field_meta={"iterations": iso_ms(stamp)},
         actor=actor,
+    )
+
+
+def with_next_run(wb: WriteBack, next_run: datetime, stamp: datetime) -> WriteBack:
+    """The write-back row also moving nextRunAt (same row)."""
+    return msgspec.structs.replace(
+        wb,
+        data={**wb.data, "nextRunAt": iso_ms(next_run)},
+        field_meta={**wb.field_meta, "nextRunAt": iso_ms(stamp)},
+    )
+
+
+def build_advance(record_id: str, user_id: str, next_run: datetime, stamp: datetime) -> WriteBack:
+    """A row of its own that only moves nextRunAt: an interval mission whose occurrence
+    failed for good goes on with its cadence. No iteration: the system actor writes it."""
+    _key(user_id, record_id)
+    return WriteBack(
+        user_id=user_id,
+        record_id=record_id,
+        data={"nextRunAt": iso_ms(next_run)},
+        field_meta={"nextRunAt": iso_ms(stamp)},
+        actor=dict(SYSTEM_ACTOR),
     )

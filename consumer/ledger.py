@@ -1,75 +1,237 @@
-"""The dispatch ledger and the token usage table: the scheduler's durable state.
+"""The dispatch ledger and the token usage table: the durable state of decisions and runs.
 
-Ledger. A due *occurrence* is (user, mission, the raw nextRunAt string). A `ran` decision is
-claimed here BEFORE the run is dispatched: the primary key lets exactly one claimant insert
-the row, so an occurrence runs at most once across restarts and replicas, until a device
-(or the runner, for interval cadences) moves nextRunAt. Skipped decisions are not written:
-they are decided again when the agent, the mission or a slot changes.
+Occurrence. A due occurrence is (user, mission, nextRunAt read as a UTC instant): the same
+instant spelt '...00.000Z' by one client and '...00+00:00' by another is one occurrence.
+The instant comes from the package's one parser (decisions.parse_instant); the due queries
+compare with mana_ai.instant(), its SQL twin.
 
-A run that was in flight when its process died keeps `finished_at` NULL. It is not retried:
-at most once beats a duplicate plan (DESIGN §5); operators find such rows by that NULL.
+Lifecycle, one row per occurrence:
+
+    claimed --take--> running --done--> done
+       ^                 |  \\--last attempt failed--> failed
+       +--attempt failed-+
+       +--lease expired (taken again as it stands)
+
+- The leader inserts `claimed` rows for its `ran` decisions (`claim_many`). The primary key
+  lets an occurrence be claimed once, whatever spelling or replica.
+- Any process takes runnable rows (`take`) with FOR UPDATE SKIP LOCKED into `running`,
+  under a lease: an owner and an expiry (`wake_at`) it renews while the run lives (`renew`).
+  The attempt number fences the lease: every later write names it.
+- `done` commits in the same transaction as the write-back row (`mark_done`), so an
+  occurrence never gets two iterations, whatever crashes.
+- A run that ended without writing goes back to `claimed` with a backoff, or, after the
+  last attempt, ends `failed` with its reason (`mark_retry`).
+- A lease that expired makes the row runnable again: the next `take` starts a new attempt.
+
+Skipped decisions are not written: they are decided again when the agent, the mission or a
+slot changes.
 
 Usage. One row per planner call; the budget gate sums the last 24 h per (user, agent).
 """
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from datetime import datetime
+from typing import Any
 
 import msgspec
 import psycopg
 
+from .errors import Deposed
 from .sql import load
 
-OUTCOME_RECORDED = "recorded"  # the default dispatcher ran nothing: it only recorded the claim
+STATE_CLAIMED = "claimed"
+STATE_RUNNING = "running"
+STATE_DONE = "done"
+STATE_FAILED = "failed"
+LIVE_STATES = (STATE_CLAIMED, STATE_RUNNING)
+
 OUTCOME_OK = "ok"
-OUTCOME_ERROR = "error"
-OUTCOME_CANCELLED = "cancelled"
+OUTCOME_FAILED = "failed"
+
+_decode = msgspec.json.Decoder(dict[str, Any])
 
 
 class Occurrence(msgspec.Struct, frozen=True):
     user_id: str
     mission_id: str
-    next_run_at: str  # the raw string, exactly as in the record
+    next_run_at: str  # the raw string, as first seen (for logs and spans)
+    due_at: datetime  # the key: nextRunAt as a UTC instant
+
+    @property
+    def key(self) -> tuple[str, str, datetime]:
+        return (self.user_id, self.mission_id, self.due_at)
 
 
 class Claim(msgspec.Struct, frozen=True):
     occ: Occurrence
-    decision: str
     reason: str
     agent_id: str | None
+    trace_id: str | None = None  # the decision span's trace, so the run span is its child
+    parent_span: str | None = None
 
 
-async def claim_many(conn: psycopg.AsyncConnection, claims: list[Claim]) -> set[Occurrence]:
-    """Claim occurrences in one committed transaction; returns those this caller won."""
+class Job(msgspec.Struct, kw_only=True):
+    """One attempt at one occurrence, leased by `owner`; (owner, attempt) fence its writes."""
+
+    user_id: str
+    mission_id: str
+    due_at: datetime
+    next_run_at: str
+    agent_id: str | None
+    attempt: int
+    owner: str
+    trace_id: str | None
+    parent_span: str | None
+    lease_expired: bool  # taken over from a lease that ran out
+    mission: dict[str, Any] | None  # the projected record now; None when it is gone
+    agent: dict[str, Any] | None
+
+    def key_params(self) -> dict[str, Any]:
+        return {
+            "user_id": self.user_id,
+            "mission_id": self.mission_id,
+            "due_at": self.due_at,
+            "owner": self.owner,
+            "attempt": self.attempt,
+        }
+
+
+# Runs first in the claim's transaction, so leadership can fence the insert (e.g. check the
+# leader epoch and raise when this process is no longer the leader).
+ClaimFence = Callable[[psycopg.AsyncConnection], Awaitable[None]]
+
+
+def epoch_fence(epoch: int) -> ClaimFence:
+    """A claim fence that refuses the claim (Deposed) once a newer leader took over."""
+
+    async def fence(conn: psycopg.AsyncConnection) -> None:
+        cur = await conn.execute(load("ledger_fence"), {"epoch": epoch})
+        if await cur.fetchone() is None:
+            raise Deposed(f"leader epoch {epoch} is gone: the claim is refused")
+
+    return fence
+
+
+async def claim_many(
+    conn: psycopg.AsyncConnection, claims: list[Claim], fence: ClaimFence | None = None
+) -> set[tuple[str, str, datetime]]:
+    """Insert `claimed` rows in one committed transaction; returns the keys inserted."""
     if not claims:
         return set()
     async with conn.transaction():
+        if fence is not None:
+            await fence(conn)
         cur = await conn.execute(
             load("ledger_claim"),
             {
                 "users": [c.occ.user_id for c in claims],
                 "missions": [c.occ.mission_id for c in claims],
+                "due_ats": [c.occ.due_at for c in claims],
                 "next_run_ats": [c.occ.next_run_at for c in claims],
-                "decisions": [c.decision for c in claims],
                 "reasons": [c.reason for c in claims],
                 "agents": [c.agent_id for c in claims],
+                "trace_ids": [c.trace_id for c in claims],
+                "parent_spans": [c.parent_span for c in claims],
             },
         )
-        return {Occurrence(u, m, n) for u, m, n in await cur.fetchall()}
+        return {(u, m, d) for u, m, d in await cur.fetchall()}
 
 
-async def finish(conn: psycopg.AsyncConnection, occ: Occurrence, outcome: str) -> None:
+async def live_counts(
+    conn: psycopg.AsyncConnection, users: set[str]
+) -> dict[tuple[str, str], int]:
+    """Queued and running occurrences per (user, agent), across every process."""
+    if not users:
+        return {}
+    cur = await conn.execute(load("ledger_live"), {"users": sorted(users)})
+    return {(u, a): int(n) for u, a, n in await cur.fetchall()}
+
+
+async def take(
+    conn: psycopg.AsyncConnection, owner: str, limit: int, lease: float
+) -> list[Job]:
+    """Lease up to `limit` runnable occurrences for `owner` (one committed transaction)."""
+    if limit <= 0:
+        return []
     async with conn.transaction():
-        await conn.execute(
-            load("ledger_finish"),
-            {
-                "user_id": occ.user_id,
-                "mission_id": occ.mission_id,
-                "next_run_at": occ.next_run_at,
-                "outcome": outcome,
-            },
+        cur = await conn.execute(
+            load("ledger_take"), {"owner": owner, "limit": limit, "lease": lease}
         )
+        rows = await cur.fetchall()
+    jobs = []
+    for (user_id, mission_id, due_at, text, agent_id, attempt, trace_id, parent_span, was,
+         mission, agent) in rows:
+        jobs.append(
+            Job(
+                user_id=user_id,
+                mission_id=mission_id,
+                due_at=due_at,
+                next_run_at=text,
+                agent_id=agent_id,
+                attempt=attempt,
+                owner=owner,
+                trace_id=trace_id,
+                parent_span=parent_span,
+                lease_expired=was == STATE_RUNNING,
+                mission=_decode.decode(mission) if mission is not None else None,
+                agent=_decode.decode(agent) if agent is not None else None,
+            )
+        )
+    jobs.sort(key=lambda j: (j.due_at, j.user_id, j.mission_id))
+    return jobs
+
+
+async def renew(conn: psycopg.AsyncConnection, job: Job, lease: float) -> bool:
+    """Extend the job's lease; False when it is no longer this attempt's."""
+    async with conn.transaction():
+        cur = await conn.execute(load("ledger_renew"), {**job.key_params(), "lease": lease})
+        return cur.rowcount == 1
+
+
+async def mark_done(
+    conn: psycopg.AsyncConnection, job: Job, outcome: str, iteration_id: str | None = None
+) -> bool:
+    """`done`, inside the caller's transaction; False when the lease was lost (roll back)."""
+    cur = await conn.execute(
+        load("ledger_done"),
+        {**job.key_params(), "outcome": outcome, "iteration_id": iteration_id},
+    )
+    return cur.rowcount == 1
+
+
+async def mark_retry(
+    conn: psycopg.AsyncConnection,
+    job: Job,
+    *,
+    error: str,
+    final: bool,
+    delay: float = 0.0,
+    outcome: str = OUTCOME_FAILED,
+    refund: bool = False,
+) -> bool:
+    """The attempt ended without writing, inside the caller's transaction: back to `claimed`
+    after `delay` seconds, or `failed` for good when `final`. False when the lease was lost."""
+    cur = await conn.execute(
+        load("ledger_retry"),
+        {
+            **job.key_params(),
+            "final": final,
+            "delay": delay,
+            "outcome": outcome,
+            "error": error[:2000],
+            "refund": 1 if refund else 0,
+        },
+    )
+    return cur.rowcount == 1
+
+
+async def next_wake(conn: psycopg.AsyncConnection) -> datetime | None:
+    """When the next occurrence becomes runnable, if any is live."""
+    cur = await conn.execute(load("ledger_next_wake"))
+    row = await cur.fetchone()
+    return row[0] if row else None
 
 
 async def prune(conn: psycopg.AsyncConnection, before: datetime) -> int:
@@ -96,7 +258,7 @@ async def usage_since(
 async def record_usage(
     conn: psycopg.AsyncConnection, user_id: str, agent_id: str, tokens: int
 ) -> None:
-    """For the runner: count what a planner call cost the agent."""
+    """Count what a planner call cost the agent (a savepoint in the caller's transaction)."""
     async with conn.transaction():
         await conn.execute(
             load("usage_record"), {"user_id": user_id, "agent_id": agent_id, "tokens": tokens}

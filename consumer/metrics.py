@@ -112,7 +112,31 @@ DECISION_LATENESS = Histogram(
     registry=REGISTRY,
 )
 RUNS_IN_FLIGHT = Gauge(
-    "mana_ai_runs_in_flight", "Mission runs dispatched and not yet finished.", registry=REGISTRY
+    "mana_ai_runs_in_flight", "Mission runs this process holds a lease for.", registry=REGISTRY
+)
+RUNS = Counter(
+    "mana_ai_runs",
+    "Run attempts that ended, by outcome: written-back, ok, retry (tried again later), "
+    "failed (after the last attempt), lost (the lease went to another process), stopped.",
+    ["outcome"],
+    registry=REGISTRY,
+)
+RUN_ATTEMPTS = Histogram(
+    "mana_ai_run_attempts",
+    "Attempts an occurrence took, observed when it ends done or failed.",
+    buckets=(1, 2, 3, 4, 5, 8, 13),
+    registry=REGISTRY,
+)
+LEASES_EXPIRED = Counter(
+    "mana_ai_run_leases_expired",
+    "Occurrences taken over from a lease that ran out (its process died or stalled).",
+    registry=REGISTRY,
+)
+LEDGER_PRUNED = Counter(
+    "mana_ai_ledger_pruned_rows",
+    "Rows pruned by the leader's housekeeping, by table (dispatch_ledger, token_usage).",
+    ["table"],
+    registry=REGISTRY,
 )
 
 _CATEGORY_MAX = 32

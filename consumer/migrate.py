@@ -11,6 +11,7 @@ from pathlib import Path
 import msgspec
 import psycopg
 from psycopg import errors as pgerr
+from psycopg import sql
 
 from .db import connect
 from .errors import ConfigError, PrivilegeError
@@ -61,8 +62,14 @@ def _exists(conn: psycopg.Connection, table: str) -> bool:
     return bool(row and row[0])
 
 
-def migrate(dsn: str, *, with_sync_schema: bool = False) -> list[str]:
-    """Apply what is missing; returns the names applied (empty when up to date)."""
+def migrate(
+    dsn: str, *, with_sync_schema: bool = False, notes: list[str] | None = None
+) -> list[str]:
+    """Apply what is missing; returns the names applied (empty when up to date).
+
+    Also sets up the write role (see `ensure_write_role`); what this role may not do itself
+    is appended to `notes` (and logged) as the statement an administrator runs.
+    """
     applied_now: list[str] = []
     with connect(dsn, autocommit=True) as conn:
         try:
@@ -99,11 +106,70 @@ def migrate(dsn: str, *, with_sync_schema: bool = False) -> list[str]:
                         continue
                     _apply(conn, migration)
                     applied_now.append(f"{migration.version:04d}_{migration.name}")
+                statement = ensure_write_role(conn)
+                if statement is not None:
+                    message = (
+                        f"role {WRITE_ROLE} is not set up and this role may not do it; "
+                        f"an administrator runs: {statement}"
+                    )
+                    log.warning("%s", message)
+                    if notes is not None:
+                        notes.append(message)
             finally:
                 conn.execute("SELECT pg_advisory_unlock(%s)", (ADVISORY_LOCK_KEY,))
         except pgerr.InsufficientPrivilege as exc:
             raise PrivilegeError(_privilege_message(conn, exc)) from None
     return applied_now
+
+
+# The role the runner's write-back switches to (SET LOCAL ROLE): no login, no BYPASSRLS,
+# INSERT on the log and nothing else, so the log's row level security binds the write.
+WRITE_ROLE = "mana_ai_writeback"
+
+
+def ensure_write_role(conn: psycopg.Connection) -> str | None:
+    """Create the write role, grant it INSERT on the log and grant it to this role, as far
+    as this role may (CREATEROLE, the log's owner). Returns the one statement an
+    administrator runs for the rest, or None when nothing is missing."""
+    role = sql.Identifier(WRITE_ROLE)
+    me_row = conn.execute("SELECT current_user").fetchone()
+    me = sql.Identifier(me_row[0] if me_row else "")
+    missing: list[sql.Composed] = []
+
+    def attempt(statement: sql.Composed) -> None:
+        try:
+            with conn.transaction():
+                conn.execute(statement)
+        except pgerr.DuplicateObject:
+            pass  # a replica migrating at the same time created it
+        except pgerr.InsufficientPrivilege:
+            missing.append(statement)
+
+    def check(query: str) -> bool:
+        row = conn.execute(query, {"role": WRITE_ROLE}).fetchone()
+        return bool(row and row[0])
+
+    if not check("SELECT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = %(role)s)"):
+        attempt(sql.SQL("CREATE ROLE {} NOLOGIN NOBYPASSRLS").format(role))
+    exists = check("SELECT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = %(role)s)")
+    grant_insert = sql.SQL("GRANT INSERT ON public.sync_changes TO {}").format(role)
+    grant_role = sql.SQL("GRANT {} TO {}").format(role, me)
+    if not exists:
+        missing += [grant_insert, grant_role]
+    else:
+        if check("SELECT rolbypassrls FROM pg_roles WHERE rolname = %(role)s"):
+            log.warning("role %s has BYPASSRLS: row level security does not bind it", WRITE_ROLE)
+        if not check("SELECT has_table_privilege(%(role)s, 'public.sync_changes', 'INSERT')"):
+            attempt(grant_insert)
+        if not check("SELECT pg_has_role(current_user, %(role)s, 'SET')"):
+            attempt(grant_role)
+    if not missing:
+        return None
+    if len(missing) == 1:
+        return missing[0].as_string(conn) + ";"
+    # One statement to paste, whatever is missing.
+    body = " ".join(m.as_string(conn) + ";" for m in missing)
+    return f"DO $$ BEGIN {body} END $$;"
 
 
 def _apply(conn: psycopg.Connection, migration: Migration) -> None:

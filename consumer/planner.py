@@ -15,13 +15,20 @@ The key goes into the Authorization header only: it is never logged, never part 
 message (an echoed key in a response body is masked) and not shown by the config's repr.
 
 Errors. Anything but a 2xx answer carrying a chat completion raises `PlannerError`, with one
-line naming the status (or the transport failure) and a short excerpt of the body. The
-scheduler counts it in mana_ai_mission_errors_total. A completion whose *content* is not the
-plan we asked for is not an error here: the runner counts it as a parse failure.
+line naming the status (or the transport failure) and a short excerpt of the body. A
+completion whose *content* is not the plan we asked for is not an error here: the runner
+counts it as a parse failure.
+
+Etiquette. One request per attempt, bounded by the timeout. `PlannerError.retryable` is
+True only for a timeout, a transport failure, 429, 5xx and a 2xx that is not a chat
+completion (a proxy's error page); `retry_after` carries the
+server's Retry-After (seconds or an HTTP date). The run worker retries in the ledger, one
+attempt at a time, never sooner than Retry-After; other 4xx answers are not retried.
 """
 
 from __future__ import annotations
 
+import email.utils
 import math
 import os
 import time
@@ -81,9 +88,46 @@ class PlannerReply(msgspec.Struct, frozen=True):
 class PlannerError(Exception):
     """The planner endpoint failed: transport error, timeout, non-2xx or not a completion."""
 
-    def __init__(self, message: str, *, status: int | None = None) -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        status: int | None = None,
+        retryable: bool | None = None,
+        retry_after: float | None = None,
+    ) -> None:
         super().__init__(message)
         self.status = status
+        # No status: a timeout or transport failure, worth another attempt.
+        self.retryable = (
+            retryable
+            if retryable is not None
+            else status is None or status == 429 or status >= 500
+        )
+        self.retry_after = retry_after
+
+
+MAX_RETRY_AFTER = 3600.0  # seconds; a longer Retry-After is read as this
+
+
+def retry_after_seconds(value: str | None, now: float | None = None) -> float | None:
+    """A Retry-After header (delta seconds or an HTTP date) as seconds from now, or None."""
+    if not value:
+        return None
+    value = value.strip()
+    try:
+        seconds = float(value)
+    except ValueError:
+        try:
+            when = email.utils.parsedate_to_datetime(value)
+        except (TypeError, ValueError):
+            return None
+        if when is None:
+            return None
+        seconds = when.timestamp() - (time.time() if now is None else now)
+    if not math.isfinite(seconds):
+        return None
+    return min(max(seconds, 0.0), MAX_RETRY_AFTER)
 
 
 class PlannerClient(Protocol):
@@ -185,6 +229,7 @@ class Planner:
                 f"planner answered HTTP {response.status_code} from {cfg.endpoint}: "
                 f"{self._excerpt(response.text)}",
                 status=response.status_code,
+                retry_after=retry_after_seconds(response.headers.get("retry-after")),
             )
         try:
             completion = _completion.decode(response.content)
@@ -193,11 +238,13 @@ class Planner:
                 f"planner answered HTTP {response.status_code} without a chat completion "
                 f"({exc}): {self._excerpt(response.text)}",
                 status=response.status_code,
+                retryable=True,
             ) from None
         if not completion.choices:
             raise PlannerError(
                 "planner answered a chat completion without choices",
                 status=response.status_code,
+                retryable=True,
             )
         return PlannerReply(
             content=completion.choices[0].message.content or "",

@@ -1,34 +1,37 @@
-"""The runner: a claimed occurrence -> prompt -> planner -> iteration written back (DESIGN §6).
+"""The runner: a leased occurrence -> prompt -> planner -> iteration written back.
 
-`Runner` is the scheduler's Dispatcher. The scheduler calls `dispatch` after the ledger
-claim, inside the decision span; one run is:
+`Runner` is the run worker's Dispatcher (consumer/worker.py). One attempt is:
 
-1. messages: prompt.build_messages (the <agent_context> block; ciphertext is never injected);
-2. the planner call, in a "planner.request" span (a child of "mission.run", itself a child of
-   the scheduler's "mission.decision");
-3. parse. A reply that is not the plan we asked for bumps mana_ai_parse_failures_total and
-   ends the run with outcome "parse-failure": counted, not a crash, nothing written to the
-   log (the tokens it cost are still recorded for the agent's budget);
-4. the iteration (fresh uuid4 id), its actor and the one sync_changes row
-   (iteration.build_writeback), inserted inside a user-scoped transaction
-   (db.user_transaction), so the RLS policy's WITH CHECK holds for the mission's user and
-   the consumer's role needs no BYPASSRLS to write. The agent's token usage is recorded in
-   the same transaction: a run is either written back and counted, or neither.
+1. the mission and agent as projected when the attempt took its lease; a mission that is
+   gone, deleted or no longer active is not run (RunFailed, not retried);
+2. messages: prompt.build_messages (the <agent_context> block; ciphertext is never injected);
+3. the planner call, in a "planner.request" span (a child of the worker's "mission.run",
+   itself a child of the leader's "mission.decision"). A planner error ends the attempt
+   with RunFailed: retried later when the planner says it may help (timeouts, 429, 5xx);
+4. parse. A reply that is not the plan we asked for bumps mana_ai_parse_failures_total and
+   ends the attempt (retried): counted, not a crash, nothing written to the log (the tokens
+   it cost are still recorded for the agent's budget);
+5. the iteration (fresh uuid4 id), its actor (rationale: the mission's objective) and the
+   one sync_changes row, record_id = the snapshot's key. ONE transaction marks the ledger
+   `done` (fenced by the attempt's lease: a lost lease rolls everything back), records the
+   agent's token usage, then switches to the write role and inserts the row. So an
+   occurrence gets exactly one iteration, whatever crashes.
 
-Outcomes (the ledger's `outcome` column): "written-back" when the iteration row was
-inserted (the iteration's own overallStatus, approved or awaiting-review, is in the row and
-on the span), "parse-failure" as above. Planner errors (PlannerError) and database errors
-raise; the scheduler records "error" and counts mana_ai_mission_errors_total.
+The write role. The consumer's own role reads the log and may have BYPASSRLS; the row is
+inserted after `SET LOCAL ROLE mana_ai_writeback` (NOLOGIN, no BYPASSRLS, INSERT on the log
+only) with app.current_user_id set to the mission's user, so the policy's WITH CHECK really
+refuses a row for anyone else. `consumer migrate` creates the role.
+
+Stamps. The fields written (`iterations`, and `nextRunAt` for an interval cadence) are
+stamped with the run's finish, or just past the field's current clock in the projection
+when a device stamped it later (iteration.stamp_after): a device clock ahead of the server
+cannot undo the advance.
 
 nextRunAt. Writing an iteration does not move a mission's nextRunAt: devices do, from the
-mission's cadence. The exception (DESIGN §5) is an `interval` cadence,
-{"kind": "interval", "everyMinutes": N} ("intervalMinutes" accepted too): the same row then
-sets nextRunAt = the run's finish + N minutes (at least MIN_INTERVAL_MINUTES), stamped like
-`iterations`, so the occurrence advances and the mission runs again on its cadence. Other
-cadences leave nextRunAt alone; the dispatch ledger keeps the occurrence from re-running.
-
-The consumer sees its own write-back through the journal like any other row: it lands in
-mana_ai.mission_snapshots with the new iteration (and nextRunAt, for interval cadences).
+cadence. The exception is an `interval` cadence, {"kind": "interval", "everyMinutes": N}
+("intervalMinutes" accepted too): the same row sets nextRunAt = finish + N minutes (at least
+MIN_INTERVAL_MINUTES). When an interval occurrence fails for good, the worker advances it
+anyway, in a row of its own (`write_advance`), so the mission goes on.
 
 Known limits, inherited from upstream's data model: `iterations` is rewritten whole (last
 writer wins on the field), so two writers appending at once keep one of the two new
@@ -46,23 +49,29 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import msgspec
+import psycopg
 from opentelemetry import trace
+from psycopg import sql
 from psycopg_pool import AsyncConnectionPool
 
 from . import ledger, metrics
-from .db import user_transaction
 from .decisions import is_legacy
 from .iteration import (
     ParseFailure,
-    PlannerAnswer,
     WriteBack,
     build_actor,
+    build_advance,
     build_iteration,
     build_writeback,
-    iso_ms,
     parse_planner_reply,
+    rationale_of,
+    stamp_after,
+    with_next_run,
 )
-from .planner import PlannerClient
+from .ledger import Job
+from .merge import decode_state
+from .migrate import WRITE_ROLE
+from .planner import PlannerClient, PlannerError
 from .prompt import build_messages
 from .sql import load
 from .telemetry import tracer as default_tracer
@@ -71,11 +80,35 @@ log = logging.getLogger(__name__)
 
 OUTCOME_WRITTEN_BACK = "written-back"
 OUTCOME_PARSE_FAILURE = "parse-failure"
+OUTCOME_PLANNER_ERROR = "planner-error"
+OUTCOME_GONE = "mission-gone"
 # A floor for interval cadences: a fractional or tiny everyMinutes must not turn a mission
 # into a planner busy loop.
 MIN_INTERVAL_MINUTES = 1.0
 
 _json = msgspec.json.Encoder()
+
+
+class RunFailed(Exception):
+    """An attempt ended without writing. `retryable`: another attempt may succeed;
+    `retry_after`: not before this many seconds (the planner's Retry-After)."""
+
+    def __init__(
+        self,
+        reason: str,
+        *,
+        outcome: str,
+        retryable: bool = True,
+        retry_after: float | None = None,
+    ) -> None:
+        super().__init__(reason)
+        self.outcome = outcome
+        self.retryable = retryable
+        self.retry_after = retry_after
+
+
+class LeaseLost(Exception):
+    """The attempt's lease went to another process: its write-back was rolled back."""
 
 
 def _utcnow() -> datetime:
@@ -107,19 +140,9 @@ def next_run_after(cadence: Any, finished_at: datetime) -> datetime | None:
         return None  # an absurd interval: leave nextRunAt to the devices
 
 
-def rationale_of(answer: PlannerAnswer) -> str:
-    """The actor's rationale: the plan's summary, else the first step's rationale."""
-    if answer.summary:
-        return answer.summary
-    return answer.steps[0].rationale if answer.steps else ""
-
-
-def with_next_run(wb: WriteBack, next_run: datetime, stamp: str) -> WriteBack:
-    """The write-back row, also moving nextRunAt (same row, same stamp as iterations)."""
-    return msgspec.structs.replace(
-        wb,
-        data={**wb.data, "nextRunAt": iso_ms(next_run)},
-        field_meta={**wb.field_meta, "nextRunAt": stamp},
+def runnable(mission: dict[str, Any] | None) -> bool:
+    return (
+        mission is not None and mission.get("state") == "active" and not mission.get("deletedAt")
     )
 
 
@@ -141,12 +164,52 @@ def insert_params(wb: WriteBack, change_id: str) -> dict[str, Any]:
     }
 
 
-class Runner:
-    """Plans a claimed occurrence and writes the iteration back. See the module docstring.
+async def field_clocks(
+    conn: psycopg.AsyncConnection, user_id: str, mission_id: str, fields: tuple[str, ...]
+) -> list[int | None]:
+    """The projection's current clocks (us) of the mission's `fields`; None when unknown."""
+    cur = await conn.execute(load("mission_clocks"), {"user_id": user_id, "mission_id": mission_id})
+    row = await cur.fetchone()
+    if row is None:
+        return [None] * len(fields)
+    state = decode_state(bytes(row[0]))
+    return [(c.stamp if (c := state.fields.get(f)) is not None else None) for f in fields]
 
-    Wiring: Scheduler(pool, ..., dispatcher=Runner(pool, planner, tracer=...)); the runner
-    does not own the pool or the planner: whoever made them closes them.
+
+async def insert_as_writer(conn: psycopg.AsyncConnection, wb: WriteBack, change_id: str) -> None:
+    """Insert the row as the write role, for the row's user. Call inside a transaction: the
+    role and the user last until it ends, and nothing after this in it runs as the consumer."""
+    if not wb.user_id or not wb.user_id.strip():
+        raise ValueError("refusing a write-back with an empty user id")
+    await conn.execute(sql.SQL("SET LOCAL ROLE {}").format(sql.Identifier(WRITE_ROLE)))
+    await conn.execute("SELECT set_config('app.current_user_id', %s, true)", (wb.user_id,))
+    await conn.execute(load("writeback_insert"), insert_params(wb, change_id))
+
+
+async def write_advance(conn: psycopg.AsyncConnection, job: Job, now: datetime) -> str | None:
+    """For an interval mission whose occurrence failed for good: its nextRunAt moved on, in
+    a row of its own, inside the caller's transaction. Returns the new nextRunAt, or None
+    when the mission has no interval cadence (or is gone)."""
+    if not runnable(job.mission):
+        return None
+    assert job.mission is not None
+    next_run = next_run_after(job.mission.get("cadence"), now)
+    if next_run is None:
+        return None
+    (clock,) = await field_clocks(conn, job.user_id, job.mission_id, ("nextRunAt",))
+    wb = build_advance(job.mission_id, job.user_id, next_run, stamp_after(now, [clock]))
+    await insert_as_writer(conn, wb, str(uuid.uuid4()))
+    return str(wb.data["nextRunAt"])
+
+
+class Runner:
+    """Plans a leased occurrence and writes the iteration back. See the module docstring.
+
+    The runner does not own the pool or the planner: whoever made them closes them.
     """
+
+    # The worker need not mark the occurrence done: the write-back transaction did.
+    commits_done = True
 
     def __init__(
         self,
@@ -161,41 +224,27 @@ class Runner:
         self.tracer = tracer if tracer is not None else default_tracer()
         self.clock = clock
 
-    async def dispatch(
-        self,
-        mission: dict[str, Any],
-        user_id: str,
-        agent: dict[str, Any] | None,
-        occurrence: str,
-    ) -> str | None:
-        mission_id = mission.get("id")
-        agent_id = None if is_legacy(mission) else str(mission.get("agentId"))
-        attrs: dict[str, Any] = {
-            "mission.id": str(mission_id),
-            "user.id": user_id,
-            "mission.due_at": occurrence,
-        }
-        if agent_id is not None:
-            attrs["agent.id"] = agent_id
-        # Exceptions escaping the span are recorded on it and set its status to ERROR.
-        with self.tracer.start_as_current_span("mission.run", attributes=attrs) as span:
-            outcome = await self._run(span, mission, user_id, agent, agent_id)
-            span.set_attribute("run.outcome", outcome)
-            return outcome
-
-    async def _run(
-        self,
-        span: trace.Span,
-        mission: dict[str, Any],
-        user_id: str,
-        agent: dict[str, Any] | None,
-        agent_id: str | None,
-    ) -> str:
-        mission_id = str(mission.get("id"))
+    async def dispatch(self, job: Job) -> str:
+        """Run one attempt; returns its outcome, raises RunFailed or LeaseLost."""
+        span = trace.get_current_span()
+        mission, agent = job.mission, job.agent
+        if mission is None or not runnable(mission):
+            raise RunFailed(
+                "mission is gone, deleted or no longer active", outcome=OUTCOME_GONE,
+                retryable=False,
+            )
+        agent_id = None if is_legacy(mission) else job.agent_id
+        user_id, mission_id = job.user_id, job.mission_id
         messages = build_messages(mission, agent)
         started_at = self.clock()
         with self.tracer.start_as_current_span("planner.request") as planner_span:
-            reply = await self.planner.plan(messages)
+            try:
+                reply = await self.planner.plan(messages)
+            except PlannerError as exc:
+                raise RunFailed(
+                    str(exc), outcome=OUTCOME_PLANNER_ERROR, retryable=exc.retryable,
+                    retry_after=exc.retry_after,
+                ) from None
             planner_span.set_attribute("planner.tokens", reply.total_tokens)
             if reply.model:
                 planner_span.set_attribute("planner.model", reply.model)
@@ -205,26 +254,22 @@ class Runner:
             answer = parse_planner_reply(reply.content)
         except ParseFailure as exc:
             metrics.PARSE_FAILURES.inc()
-            log.warning(
-                "mission %s of %s: planner reply did not parse: %s", mission_id, user_id, exc
-            )
             span.set_attribute("run.parse_failure", str(exc))
             if agent_id is not None and reply.total_tokens > 0:
                 # Nothing is written, but the tokens were spent: the budget must see them,
                 # or a model that keeps answering garbage would never hit its limit.
                 async with self.pool.connection() as conn:
                     await ledger.record_usage(conn, user_id, agent_id, reply.total_tokens)
-            return OUTCOME_PARSE_FAILURE
+            raise RunFailed(
+                f"planner reply did not parse: {exc}", outcome=OUTCOME_PARSE_FAILURE
+            ) from None
         metrics.PLANS_PRODUCED.inc()
 
         iteration_id = str(uuid.uuid4())
         iteration = build_iteration(answer, iteration_id, started_at, finished_at)
-        actor = build_actor(mission_id, iteration_id, agent, rationale_of(answer))
-        wb = build_writeback(mission, user_id, iteration, actor, finished_at)
+        actor = build_actor(mission_id, iteration_id, agent, rationale_of(mission))
         # Only an interval cadence is the runner's to advance (see the module docstring).
         next_run = next_run_after(mission.get("cadence"), finished_at)
-        if next_run is not None:
-            wb = with_next_run(wb, next_run, wb.field_meta["iterations"])
         change_id = str(uuid.uuid4())
         span.set_attributes(
             {
@@ -234,23 +279,30 @@ class Runner:
                 "writeback.change_id": change_id,
             }
         )
-        if next_run is not None:
-            span.set_attribute("mission.next_run_at", wb.data["nextRunAt"])
 
         with self.tracer.start_as_current_span("runner.writeback"):
-            async with self.pool.connection() as conn:
-                async with user_transaction(conn, user_id):
-                    await conn.execute(load("writeback_insert"), insert_params(wb, change_id))
-                    if agent_id is not None and reply.total_tokens > 0:
-                        await ledger.record_usage(conn, user_id, agent_id, reply.total_tokens)
+            async with self.pool.connection() as conn, conn.transaction():
+                if not await ledger.mark_done(conn, job, OUTCOME_WRITTEN_BACK, iteration_id):
+                    raise LeaseLost(f"lease of attempt {job.attempt} lost before write-back")
+                if agent_id is not None and reply.total_tokens > 0:
+                    await ledger.record_usage(conn, user_id, agent_id, reply.total_tokens)
+                fields = ("iterations", "nextRunAt") if next_run else ("iterations",)
+                clocks = await field_clocks(conn, user_id, mission_id, fields)
+                stamp = stamp_after(finished_at, clocks)
+                wb = build_writeback(mission, mission_id, user_id, iteration, actor, stamp)
+                if next_run is not None:
+                    wb = with_next_run(wb, next_run, stamp)
+                    span.set_attribute("mission.next_run_at", wb.data["nextRunAt"])
+                await insert_as_writer(conn, wb, change_id)
         metrics.PLANS_WRITTEN_BACK.inc()
         log.info(
-            "mission %s of %s: iteration %s written back (%d steps, %s, %d tokens)",
+            "mission %s of %s: iteration %s written back (%d steps, %s, %d tokens, attempt %d)",
             mission_id,
             user_id,
             iteration_id,
             len(iteration["plan"]),
             iteration["overallStatus"],
             reply.total_tokens,
+            job.attempt,
         )
         return OUTCOME_WRITTEN_BACK

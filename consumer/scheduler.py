@@ -1,4 +1,4 @@
-"""The scheduler: sleeps until the next nextRunAt, decides due missions, dispatches runs.
+"""The scheduler: sleeps until the next nextRunAt, decides due missions, claims runs.
 
 Loop. `run()` does a pass, then sleeps until the earliest future nextRunAt in the projection
 (capped by `max_sleep`), woken early by the projection (`notify_changed`) or by a run that
@@ -14,11 +14,15 @@ filtered here); a positive offset makes it sort *later*, by at most 14 h, so str
 extended ISO text (lower-case 't', basic format '20260101T...') are not found by the index,
 as upstream's text comparison did not find them either.
 
-At most once per occurrence. The `ran` decisions of a pass are claimed in the dispatch
-ledger, in one statement and one commit, before any of them starts (consumer/ledger.py).
-A lost claim means another scheduler (a replica, or this one before a restart) dispatched
-it: nothing is run and nothing is emitted, and later passes do not see the occurrence (the
-due query skips ledgered occurrences).
+At most once per occurrence. An occurrence is (user, mission, nextRunAt as a UTC instant).
+The `ran` decisions of a pass are recorded in the dispatch ledger as `claimed`, in one
+statement and one commit (consumer/ledger.py); the run workers of every process take them
+from there (consumer/worker.py). Only the leader runs a scheduler. A claim that finds its
+occurrence already in the ledger (another spelling of the same instant, a deposed leader)
+is lost: its decision span says so (claim.lost) and nothing runs; later passes do not see
+the occurrence (the due query skips ledgered occurrences). With no planner configured
+(`claims=False`) `ran` decisions are traced once per occurrence and nothing is claimed, so
+a planner configured later runs what is due then.
 
 Positive offsets. A nextRunAt like '...T10:00+02:00' sorts after its instant, so the text
 bound `<= now` misses it. The 14 h text window that finds them costs ~20-40 ms with 1M
@@ -35,12 +39,15 @@ heartbeat for a mission that stays stuck). The memory of last decisions holds on
 occurrences still due, so it is bounded by the due set. mana_ai_decision_lateness_seconds
 is observed once per occurrence, at its first decision in this process.
 
-In flight. Runs execute in the scheduler's task group; the scheduler counts them per
-(user, agent) from the decision until the run ends or fails (a slot is taken while deciding,
-so the next mission of the same pass sees it). A finishing run wakes the loop when its agent
-has a mission deferred by `skipped-concurrency`, so that one is decided at once. The count is
-per process: the ledger, not the count, is what keeps replicas from running an occurrence
-twice. A run in flight when the process dies stays claimed (finished_at NULL), not retried.
+In flight. The concurrency gate counts an agent's live occurrences in the ledger, queued
+(`claimed`) and running on any process, read once per pass; a `ran` decided in the pass
+takes a slot at once, so the next mission of the same pass sees it. A run ending in this
+process wakes the loop when its agent has a mission deferred by `skipped-concurrency`
+(`slot_freed`); runs ending elsewhere are seen by polling: while a mission is deferred the
+loop sleeps at most DEFERRED_POLL.
+
+Housekeeping. `run()` prunes finished ledger rows whose mission moved on and token usage
+past the budget window every `prune_every` seconds (mana_ai_ledger_pruned_rows_total).
 """
 
 from __future__ import annotations
@@ -49,7 +56,7 @@ import logging
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
-from typing import Any, Protocol
+from typing import Any
 
 import anyio
 import anyio.abc
@@ -66,6 +73,7 @@ from .errors import Deposed
 from .ledger import Occurrence
 from .sql import load
 from .telemetry import tracer as default_tracer
+from .worker import Dispatcher, RunWorker
 
 log = logging.getLogger(__name__)
 
@@ -76,8 +84,9 @@ BUDGET_WINDOW = timedelta(hours=24)
 NEXT_LIMIT = 32  # nextRunAt strings read past the bound to find the next wake-up
 WAKE_EPSILON = 0.005  # seconds added to a timed sleep: a timer may fire a hair early
 MIN_SLEEP = 0.001
-FINISH_TIMEOUT = 5.0  # seconds a finishing run may spend recording its outcome
 MAX_BACKOFF = 30.0
+DEFERRED_POLL = 1.0  # seconds between passes while a mission waits for a slot
+LEDGER_KEEP = timedelta(days=7)  # finished occurrences are kept this long for operators
 WIDE_SCAN_EVERY = 60.0  # seconds between scans of the 14 h window for '+' offsets
 
 _decode = msgspec.json.Decoder(dict[str, Any])
@@ -92,41 +101,12 @@ def utc_text(at: datetime) -> str:
     return at.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
-class Dispatcher(Protocol):
-    """Runs one claimed occurrence to its end.
-
-    Called inside the scheduler's task group after the ledger claim; return when the run has
-    ended (the scheduler frees the agent's slot then), raise when it failed. The return value
-    is the outcome written to the ledger (None means "ok").
-    """
-
-    async def dispatch(
-        self,
-        mission: dict[str, Any],
-        user_id: str,
-        agent: dict[str, Any] | None,
-        occurrence: str,
-    ) -> str | None: ...
-
-
-class LedgerDispatcher:
-    """Default until the runner exists: runs nothing; the ledger records the occurrence."""
-
-    async def dispatch(
-        self,
-        mission: dict[str, Any],
-        user_id: str,
-        agent: dict[str, Any] | None,
-        occurrence: str,
-    ) -> str | None:
-        return ledger.OUTCOME_RECORDED
-
-
 class InFlight:
-    """Runs dispatched and not yet ended, per (user, agent); legacy runs count under None."""
+    """Live occurrences per (user, agent) during one pass: the ledger's count at the pass's
+    start (every process), plus the `ran` decided in the pass. Legacy runs count under None."""
 
-    def __init__(self) -> None:
-        self._counts: dict[tuple[str, str | None], int] = {}
+    def __init__(self, counts: dict[tuple[str, str], int] | None = None) -> None:
+        self._counts: dict[tuple[str, str | None], int] = {k: n for k, n in (counts or {}).items()}
 
     def get(self, user_id: str, agent_id: str | None) -> int:
         return self._counts.get((user_id, agent_id), 0)
@@ -134,7 +114,6 @@ class InFlight:
     def acquire(self, user_id: str, agent_id: str | None) -> None:
         key = (user_id, agent_id)
         self._counts[key] = self._counts.get(key, 0) + 1
-        metrics.RUNS_IN_FLIGHT.inc()
 
     def release(self, user_id: str, agent_id: str | None) -> None:
         key = (user_id, agent_id)
@@ -143,7 +122,6 @@ class InFlight:
             self._counts[key] = left
         else:
             self._counts.pop(key, None)
-        metrics.RUNS_IN_FLIGHT.dec()
 
     def total(self) -> int:
         return sum(self._counts.values())
@@ -155,14 +133,14 @@ class DecisionRecord(msgspec.Struct, frozen=True):
     user_id: str
     mission_id: str
     occurrence: str  # the raw nextRunAt string
-    due_at: datetime
+    due_at: datetime  # the occurrence's key: nextRunAt as a UTC instant
     agent_id: str | None
     agent_name: str | None
     decision: Decision
     reason: str
     lateness_s: float
     emitted: bool  # a span was emitted (new or changed decision, or the max_sleep heartbeat)
-    dispatched: bool
+    dispatched: bool  # claimed in the ledger for the run workers
 
 
 class _Due(msgspec.Struct):
@@ -183,10 +161,18 @@ class _Decided(msgspec.Struct):
 class Scheduler:
     """Due missions -> decisions -> runs. Wiring, in the service's task group:
 
+    worker = RunWorker(pool, runner, ...)        # every process, leader or not
     scheduler = Scheduler(pool, tracer=telemetry.tracer(), max_sleep=settings.max_sleep,
-                          dispatcher=runner)  # runner: a Dispatcher; default records only
+                          on_claimed=worker.poke)  # the leader only
+    worker.on_finished = scheduler.slot_freed
     projector.on_applied = scheduler.notify_changed
     tg.start_soon(scheduler.run)
+
+    `dispatcher=` instead wires a RunWorker of the scheduler's own, run in its task group
+    (tests and tools: one object decides and runs). `claims=False` (no planner): decide and
+    trace, claim nothing. `claim_fence` runs inside the claim's transaction before the
+    insert (raise to refuse the claim); without one, a scheduler given a leader `epoch`
+    fences its claims with it (ledger.epoch_fence), so a deposed leader claims nothing.
     """
 
     def __init__(
@@ -196,6 +182,11 @@ class Scheduler:
         tracer: trace.Tracer | None = None,
         max_sleep: float = 60.0,
         dispatcher: Dispatcher | None = None,
+        claims: bool = True,
+        on_claimed: Callable[[], None] | None = None,
+        claim_fence: ledger.ClaimFence | None = None,
+        prune_every: float = 3600.0,
+        worker_options: dict[str, Any] | None = None,
         clock: Callable[[], datetime] = _utcnow,
     ) -> None:
         if max_sleep <= 0:
@@ -203,9 +194,19 @@ class Scheduler:
         self.pool = pool
         self.tracer = tracer if tracer is not None else default_tracer()
         self.max_sleep = max_sleep
-        self.dispatcher: Dispatcher = dispatcher if dispatcher is not None else LedgerDispatcher()
         self.clock = clock
-        self.in_flight = InFlight()
+        self.claims = claims
+        self.claim_fence = claim_fence
+        self.prune_every = prune_every
+        self.worker: RunWorker | None = None
+        if dispatcher is not None:
+            self.worker = RunWorker(
+                pool, dispatcher, tracer=self.tracer, on_finished=self.slot_freed,
+                clock=clock, **(worker_options or {}),
+            )
+            on_claimed = self.worker.poke
+        self.on_claimed = on_claimed
+        self.in_flight = InFlight()  # the last pass's counts
         self.next_due: datetime | None = None  # earliest future nextRunAt seen by the last pass
         self._wide_at: float | None = None  # monotonic time of the last 14 h window scan
         self._positive: set[tuple[str, str]] = set()  # missions with a '+hh:mm' nextRunAt
@@ -242,6 +243,16 @@ class Scheduler:
         if self._wake is not None:
             self._wake.set()
 
+    def _fence(self) -> ledger.ClaimFence | None:
+        if self.claim_fence is not None:
+            return self.claim_fence
+        return ledger.epoch_fence(self.epoch) if self.epoch is not None else None
+
+    def slot_freed(self, user_id: str, agent_id: str | None) -> None:
+        """A run of this agent ended in this process: a deferred mission may run now."""
+        if (user_id, agent_id) in self._deferred:
+            self._poke()
+
     # ------------------------------------------------------------------ loop
 
     async def run(self) -> None:
@@ -249,6 +260,10 @@ class Scheduler:
         failures = 0
         async with anyio.create_task_group() as tg:
             self._tg = tg
+            if self.worker is not None:
+                tg.start_soon(self.worker.run)
+            if self.prune_every > 0:
+                tg.start_soon(self._prune_loop)
             try:
                 while True:
                     self._wake = anyio.Event()
@@ -276,18 +291,19 @@ class Scheduler:
 
     def sleep_seconds(self) -> float:
         """Until the earliest known future nextRunAt, capped by max_sleep; never 0."""
+        cap = min(self.max_sleep, DEFERRED_POLL) if self._deferred else self.max_sleep
         if self.next_due is None:
-            return self.max_sleep
+            return cap
         delta = (self.next_due - self.clock()).total_seconds() + WAKE_EPSILON
-        return min(self.max_sleep, max(delta, MIN_SLEEP))
+        return min(cap, max(delta, MIN_SLEEP))
 
     # ------------------------------------------------------------------ one pass
 
     async def run_pass(self) -> list[DecisionRecord]:
         """One pass over the due missions.
 
-        Inside run(), runs start in run()'s task group and this returns at once. Called on its
-        own (tests, tools), it waits for the runs it started before returning.
+        Called on its own (tests, tools) with a dispatcher, it also runs what it claimed
+        before returning; inside run(), the worker runs them.
         """
         if self._lock is None:
             self._lock = anyio.Lock()
@@ -295,16 +311,15 @@ class Scheduler:
             started = time.perf_counter()
             try:
                 with self.tracer.start_as_current_span("scheduler.pass") as span:
-                    if self._tg is not None:
-                        return await self._pass(span, self._tg)
-                    async with anyio.create_task_group() as tg:
-                        records = await self._pass(span, tg)
-                    return records
+                    records = await self._pass(span)
+                if self._tg is None and self.worker is not None:
+                    await self.worker.drain()
+                return records
             finally:
                 metrics.TICKS.inc()
                 metrics.TICK_DURATION.observe(time.perf_counter() - started)
 
-    async def _pass(self, span: trace.Span, tg: anyio.abc.TaskGroup) -> list[DecisionRecord]:
+    async def _pass(self, span: trace.Span) -> list[DecisionRecord]:
         now = self.clock()
         self._deferred = set()
         if not self.leading():
@@ -312,38 +327,54 @@ class Scheduler:
         async with self.pool.connection() as conn:
             async with conn.transaction():
                 due, candidates = await self._select(conn, now)
-                agents = await self._agents(conn, {d.occ.user_id for d in due})
+                users = {d.occ.user_id for d in due}
+                agents = await self._agents(conn, users)
                 pairs = {
                     (d.occ.user_id, aid)
                     for d in due
                     if (aid := _agent_id(d.mission)) is not None and (d.occ.user_id, aid) in agents
                 }
                 usage = await ledger.usage_since(conn, pairs, now - BUDGET_WINDOW)
+                self.in_flight = InFlight(await ledger.live_counts(conn, users))
             decided = [x for d in due if (x := self._decide(d, agents, usage)) is not None]
             ran = [x for x in decided if x.verdict.decision is Decision.RAN]
-            try:
-                if not self.leading():
-                    raise Deposed("leadership lost during the pass")
-                won = await ledger.claim_many(
-                    conn,
-                    [
-                        ledger.Claim(
-                            x.d.occ, x.verdict.decision.value, x.verdict.reason, x.agent_id
-                        )
-                        for x in ran
-                    ],
-                )
-            except BaseException:
+            spans: dict[Occurrence, trace.Span] = {}
+            won: set[tuple[str, str, datetime]] = set()
+            if self.claims and ran:
+                # The decision spans open before the claim, so the claim can carry their ids:
+                # the run span, on whichever process runs it, is their child.
+                claims = []
                 for x in ran:
-                    self.in_flight.release(x.d.occ.user_id, x.agent_id)
-                raise
-            # From here to the runs' start nothing awaits: a cancellation cannot leave a
-            # claimed run unstarted with its slot taken.
-            records = self._settle(tg, decided, ran, won)
+                    s = spans[x.d.occ] = self._open_span(x)
+                    ctx = s.get_span_context()
+                    traced = ctx.is_valid
+                    claims.append(
+                        ledger.Claim(
+                            x.d.occ,
+                            x.verdict.reason,
+                            x.agent_id,
+                            f"{ctx.trace_id:032x}" if traced else None,
+                            f"{ctx.span_id:016x}" if traced else None,
+                        )
+                    )
+                try:
+                    if not self.leading():
+                        raise Deposed("leadership lost during the pass")
+                    won = await ledger.claim_many(conn, claims, self._fence())
+                except BaseException as exc:
+                    for s in spans.values():
+                        s.set_status(Status(StatusCode.ERROR, f"claim failed: {exc!r}"[:500]))
+                        s.end()
+                    raise
+            records = self._settle(decided, ran, won, spans)
+        if won and self.on_claimed is not None:
+            self.on_claimed()
 
-        # Forget occurrences no longer due (moved, dispatched, paused mission, deleted).
+        # Forget occurrences no longer due (moved, claimed, paused mission, deleted).
         still_due = {d.occ for d in due}
-        self._last = {k: v for k, v in self._last.items() if k in still_due and k not in won}
+        self._last = {
+            k: v for k, v in self._last.items() if k in still_due and k.key not in won
+        }
 
         span.set_attribute("scheduler.candidates", candidates)
         span.set_attribute("scheduler.due", len(due))
@@ -356,34 +387,44 @@ class Scheduler:
 
     def _settle(
         self,
-        tg: anyio.abc.TaskGroup,
         decided: list[_Decided],
         ran: list[_Decided],
-        won: set[Occurrence],
+        won: set[tuple[str, str, datetime]],
+        spans: dict[Occurrence, trace.Span],
     ) -> list[DecisionRecord]:
-        """After the claim: emit the decisions and start the runs that are ours."""
-        # A lost claim: another scheduler dispatched that occurrence. Its slot was counted
-        # while deciding, so a later mission of the same agent may have been deferred for
-        # nothing: those decisions are dropped unemitted and a new pass decides them again.
+        """After the claim: close the claim's spans, emit the other decisions."""
+        # A lost claim: the occurrence was in the ledger already. Its slot was counted while
+        # deciding, so a later mission of the same agent may have been deferred for nothing:
+        # those decisions are dropped unemitted and a new pass decides them again.
         lost_agents: set[tuple[str, str | None]] = set()
-        for x in ran:
-            if x.d.occ not in won:
-                self.in_flight.release(x.d.occ.user_id, x.agent_id)
-                lost_agents.add((x.d.occ.user_id, x.agent_id))
-                self._last.pop(x.d.occ, None)
-        if lost_agents:
-            self._poke()
+        if self.claims:
+            for x in ran:
+                if x.d.occ.key not in won:
+                    self.in_flight.release(x.d.occ.user_id, x.agent_id)
+                    lost_agents.add((x.d.occ.user_id, x.agent_id))
+                    self._last.pop(x.d.occ, None)
         records: list[DecisionRecord] = []
+        redo = False
         for x in decided:
             decision = x.verdict.decision
-            if decision is Decision.RAN and x.d.occ not in won:
-                continue  # silently: not ours to run, and never again decided
+            if decision is Decision.RAN and self.claims:
+                s = spans[x.d.occ]
+                if x.d.occ.key not in won:
+                    s.set_attribute("claim.lost", True)  # already in the ledger: not ours
+                    s.end()
+                    continue
+                s.end()
+                records.append(self._record(x, emitted=True, dispatched=True))
+                continue
             if (
                 decision is Decision.SKIPPED_CONCURRENCY
                 and (x.d.occ.user_id, x.agent_id) in lost_agents
             ):
+                redo = True
                 continue
-            records.append(self._emit(tg, x))
+            records.append(self._emit(x))
+        if redo:
+            self._poke()
         return records
 
     async def _select(self, conn: psycopg.AsyncConnection, now: datetime) -> tuple[list[_Due], int]:
@@ -423,7 +464,7 @@ class Scheduler:
                 continue
             mission = _decode.decode(body)
             if is_due(mission, now):
-                due.append(_Due(Occurrence(user_id, mission_id, next_run_at), at, mission))
+                due.append(_Due(Occurrence(user_id, mission_id, next_run_at, at), at, mission))
         # Past the text bound, text order is close to instant order; a few rows suffice,
         # and max_sleep bounds any error from unusual offsets.
         cur = await conn.execute(load("due_next"), {"after": exact, "limit": NEXT_LIMIT})
@@ -481,40 +522,63 @@ class Scheduler:
         lateness = max(0.0, (self.clock() - d.at).total_seconds())
         return _Decided(d, verdict, agent, agent_id, agent_name, lateness)
 
-    def _emit(self, tg: anyio.abc.TaskGroup, x: _Decided) -> DecisionRecord:
-        """Span and metric for a decision that is new or changed; start the run of a `ran`."""
+    def _attrs(self, x: _Decided) -> dict[str, Any]:
+        attrs = _attributes(x.d.occ, x.agent_id, x.agent_name)
+        attrs.update(
+            {
+                "decision": x.verdict.decision.value,
+                "reason": x.verdict.reason,
+                "mission.lateness_ms": round(x.lateness * 1000.0, 3),
+            }
+        )
+        return attrs
+
+    def _log(self, x: _Decided) -> None:
+        occ = x.d.occ
+        if x.agent_id is not None:
+            metrics.AGENT_DECISIONS.labels(decision=x.verdict.decision.value).inc()
+        log.info(
+            "mission %s of %s (agent %s): %s, %s, %.0f ms late",
+            occ.mission_id,
+            occ.user_id,
+            x.agent_name or x.agent_id,
+            x.verdict.decision.value,
+            x.verdict.reason,
+            x.lateness * 1000.0,
+        )
+
+    def _open_span(self, x: _Decided) -> trace.Span:
+        """The decision span of a `ran` about to be claimed; _settle ends it."""
+        if x.d.occ not in self._last:
+            metrics.DECISION_LATENESS.observe(x.lateness)
+        self._last[x.d.occ] = (x.verdict.decision, time.monotonic())
+        self._log(x)
+        return self.tracer.start_span("mission.decision", attributes=self._attrs(x))
+
+    def _emit(self, x: _Decided) -> DecisionRecord:
+        """Span and metric for a decision that is new or changed (or the heartbeat)."""
         occ, decision = x.d.occ, x.verdict.decision
-        ran = decision is Decision.RAN
         mono = time.monotonic()
         prev = self._last.get(occ)
         if prev is None:
             metrics.DECISION_LATENESS.observe(x.lateness)
-        emit = ran or prev is None or prev[0] is not decision or mono - prev[1] >= self.max_sleep
+        # A `ran` that is not claimed (no planner) is traced once: it is the same decision
+        # on every pass until something changes.
+        heartbeat = (
+            prev is not None
+            and decision is not Decision.RAN
+            and mono - prev[1] >= self.max_sleep
+        )
+        emit = prev is None or prev[0] is not decision or heartbeat
         if emit:
             self._last[occ] = (decision, mono)
-            if x.agent_id is not None:
-                metrics.AGENT_DECISIONS.labels(decision=decision.value).inc()
-            attrs = _attributes(occ, x.agent_id, x.agent_name)
-            attrs.update(
-                {
-                    "decision": decision.value,
-                    "reason": x.verdict.reason,
-                    "mission.lateness_ms": round(x.lateness * 1000.0, 3),
-                }
-            )
-            log.info(
-                "mission %s of %s (agent %s): %s, %s, %.0f ms late",
-                occ.mission_id,
-                occ.user_id,
-                x.agent_name or x.agent_id,
-                decision.value,
-                x.verdict.reason,
-                x.lateness * 1000.0,
-            )
-            # The run starts inside the decision span, so the runner's spans are its children.
-            with self.tracer.start_as_current_span("mission.decision", attributes=attrs):
-                if ran:
-                    tg.start_soon(self._run_one, x.d, x.agent, x.agent_id)
+            self._log(x)
+            with self.tracer.start_as_current_span("mission.decision", attributes=self._attrs(x)):
+                pass
+        return self._record(x, emitted=emit, dispatched=False)
+
+    def _record(self, x: _Decided, *, emitted: bool, dispatched: bool) -> DecisionRecord:
+        occ = x.d.occ
         return DecisionRecord(
             user_id=occ.user_id,
             mission_id=occ.mission_id,
@@ -522,42 +586,16 @@ class Scheduler:
             due_at=x.d.at,
             agent_id=x.agent_id,
             agent_name=x.agent_name,
-            decision=decision,
+            decision=x.verdict.decision,
             reason=x.verdict.reason,
             lateness_s=x.lateness,
-            emitted=emit,
-            dispatched=ran,
+            emitted=emitted,
+            dispatched=dispatched,
         )
-
-    # ------------------------------------------------------------------ runs
-
-    async def _run_one(self, d: _Due, agent: dict[str, Any] | None, agent_id: str | None) -> None:
-        """One claimed run; its slot was taken when it was decided and is freed here."""
-        occ = d.occ
-        outcome = ledger.OUTCOME_ERROR
-        try:
-            result = await self.dispatcher.dispatch(d.mission, occ.user_id, agent, occ.next_run_at)
-            outcome = result or ledger.OUTCOME_OK
-        except anyio.get_cancelled_exc_class():
-            outcome = ledger.OUTCOME_CANCELLED
-            raise
-        except Exception:
-            metrics.MISSION_ERRORS.inc()
-            log.exception("run of mission %s (%s) failed", occ.mission_id, occ.next_run_at)
-        finally:
-            self.in_flight.release(occ.user_id, agent_id)
-            if (occ.user_id, agent_id) in self._deferred:
-                self._poke()  # a freed slot: the deferred mission may run now
-            with anyio.move_on_after(FINISH_TIMEOUT, shield=True):
-                try:
-                    async with self.pool.connection() as conn:
-                        await ledger.finish(conn, occ, outcome)
-                except Exception:
-                    log.warning("could not record the outcome of %s", occ, exc_info=True)
 
     # ------------------------------------------------------------------ housekeeping
 
-    async def prune(self, keep: timedelta = timedelta(days=7)) -> tuple[int, int]:
+    async def prune(self, keep: timedelta = LEDGER_KEEP) -> tuple[int, int]:
         """Drop old ledger rows of missions that moved on, and usage past the budget window.
 
         Returns (ledger rows, usage rows) deleted. Cheap enough to call hourly.
@@ -566,7 +604,20 @@ class Scheduler:
         async with self.pool.connection() as conn:
             occurrences = await ledger.prune(conn, now - keep)
             usage = await ledger.prune_usage(conn, now - BUDGET_WINDOW - timedelta(hours=1))
+        metrics.LEDGER_PRUNED.labels(table="dispatch_ledger").inc(occurrences)
+        metrics.LEDGER_PRUNED.labels(table="token_usage").inc(usage)
         return occurrences, usage
+
+    async def _prune_loop(self) -> None:
+        while True:
+            await anyio.sleep(self.prune_every)
+            try:
+                occurrences, usage = await self.prune()
+            except Exception:
+                log.warning("pruning the ledger failed; trying again later", exc_info=True)
+                continue
+            if occurrences or usage:
+                log.info("pruned %d ledger rows and %d usage rows", occurrences, usage)
 
 
 def _attributes(occ: Occurrence, agent_id: str | None, agent_name: str | None) -> dict[str, Any]:

@@ -21,7 +21,9 @@ from .listener import FATAL, Follower
 from .migrate import migrate
 from .planner import Planner, PlannerConfig, planner_config_from_env
 from .projection import Projector
-from .runner import Runner
+from .runner import WRITE_ROLE, Runner
+from .sql import load
+from .worker import RunWorker
 
 if TYPE_CHECKING:
     from .scheduler import Scheduler
@@ -32,7 +34,10 @@ log = logging.getLogger(__name__)
 def run_service(settings: Settings) -> int:
     planner_config = planner_config_from_env()  # a bad planner setting fails before any work
     if planner_config is None and settings.scheduler:
-        log.warning("MANA_LLM_URL is not set: due missions are decided and recorded, not planned")
+        log.warning(
+            "MANA_LLM_URL is not set: due missions are decided and traced; nothing is claimed "
+            "or run until a planner is configured"
+        )
     applied = migrate(settings.database_url)
     if applied:
         log.info("migrations applied: %s", ", ".join(applied))
@@ -71,7 +76,9 @@ async def serve(
     pool = AsyncConnectionPool(
         settings.database_url,
         min_size=1,
-        max_size=4,
+        # The follower's work connection is its own; the pool serves the scheduler and the
+        # runs, which hold a connection only for their short ledger and write-back statements.
+        max_size=6,
         open=False,
         check=AsyncConnectionPool.check_connection,
         name="mana-ai-work",
@@ -91,6 +98,25 @@ async def serve(
             on_applied=on_applied,
         )
         follower = Follower(settings, projector, health)
+        worker = None
+        if dispatcher is not None and settings.scheduler:
+            if await write_role_ready(pool):
+                worker = RunWorker(
+                    pool,
+                    dispatcher,
+                    max_runs=settings.max_runs,
+                    lease=settings.run_lease,
+                    attempts=settings.run_attempts,
+                    backoff=settings.run_backoff,
+                    poll=settings.run_poll,
+                    tracer=telemetry.tracer(),
+                )
+            else:
+                log.error(
+                    "role %s is missing or not granted to this role: this process runs "
+                    "nothing; run `consumer migrate` (or the statement it prints)",
+                    WRITE_ROLE,
+                )
         async with anyio.create_task_group() as tg:
             tg.start_soon(_stop_on_signal, tg.cancel_scope)
             tg.start_soon(follower.run)
@@ -99,16 +125,24 @@ async def serve(
                 from .httpserver import serve_http
 
                 await tg.start(serve_http, settings.metrics_port, health, "0.0.0.0")
+            if worker is not None:
+                # Runs do not wait for leadership: standbys take runs from the ledger too.
+                tg.start_soon(worker.run)
             if settings.scheduler:
                 from .scheduler import Scheduler
 
                 def make_scheduler() -> Scheduler:
-                    return Scheduler(
+                    scheduler = Scheduler(
                         pool,
                         tracer=telemetry.tracer(),
                         max_sleep=settings.max_sleep,
-                        dispatcher=dispatcher,
+                        # No planner: decide and trace, claim nothing.
+                        claims=dispatcher is not None,
+                        on_claimed=worker.poke if worker is not None else None,
                     )
+                    if worker is not None:
+                        worker.on_finished = scheduler.slot_freed
+                    return scheduler
 
                 tg.start_soon(
                     _decide_while_leading,
@@ -171,6 +205,14 @@ def _both(
 async def _cancel_when_set(event: anyio.Event, scope: anyio.CancelScope) -> None:
     await event.wait()
     scope.cancel()
+
+
+async def write_role_ready(pool: AsyncConnectionPool) -> bool:
+    """The write role exists and this session may SET ROLE to it."""
+    async with pool.connection() as conn:
+        cur = await conn.execute(load("write_role_ready"), {"role": WRITE_ROLE})
+        row = await cur.fetchone()
+    return bool(row and row[0])
 
 
 async def _watch_lag(projector: Projector, health: Health) -> None:

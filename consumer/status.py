@@ -21,6 +21,10 @@ def collect(dsn: str) -> dict[str, Any]:
         names = [d.name for d in cur.description or []]
         status = dict(zip(names, row, strict=True))
         status.update(_leadership(conn))
+        cur = conn.execute(load("runs_status"))
+        runs = cur.fetchone()
+        names = [d.name for d in cur.description or []]
+        status["runs"] = dict(zip(names, runs, strict=True)) if runs else {}
     return status
 
 
@@ -61,7 +65,16 @@ def print_status(dsn: str, *, as_json: bool = False) -> int:
         "leader_since": "leader session started",
         "standbys_waiting": "standbys waiting for the lock",
     }
-    width = max(len(v) for v in labels.values())
+    runs = status.get("runs") or {}
+    run_labels = {
+        "by_state": "runs by state",
+        "oldest_running_seconds": "oldest running run (s)",
+        "expired_leases": "running with an expired lease",
+        "failed_last_hour": "runs failed in the last hour",
+    }
+    width = max(len(v) for v in (*labels.values(), *run_labels.values()))
     for key, label in labels.items():
         print(f"{label:<{width}}  {status.get(key)}")
+    for key, label in run_labels.items():
+        print(f"{label:<{width}}  {runs.get(key)}")
     return 0

@@ -7,6 +7,8 @@ from typing import Any
 
 import msgspec
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from consumer.iteration import (
     ParseFailure,
@@ -14,10 +16,13 @@ from consumer.iteration import (
     PlanStep,
     WriteBack,
     build_actor,
+    build_advance,
     build_iteration,
     build_writeback,
     iso_ms,
     parse_planner_reply,
+    rationale_of,
+    stamp_after,
 )
 
 GOOD = (
@@ -225,10 +230,11 @@ NOW = datetime(2026, 11, 26, 8, 30, 0, 5000, tzinfo=UTC)
 
 def test_writeback_fields() -> None:
     old = [{"id": "it-0"}]
-    mission = {"id": "m1", "iterations": old, "title": "T"}
+    # record_id is the snapshot's key: a record's own "id" field says nothing.
+    mission = {"id": "not-the-key", "iterations": old, "title": "T"}
     it = build_iteration(PlannerAnswer("s"), "it-1", T0, T1)
     actor = build_actor("m1", "it-1", None, "r")
-    wb = build_writeback(mission, "user-1", it, actor, NOW)
+    wb = build_writeback(mission, "m1", "user-1", it, actor, NOW)
     assert wb == WriteBack(
         user_id="user-1",
         record_id="m1",
@@ -246,23 +252,61 @@ def test_writeback_non_list_iterations_start_fresh(old: Any) -> None:
     mission: dict[str, Any] = {"id": "m1"}
     if old is not None:
         mission["iterations"] = old
-    wb = build_writeback(mission, "u", {"id": "it"}, {}, NOW)
+    wb = build_writeback(mission, "m1", "u", {"id": "it"}, {}, NOW)
     assert wb.data == {"iterations": [{"id": "it"}]}
 
 
 @pytest.mark.parametrize("user_id", ["", None])
 def test_writeback_empty_user_id_raises(user_id: Any) -> None:
     with pytest.raises(ValueError):
-        build_writeback({"id": "m1"}, user_id, {"id": "it"}, {}, NOW)
+        build_writeback({"id": "m1"}, "m1", user_id, {"id": "it"}, {}, NOW)
 
 
-@pytest.mark.parametrize("mission", [{}, {"id": ""}, {"id": 5}])
-def test_writeback_needs_mission_id(mission: dict[str, Any]) -> None:
+@pytest.mark.parametrize("key", ["", None, 5])
+def test_writeback_needs_the_mission_key(key: Any) -> None:
     with pytest.raises(ValueError):
-        build_writeback(mission, "u", {"id": "it"}, {}, NOW)
+        build_writeback({"id": "m1"}, key, "u", {"id": "it"}, {}, NOW)
+    with pytest.raises(ValueError):
+        build_advance(key, "u", NOW, NOW)
+
+
+def test_rationale_is_the_objective() -> None:
+    assert rationale_of({"objective": "Eine ruhige Woche"}) == "Eine ruhige Woche"
+    assert rationale_of({"objective": None}) == rationale_of({}) == ""
+
+
+def test_advance_row_moves_only_next_run_at_as_the_system() -> None:
+    later = NOW + timedelta(minutes=30)
+    wb = build_advance("m1", "u", later, NOW)
+    assert (wb.data, wb.field_meta) == (
+        {"nextRunAt": "2026-11-26T09:00:00.005Z"}, {"nextRunAt": "2026-11-26T08:30:00.005Z"})
+    assert wb.actor["kind"] == "system" and wb.record_id == "m1"
+
+
+_US_NOW = (NOW - datetime(1970, 1, 1, tzinfo=UTC)) // timedelta(microseconds=1)
+
+
+@given(
+    ahead_us=st.integers(min_value=-10**10, max_value=10**10),
+    others=st.lists(st.one_of(st.none(), st.integers(0, 2 * 10**15)), max_size=3),
+)
+def test_stamp_after_is_never_earlier_than_now_nor_a_clock(
+    ahead_us: int, others: list[int | None]
+) -> None:
+    clocks = [_US_NOW + ahead_us, *others]
+    stamp = stamp_after(NOW, clocks)
+    assert stamp >= NOW
+    written = iso_ms(stamp)  # as it goes into field_meta: milliseconds
+    parsed = datetime.fromisoformat(written.replace("Z", "+00:00"))
+    us = (parsed - datetime(1970, 1, 1, tzinfo=UTC)) // timedelta(microseconds=1)
+    assert all(us > c for c in clocks if c is not None and c >= _US_NOW), (written, clocks)
+
+
+def test_stamp_after_without_clocks_is_now() -> None:
+    assert stamp_after(NOW, []) == stamp_after(NOW, [None]) == NOW
 
 
 def test_writeback_is_frozen() -> None:
-    wb = build_writeback({"id": "m1"}, "u", {"id": "it"}, {}, NOW)
+    wb = build_writeback({"id": "m1"}, "m1", "u", {"id": "it"}, {}, NOW)
     with pytest.raises(AttributeError):
         wb.user_id = ""  # type: ignore[misc]

@@ -12,12 +12,15 @@ from typing import Any
 import anyio
 import psycopg
 import pytest
+from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool
 
 from consumer import metrics
-from consumer.db import aconnect, user_transaction
+from consumer.db import aconnect
 from consumer.errors import ConfigError
-from consumer.iteration import iso_ms
+from consumer.iteration import WriteBack, iso_ms
+from consumer.ledger import Job
+from consumer.migrate import WRITE_ROLE
 from consumer.planner import (
     Planner,
     PlannerConfig,
@@ -30,12 +33,16 @@ from consumer.runner import (
     MIN_INTERVAL_MINUTES,
     OUTCOME_PARSE_FAILURE,
     OUTCOME_WRITTEN_BACK,
+    LeaseLost,
+    RunFailed,
     Runner,
+    insert_as_writer,
     next_run_after,
 )
 from consumer.scheduler import Scheduler
 from consumer.sql import load
 from consumer.telemetry import in_memory_provider, tracer
+from consumer.worker import RunWorker
 from tests.logtools import agent as log_agent
 from tests.logtools import mission as log_mission
 from tests.planner_stub import PlannerStub
@@ -138,6 +145,39 @@ async def pool(db: str) -> AsyncIterator[AsyncConnectionPool]:
     async with AsyncConnectionPool(db, min_size=1, max_size=4, open=False) as p:
         await p.open(wait=True)
         yield p
+
+
+async def leased(
+    pool: AsyncConnectionPool, mission: dict[str, Any], user_id: str = "u1",
+    agent: dict[str, Any] | None = None, due: str = DUE,
+) -> Job:
+    """An occurrence in the ledger, leased by this test as its first attempt."""
+    due_at = datetime.fromisoformat(due)
+    agent_id = mission.get("agentId") or None
+    async with pool.connection() as conn:
+        await conn.execute(
+            """INSERT INTO mana_ai.dispatch_ledger (user_id, mission_id, due_at, next_run_at,
+                   decision, agent_id, state, attempts, lease_owner, wake_at)
+               VALUES (%s, %s, %s, %s, 'ran', %s, 'running', 1, 'test',
+                       now() + interval '5 minutes')""",
+            (user_id, mission["id"], due_at, due, agent_id),
+        )
+        await conn.commit()
+    return Job(user_id=user_id, mission_id=mission["id"], due_at=due_at, next_run_at=due,
+               agent_id=agent_id, attempt=1, owner="test", trace_id=None, parent_span=None,
+               lease_expired=False, mission=mission, agent=agent)
+
+
+async def run(runner: Runner, mission: dict[str, Any], user_id: str = "u1",
+              agent: dict[str, Any] | None = None) -> str:
+    return await runner.dispatch(await leased(runner.pool, mission, user_id, agent))
+
+
+def ledger_state(dsn: str) -> list[tuple]:
+    with psycopg.connect(dsn) as conn:
+        return conn.execute(
+            "SELECT mission_id, state, outcome, attempts FROM mana_ai.dispatch_ledger ORDER BY 1"
+        ).fetchall()
 
 
 # --------------------------------------------------------------------------- planner
@@ -268,8 +308,9 @@ async def test_agent_mission_is_planned_and_written_back(
                                      "mana_ai_plans_written_back_total",
                                      "mana_ai_parse_failures_total")}
     runner = Runner(pool, planner, clock=StepClock())
-    outcome = await runner.dispatch(MISSION, "u1", AGENT, DUE)
+    outcome = await run(runner, MISSION, "u1", AGENT)
     assert outcome == OUTCOME_WRITTEN_BACK
+    assert ledger_state(db) == [("m1", "done", "written-back", 1)]
 
     # The planner: bearer key, system + user, the exact agent context block.
     (req,) = stub.requests
@@ -306,7 +347,7 @@ async def test_agent_mission_is_planned_and_written_back(
         "client_id": "mana-ai-runner", "schema_version": 1, "origin": "agent",
         "actor": {"kind": "ai", "principalId": "a1", "displayName": "Ada",
                   "missionId": "m1", "iterationId": iteration_id,
-                  "rationale": "Zwei Schritte fuer die Woche"},
+                  "rationale": "Eine ruhige Woche"},  # the mission's objective
         "space_id": None,
     }
     assert usage_rows(db) == [("u1", "a1", 123)]
@@ -322,8 +363,7 @@ async def test_ciphertext_never_reaches_the_planner(
     agent = {**AGENT, "systemPrompt": "enc:1:c2VjcmV0", "memory": "enc:1:bWVtb3J5"}
     mission = {**MISSION, "description": "enc:1:ZGVzYw==", "conceptMarkdown": "enc:1:x",
                "iterations": [{**OLD_ITERATION, "summary": "enc:1:b2xk"}]}
-    assert await Runner(pool, planner).dispatch(mission, "u1", agent, "x") == (
-        OUTCOME_WRITTEN_BACK)
+    assert await run(Runner(pool, planner), mission, "u1", agent) == OUTCOME_WRITTEN_BACK
     (req,) = stub.requests
     assert not [s for s in strings(req.body) if "enc:1:" in s]
     system = req.body["messages"][0]["content"]
@@ -338,7 +378,7 @@ async def test_legacy_mission_runs_as_the_default_identity(
 ) -> None:
     stub.content = json.dumps({"summary": "", "steps": [PLAN["steps"][1]]})
     legacy = {k: v for k, v in MISSION.items() if k not in ("agentId", "iterations")}
-    assert await Runner(pool, planner).dispatch(legacy, "u2", None, "x") == OUTCOME_WRITTEN_BACK
+    assert await run(Runner(pool, planner), legacy, "u2", None) == OUTCOME_WRITTEN_BACK
     system = stub.requests[0].body["messages"][0]["content"]
     assert system == PLANNER_SYSTEM_PROMPT  # no agent, no block
     (row,) = written(db)
@@ -347,7 +387,7 @@ async def test_legacy_mission_runs_as_the_default_identity(
     assert row["actor"] == {
         "kind": "ai", "principalId": "legacy:ai-default", "displayName": "Mana",
         "missionId": "m1", "iterationId": iteration["id"],
-        "rationale": "nicht vergessen",  # no summary: the first step's rationale
+        "rationale": "Eine ruhige Woche",  # the mission's objective, as upstream
     }
     assert usage_rows(db) == []  # the budget is per agent
 
@@ -358,13 +398,11 @@ async def test_a_plan_without_steps_is_approved(
 ) -> None:
     # Models like fences and prose; the parser takes the first fenced block.
     stub.content = 'Hier:\n```json\n{"summary": "Nichts zu tun", "steps": []}\n```'
-    assert await Runner(pool, planner).dispatch(MISSION, "u1", AGENT, "x") == (
-        OUTCOME_WRITTEN_BACK)
+    assert await run(Runner(pool, planner), MISSION, "u1", AGENT) == OUTCOME_WRITTEN_BACK
     (row,) = written(db)
     new = row["data"]["iterations"][-1]
     assert (new["plan"], new["overallStatus"], new["summary"]) == ([], "approved",
                                                                    "Nichts zu tun")
-    assert row["actor"]["rationale"] == "Nichts zu tun"
 
 
 @pytest.mark.anyio
@@ -378,17 +416,17 @@ async def test_a_garbage_reply_is_a_counted_parse_failure(
     before = {n: sample(n) for n in ("mana_ai_parse_failures_total",
                                      "mana_ai_plans_produced_total",
                                      "mana_ai_plans_written_back_total")}
-    provider, exporter = in_memory_provider()
-    runner = Runner(pool, planner, tracer=tracer(provider))
-    assert await runner.dispatch(MISSION, "u1", AGENT, "x") == OUTCOME_PARSE_FAILURE
+    runner = Runner(pool, planner)
+    with pytest.raises(RunFailed) as failed:
+        await run(runner, MISSION, "u1", AGENT)
+    assert failed.value.outcome == OUTCOME_PARSE_FAILURE and failed.value.retryable
     assert written(db) == []
     assert {n: sample(n) - v for n, v in before.items()} == {
         "mana_ai_parse_failures_total": 1, "mana_ai_plans_produced_total": 0,
         "mana_ai_plans_written_back_total": 0}
     # The tokens were spent all the same: the agent's budget counts them.
     assert usage_rows(db) == [("u1", "a1", 123)]
-    (run,) = [s for s in exporter.get_finished_spans() if s.name == "mission.run"]
-    assert run.attributes is not None and run.attributes["run.outcome"] == "parse-failure"
+    assert ledger_state(db) == [("m1", "running", None, 1)]  # the worker decides what next
 
 
 @pytest.mark.anyio
@@ -398,15 +436,18 @@ async def test_planner_failure_raises_and_writes_nothing(
     provider, exporter = in_memory_provider()
     async with Planner(PlannerConfig(base_url=stub.url, api_key=KEY, timeout=0.3)) as planner:
         runner = Runner(pool, planner, tracer=tracer(provider))
-        stub.status = 500
-        with pytest.raises(PlannerError, match="HTTP 500"):
-            await runner.dispatch(MISSION, "u1", AGENT, "x")
-        stub.status, stub.delay = 200, 3.0
-        with pytest.raises(PlannerError, match="timed out"):
-            await runner.dispatch(MISSION, "u1", AGENT, "x")
+        job = await leased(pool, MISSION, "u1", AGENT)
+        cases = [(500, 0.0, "HTTP 500", True), (200, 3.0, "timed out", True),
+                 (429, 0.0, "HTTP 429", True), (400, 0.0, "HTTP 400", False)]
+        for status, delay, message, retryable in cases:
+            stub.status, stub.delay = status, delay
+            with pytest.raises(RunFailed, match=message) as failed:
+                await runner.dispatch(job)
+            assert failed.value.retryable is retryable, status
+            assert KEY not in str(failed.value)
     assert written(db) == [] and usage_rows(db) == []
     spans = exporter.get_finished_spans()
-    assert [s.name for s in spans] == ["planner.request", "mission.run"] * 2
+    assert [s.name for s in spans] == ["planner.request"] * len(cases)
     assert all(s.status.status_code.name == "ERROR" for s in spans)
 
 
@@ -417,7 +458,23 @@ async def test_spans_nest_under_the_callers_span(
     provider, exporter = in_memory_provider()
     t = tracer(provider)
     with t.start_as_current_span("mission.decision") as decision:
-        await Runner(pool, planner, tracer=t).dispatch(MISSION, "u1", AGENT, "occ")
+        ctx = decision.get_span_context()
+    await leased(pool, MISSION, "u1", AGENT)
+    async with pool.connection() as conn:
+        # The worker reads the mission and agent as projected.
+        await conn.execute(
+            "INSERT INTO mana_ai.mission_snapshots (user_id, mission_id, record) "
+            "VALUES ('u1', 'm1', %s)", (Jsonb(MISSION),))
+        await conn.execute(
+            "INSERT INTO mana_ai.agent_snapshots (user_id, agent_id, record) "
+            "VALUES ('u1', 'a1', %s)", (Jsonb(AGENT),))
+        # Reset to claimed, carrying the decision's ids, as the scheduler's claim does.
+        await conn.execute(
+            "UPDATE mana_ai.dispatch_ledger SET state = 'claimed', attempts = 0, "
+            "wake_at = now(), trace_id = %s, parent_span = %s",
+            (f"{ctx.trace_id:032x}", f"{ctx.span_id:016x}"))
+        await conn.commit()
+    await RunWorker(pool, Runner(pool, planner, tracer=t), tracer=t).drain()
     spans = {s.name: s for s in exporter.get_finished_spans()}
     run = spans["mission.run"]
     assert run.parent is not None and run.parent.span_id == decision.get_span_context().span_id
@@ -425,69 +482,69 @@ async def test_spans_nest_under_the_callers_span(
         parent = spans[child].parent
         assert parent is not None and parent.span_id == run.context.span_id
     attrs = dict(run.attributes or {})
+    assert run.context.trace_id == decision.get_span_context().trace_id
     assert attrs["mission.id"] == "m1" and attrs["agent.id"] == "a1"
     assert attrs["run.outcome"] == "written-back" and attrs["iteration.steps"] == 2
+    assert attrs["run.attempt"] == 1
     assert attrs["iteration.status"] == "awaiting-review"
     assert dict(spans["planner.request"].attributes or {})["planner.tokens"] == 123
 
 
 @pytest.mark.anyio
-async def test_write_back_is_rls_scoped_for_a_role_without_bypassrls(
-    db: str, stub: PlannerStub, planner: Planner
+async def test_write_back_is_inserted_as_the_write_role_that_rls_binds(
+    db: str, pool: AsyncConnectionPool, stub: PlannerStub, planner: Planner
 ) -> None:
-    role = f"runner_{uuid.uuid4().hex[:10]}"
-    with psycopg.connect(db, autocommit=True) as admin:
-        admin.execute(f"CREATE ROLE {role} NOLOGIN NOSUPERUSER NOBYPASSRLS")
-        # Exactly what the write needs: no SELECT on the log, no BYPASSRLS.
-        admin.execute(f"GRANT USAGE ON SCHEMA mana_ai TO {role}")
-        admin.execute(f"GRANT INSERT ON public.sync_changes TO {role}")
-        admin.execute(f"GRANT INSERT ON mana_ai.token_usage TO {role}")
-
-    async def as_role(conn: psycopg.AsyncConnection) -> None:
-        await conn.execute(f"SET ROLE {role}")
-        await conn.commit()
-
-    try:
-        async with AsyncConnectionPool(db, min_size=1, max_size=2, open=False,
-                                       configure=as_role) as pool:
-            await pool.open(wait=True)
-            async with pool.connection() as conn:
-                cur = await conn.execute(
-                    "SELECT current_user, rolbypassrls, rolsuper FROM pg_roles "
-                    "WHERE rolname = current_user")
-                assert await cur.fetchone() == (role, False, False)
-            runner = Runner(pool, planner)
-            assert await runner.dispatch(MISSION, "u1", AGENT, "x") == OUTCOME_WRITTEN_BACK
-
-            # The policy is live for this role: a row for another user is refused, and so is
-            # a row written outside a user-scoped transaction.
-            params = {
-                "id": str(uuid.uuid4()), "app_id": "ai", "table_name": "aiMissions",
-                "record_id": "m1", "user_id": "u2", "op": "update", "data": "{}",
-                "field_meta": "{}", "client_id": "mana-ai-runner", "schema_version": 1,
-                "actor": "{}", "origin": "agent",
-            }
-            async with pool.connection() as conn:
-                with pytest.raises(psycopg.errors.InsufficientPrivilege,
-                                   match="row-level security"):
-                    async with user_transaction(conn, "u1"):
-                        await conn.execute(load("writeback_insert"), params)
-            async with pool.connection() as conn:
-                with pytest.raises(psycopg.errors.InsufficientPrivilege):
-                    async with conn.transaction():
-                        await conn.execute(load("writeback_insert"),
-                                           {**params, "user_id": "u1"})
-            async with pool.connection() as conn:
-                with pytest.raises(ValueError, match="empty user id"):
-                    async with user_transaction(conn, ""):
-                        pass
-    finally:
-        with psycopg.connect(db, autocommit=True) as admin:
-            admin.execute(f"DROP OWNED BY {role}")
-            admin.execute(f"DROP ROLE {role}")
+    assert await run(Runner(pool, planner), MISSION, "u1", AGENT) == OUTCOME_WRITTEN_BACK
     (row,) = written(db)
     assert (row["user_id"], row["record_id"]) == ("u1", "m1")
-    assert usage_rows(db) == [("u1", "a1", 123)]
+
+    # The write role, not the (superuser) session, is what the database checks: a row for
+    # another user is refused by the policy's WITH CHECK, and so is a row written without a
+    # user, and the role cannot read the log at all.
+    params = {
+        "id": str(uuid.uuid4()), "app_id": "ai", "table_name": "aiMissions",
+        "record_id": "m1", "user_id": "u2", "op": "update", "data": "{}",
+        "field_meta": "{}", "client_id": "mana-ai-runner", "schema_version": 1,
+        "actor": "{}", "origin": "agent",
+    }
+    async with pool.connection() as conn:
+        with pytest.raises(psycopg.errors.InsufficientPrivilege, match="row-level security"):
+            async with conn.transaction():
+                await conn.execute(f"SET LOCAL ROLE {WRITE_ROLE}")
+                cur = await conn.execute(
+                    "SELECT current_user, rolbypassrls, rolsuper, rolcanlogin FROM pg_roles "
+                    "WHERE rolname = current_user")
+                assert await cur.fetchone() == (WRITE_ROLE, False, False, False)
+                await conn.execute("SELECT set_config('app.current_user_id', 'u1', true)")
+                await conn.execute(load("writeback_insert"), params)
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            async with conn.transaction():
+                await conn.execute(f"SET LOCAL ROLE {WRITE_ROLE}")
+                await conn.execute(load("writeback_insert"), {**params, "user_id": "u1"})
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            async with conn.transaction():
+                await conn.execute(f"SET LOCAL ROLE {WRITE_ROLE}")
+                await conn.execute("SELECT count(*) FROM public.sync_changes")
+        with pytest.raises(ValueError, match="empty user id"):
+            async with conn.transaction():
+                await insert_as_writer(conn, WriteBack(
+                    user_id="", record_id="m1", data={}, field_meta={}, actor={}), "x")
+    assert len(written(db)) == 1
+
+
+@pytest.mark.anyio
+async def test_a_lost_lease_rolls_the_write_back_back(
+    db: str, pool: AsyncConnectionPool, planner: Planner
+) -> None:
+    job = await leased(pool, MISSION, "u1", AGENT)
+    async with pool.connection() as conn:
+        # The lease expired and another process took the occurrence as attempt 2.
+        await conn.execute("UPDATE mana_ai.dispatch_ledger SET attempts = 2, lease_owner = 'b'")
+        await conn.commit()
+    with pytest.raises(LeaseLost):
+        await Runner(pool, planner).dispatch(job)
+    assert written(db) == [] and usage_rows(db) == []
+    assert ledger_state(db) == [("m1", "running", None, 2)]
 
 
 @pytest.mark.anyio
@@ -498,8 +555,8 @@ async def test_write_back_is_rls_scoped_for_a_role_without_bypassrls(
 async def test_an_interval_cadence_advances_next_run_at(
     db: str, pool: AsyncConnectionPool, planner: Planner, cadence: dict[str, Any]
 ) -> None:
-    await Runner(pool, planner, clock=StepClock()).dispatch(
-        {**MISSION, "cadence": cadence}, "u1", AGENT, DUE)
+    await run(Runner(pool, planner, clock=StepClock()), {**MISSION, "cadence": cadence}, "u1",
+              AGENT)
     (row,) = written(db)
     finished = T0 + timedelta(seconds=2)
     assert row["data"]["nextRunAt"] == iso_ms(finished + timedelta(minutes=30))
@@ -510,8 +567,8 @@ async def test_an_interval_cadence_advances_next_run_at(
 async def test_other_cadences_leave_next_run_at_alone(
     db: str, pool: AsyncConnectionPool, planner: Planner
 ) -> None:
-    await Runner(pool, planner).dispatch(
-        {**MISSION, "cadence": {"kind": "daily", "at": "08:00"}}, "u1", AGENT, "x")
+    await run(Runner(pool, planner), {**MISSION, "cadence": {"kind": "daily", "at": "08:00"}},
+              "u1", AGENT)
     (row,) = written(db)
     assert set(row["data"]) == {"iterations"} and set(row["field_meta"]) == {"iterations"}
 

@@ -10,4 +10,4 @@ WHERE m.record->>'state' = 'active'
   AND NOT EXISTS (
       SELECT 1 FROM mana_ai.dispatch_ledger l
       WHERE l.user_id = m.user_id AND l.mission_id = m.mission_id
-        AND l.next_run_at = m.record->>'nextRunAt')
+        AND l.due_at = mana_ai.instant(m.record->>'nextRunAt'))

@@ -1,11 +1,16 @@
--- Claim a pass's `ran` occurrences in one statement (one commit, one WAL flush). Returns the
--- rows this caller inserted: the claims it won. Inserted in key order, so two schedulers
--- claiming overlapping sets wait on each other instead of deadlocking.
-INSERT INTO mana_ai.dispatch_ledger (user_id, mission_id, next_run_at, decision, reason, agent_id)
-SELECT user_id, mission_id, next_run_at, decision, reason, agent_id
-FROM unnest(%(users)s::text[], %(missions)s::text[], %(next_run_ats)s::text[],
-            %(decisions)s::text[], %(reasons)s::text[], %(agents)s::text[])
-     AS x(user_id, mission_id, next_run_at, decision, reason, agent_id)
-ORDER BY user_id, mission_id, next_run_at
-ON CONFLICT (user_id, mission_id, next_run_at) DO NOTHING
-RETURNING user_id, mission_id, next_run_at
+-- The leader records a pass's `ran` decisions as `claimed` occurrences, in one statement (one
+-- commit). Returns the rows inserted: an occurrence already in the ledger (decided before,
+-- under another spelling of the same instant, or by a deposed leader) is not claimed again.
+-- Inserted in key order, so two writers of overlapping sets wait instead of deadlocking.
+INSERT INTO mana_ai.dispatch_ledger
+    (user_id, mission_id, due_at, next_run_at, decision, reason, agent_id, trace_id,
+     parent_span, state, wake_at)
+SELECT user_id, mission_id, due_at, next_run_at, 'ran', reason, agent_id, trace_id,
+       parent_span, 'claimed', now()
+FROM unnest(%(users)s::text[], %(missions)s::text[], %(due_ats)s::timestamptz[],
+            %(next_run_ats)s::text[], %(reasons)s::text[], %(agents)s::text[],
+            %(trace_ids)s::text[], %(parent_spans)s::text[])
+     AS x(user_id, mission_id, due_at, next_run_at, reason, agent_id, trace_id, parent_span)
+ORDER BY user_id, mission_id, due_at
+ON CONFLICT (user_id, mission_id, due_at) DO NOTHING
+RETURNING user_id, mission_id, due_at
