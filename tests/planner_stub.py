@@ -10,15 +10,45 @@ lower-cased headers, JSON body); the reply is built from the attributes at the t
 request, so a test may change them between calls: `content`, `status`, `delay` (seconds
 before answering), `usage` (the usage object, or None to leave it out) and `raw` (a body
 sent verbatim instead of a completion, or of the error body when status >= 400).
+
+`script`: a list of per-request overrides (dicts of those attribute names, plus "headers"),
+consumed one per request in arrival order; when empty, the attributes apply. `calls` records
+(start, end, agent name or None) per answered request, in time.monotonic(), so a test can
+check how many requests of one agent overlapped.
 """
 
 from __future__ import annotations
 
 import json
+import re
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import TracebackType
 from typing import Any
+
+_AGENT_LINE = re.compile(r"^Agent: (.+)$", re.MULTILINE)
+
+
+def _agent_of(body: Any) -> str | None:
+    """The agent's name from the <agent_context> block of the system message, if any."""
+    try:
+        system = body["messages"][0]["content"]
+    except (KeyError, IndexError, TypeError):
+        return None
+    match = _AGENT_LINE.search(system) if isinstance(system, str) else None
+    return match.group(1) if match else None
+
+
+def max_overlap(intervals: list[tuple[float, float]]) -> int:
+    """The most intervals open at one instant (an end and a start at the same time do not
+    overlap)."""
+    events = sorted([(s, 1) for s, _ in intervals] + [(e, -1) for _, e in intervals])
+    most = current = 0
+    for _, step in events:
+        current += step
+        most = max(most, current)
+    return most
 
 
 class Recorded:
@@ -49,6 +79,8 @@ class PlannerStub:
             else {"prompt_tokens": 100, "completion_tokens": 23, "total_tokens": 123}
         )
         self.raw = raw
+        self.script: list[dict[str, Any]] = []
+        self.calls: list[tuple[float, float, str | None]] = []
         self.requests: list[Recorded] = []
         self._lock = threading.Lock()
         self._stopping = threading.Event()
@@ -61,16 +93,18 @@ class PlannerStub:
         host, port = self._server.server_address[:2]
         return f"http://{host!s}:{port}"
 
-    def reply_body(self) -> bytes:
-        if self.raw is not None:
-            return self.raw.encode()
+    def reply_body(self, over: dict[str, Any] | None = None) -> bytes:
+        over = over or {}
+        raw = over.get("raw", self.raw)
+        if raw is not None:
+            return str(raw).encode()
         completion: dict[str, Any] = {
             "id": "chatcmpl-stub",
             "object": "chat.completion",
             "model": "stub-model",
             "choices": [{
                 "index": 0,
-                "message": {"role": "assistant", "content": self.content},
+                "message": {"role": "assistant", "content": over.get("content", self.content)},
                 "finish_reason": "stop",
             }],
         }
@@ -89,23 +123,32 @@ class PlannerStub:
                     body: Any = json.loads(raw)
                 except ValueError:
                     body = raw.decode(errors="replace")
+                started = time.monotonic()
                 with stub._lock:
                     stub.requests.append(
                         Recorded(self.path, {k.lower(): v for k, v in self.headers.items()},
                                  body)
                     )
-                if stub.delay > 0 and stub._stopping.wait(stub.delay):
+                    over = stub.script.pop(0) if stub.script else {}
+                status = over.get("status", stub.status)
+                delay = over.get("delay", stub.delay)
+                if delay > 0 and stub._stopping.wait(delay):
                     return  # shutting down
-                payload = (stub.reply_body() if stub.status < 400 or stub.raw is not None
+                raw = over.get("raw", stub.raw)
+                payload = (stub.reply_body(over) if status < 400 or raw is not None
                            else b'{"error": {"message": "stub failure"}}')
                 try:
-                    self.send_response(stub.status)
+                    self.send_response(status)
                     self.send_header("Content-Type", "application/json")
                     self.send_header("Content-Length", str(len(payload)))
+                    for name, value in over.get("headers", {}).items():
+                        self.send_header(name, value)
                     self.end_headers()
                     self.wfile.write(payload)
                 except (BrokenPipeError, ConnectionResetError):
-                    pass  # the client gave up (a timeout test)
+                    return  # the client gave up (a timeout test)
+                with stub._lock:
+                    stub.calls.append((started, time.monotonic(), _agent_of(body)))
 
             def log_message(self, format: str, *args: Any) -> None:
                 pass  # keep test output clean

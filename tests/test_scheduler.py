@@ -394,7 +394,11 @@ async def test_prune_keeps_the_current_occurrence(env: Env) -> None:
         await ledger.record_usage(conn, "u1", "a1", 5)
     later = Scheduler(env.pool, tracer=env.tracer,
                       clock=lambda: datetime.now(UTC) + timedelta(days=8))
+    pruned = metrics.REGISTRY.get_sample_value(
+        "mana_ai_ledger_pruned_rows_total", {"table": "dispatch_ledger"}) or 0
     assert await later.prune() == (1, 1)
+    assert metrics.REGISTRY.get_sample_value(
+        "mana_ai_ledger_pruned_rows_total", {"table": "dispatch_ledger"}) == pruned + 1
     # "stuck" keeps its row: its nextRunAt never moved, so forgetting it would run it again.
     assert [r[0] for r in ledger_rows(env.dsn)] == ["stuck"]
     assert await s.run_pass() == []

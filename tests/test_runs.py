@@ -1,0 +1,429 @@
+"""The run lifecycle end to end: retries, leases taken over from dead processes, exactly one
+iteration per occurrence, runs on every replica, occurrences as instants, device clocks,
+no planner. Real PostgreSQL; the planner is the stub over HTTP; `consumer run` processes
+where a process has to die."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager, contextmanager
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import anyio
+import psycopg
+import pytest
+from psycopg_pool import AsyncConnectionPool
+
+from consumer import metrics
+from consumer.db import aconnect
+from consumer.iteration import iso_ms
+from consumer.planner import Planner, PlannerConfig
+from consumer.projection import Projector
+from consumer.runner import Runner
+from consumer.migrate import WRITE_ROLE, ensure_write_role
+from consumer.scheduler import Scheduler
+from consumer.status import collect
+from consumer.telemetry import in_memory_provider, tracer
+from tests.logtools import agent, mission, write
+from tests.planner_stub import PlannerStub, max_overlap
+
+KEY = "sk-runs-test-key"
+PLAN = json.dumps({"summary": "ok", "steps": []})
+FAST = {"backoff": 0.2, "attempts": 3, "lease": 5.0, "poll": 0.05}
+
+
+def at(seconds: float) -> str:
+    return iso_ms(datetime.now(UTC) + timedelta(seconds=seconds))
+
+
+def snapshot(dsn: str, mission_id: str) -> dict[str, Any]:
+    with psycopg.connect(dsn) as conn:
+        row = conn.execute(
+            "SELECT record FROM mana_ai.mission_snapshots WHERE mission_id = %s", (mission_id,)
+        ).fetchone()
+    assert row is not None
+    return row[0]
+
+
+def ledger(dsn: str) -> list[dict[str, Any]]:
+    with psycopg.connect(dsn) as conn:
+        cur = conn.execute(
+            """SELECT mission_id, state, attempts, outcome, last_error, lease_owner
+               FROM mana_ai.dispatch_ledger ORDER BY mission_id, due_at""")
+        names = [c.name for c in cur.description or []]
+        return [dict(zip(names, r, strict=True)) for r in cur.fetchall()]
+
+
+def iterations_written(dsn: str) -> Counter[str]:
+    """Write-back rows carrying an iteration, per mission."""
+    with psycopg.connect(dsn) as conn:
+        rows = conn.execute(
+            """SELECT record_id FROM public.sync_changes
+               WHERE client_id = 'mana-ai-runner' AND data ? 'iterations'""").fetchall()
+    return Counter(r[0] for r in rows)
+
+
+def sample(name: str, labels: dict[str, str] | None = None) -> float:
+    return metrics.REGISTRY.get_sample_value(name, labels or {}) or 0.0
+
+
+class Env:
+    """One process's scheduler + worker, the projection driven by the test."""
+
+    def __init__(self, dsn: str, pool: AsyncConnectionPool, work: psycopg.AsyncConnection,
+                 log: psycopg.Connection, stub: PlannerStub, planner: Planner) -> None:
+        self.dsn, self.pool, self.work, self.log = dsn, pool, work, log
+        self.stub, self.planner = stub, planner
+        self.provider, self.exporter = in_memory_provider()
+        self.tracer = tracer(self.provider)
+        self.scheduler: Scheduler | None = None
+        self.projector = Projector(on_applied=self._notify)
+
+    def _notify(self, applied: Any) -> None:
+        if self.scheduler is not None:
+            self.scheduler.notify_changed(applied)
+
+    def make(self, *, planner: bool = True, **worker: Any) -> Scheduler:
+        runner = Runner(self.pool, self.planner, tracer=self.tracer) if planner else None
+        self.scheduler = Scheduler(
+            self.pool, tracer=self.tracer, dispatcher=runner, claims=planner,
+            worker_options={**FAST, **worker}, prune_every=0)
+        return self.scheduler
+
+    async def until(self, pred: Callable[[], bool], within: float = 10.0) -> None:
+        """Apply the journal (the follower's job) until pred() holds."""
+        with anyio.fail_after(within):
+            while True:
+                await self.projector.catch_up(self.work)
+                if pred():
+                    return
+                await anyio.sleep(0.02)
+
+    def decisions(self, mission_id: str) -> list[dict[str, Any]]:
+        return [dict(s.attributes or {}) for s in self.exporter.get_finished_spans()
+                if s.name == "mission.decision"
+                and (s.attributes or {}).get("mission.id") == mission_id]
+
+
+@pytest.fixture
+def stub() -> Iterator[PlannerStub]:
+    with PlannerStub(PLAN) as s:
+        yield s
+
+
+@pytest.fixture
+async def env(db: str, stub: PlannerStub) -> AsyncIterator[Env]:
+    config = PlannerConfig(base_url=stub.url, api_key=KEY, timeout=2.0)
+    async with AsyncConnectionPool(db, min_size=1, max_size=6, open=False) as pool, \
+            Planner(config) as planner:
+        await pool.open(wait=True)
+        async with await aconnect(db) as work:
+            with psycopg.connect(db, autocommit=True) as log:
+                e = Env(db, pool, work, log, stub, planner)
+                await e.projector.bootstrap(work)
+                yield e
+
+
+@asynccontextmanager
+async def running(s: Scheduler) -> AsyncIterator[None]:
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(s.run)
+        yield
+        tg.cancel_scope.cancel()
+
+
+def moved(dsn: str, mission_id: str, due: str) -> bool:
+    return snapshot(dsn, mission_id).get("nextRunAt") != due
+
+
+# --------------------------------------------------------------------------- retries
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("first", [
+    {"status": 503, "headers": {"Retry-After": "0"}},
+    {"content": "I would rather not."},
+], ids=["503-then-200", "garbage-then-good"])
+async def test_a_failed_attempt_is_tried_again_and_the_interval_moves_on(
+    env: Env, first: dict[str, Any]
+) -> None:
+    due = at(-5)
+    mission(env.log, "m1", state="active", nextRunAt=due, objective="o",
+            cadence={"kind": "interval", "everyMinutes": 60})
+    env.stub.script = [first]
+    retries = sample("mana_ai_runs_total", {"outcome": "retry"})
+    s = env.make()
+    async with running(s):
+        await env.until(lambda: moved(env.dsn, "m1", due))
+    (row,) = ledger(env.dsn)
+    assert (row["state"], row["attempts"], row["outcome"]) == ("done", 2, "written-back")
+    assert row["last_error"]  # the first attempt's reason is kept
+    assert len(env.stub.requests) == 2
+    assert iterations_written(env.dsn) == {"m1": 1}
+    assert len(snapshot(env.dsn, "m1")["iterations"]) == 1
+    nxt = datetime.fromisoformat(snapshot(env.dsn, "m1")["nextRunAt"])
+    assert timedelta(minutes=59) < nxt - datetime.now(UTC) <= timedelta(minutes=60)
+    assert sample("mana_ai_runs_total", {"outcome": "retry"}) == retries + 1
+
+
+@pytest.mark.anyio
+async def test_always_failing_ends_failed_and_the_interval_still_moves_on(env: Env) -> None:
+    due = at(-5)
+    mission(env.log, "m1", state="active", nextRunAt=due,
+            cadence={"kind": "interval", "everyMinutes": 30})
+    mission(env.log, "once", state="active", nextRunAt=due)  # no interval: stays put
+    env.stub.status = 500
+    failed = sample("mana_ai_runs_total", {"outcome": "failed"})
+    s = env.make()
+    async with running(s):
+        await env.until(lambda: moved(env.dsn, "m1", due))
+        await env.until(lambda: all(r["state"] == "failed" for r in ledger(env.dsn)))
+    rows = {r["mission_id"]: r for r in ledger(env.dsn)}
+    for row in rows.values():
+        assert (row["state"], row["attempts"]) == ("failed", 3)
+        assert "HTTP 500" in row["last_error"] and KEY not in row["last_error"]
+    assert len(env.stub.requests) == 6  # 3 attempts each, one at a time
+    assert iterations_written(env.dsn) == {}
+    nxt = datetime.fromisoformat(snapshot(env.dsn, "m1")["nextRunAt"])
+    assert timedelta(minutes=29) < nxt - datetime.now(UTC) <= timedelta(minutes=30)
+    assert snapshot(env.dsn, "once")["nextRunAt"] == due
+    assert sample("mana_ai_runs_total", {"outcome": "failed"}) == failed + 2
+    runs = collect(env.dsn)["runs"]  # what `consumer status --json` shows
+    assert runs["by_state"] == {"failed": 2} and runs["failed_last_hour"] == 2
+    assert runs["oldest_running_seconds"] is None and runs["expired_leases"] == 0
+    # The advanced occurrence is a new one, due in 30 minutes: nothing runs now.
+    assert await s.run_pass() == []
+    assert s.next_due == nxt
+
+
+# --------------------------------------------------------------------------- occurrences
+
+
+@pytest.mark.anyio
+async def test_the_same_instant_in_another_spelling_does_not_run_again(env: Env) -> None:
+    due = datetime.now(UTC).replace(microsecond=0) - timedelta(seconds=10)
+    mission(env.log, "m1", state="active", nextRunAt=due.strftime("%Y-%m-%dT%H:%M:%S.000Z"))
+    s = env.make()
+    await env.until(lambda: True)
+    await s.run_pass()
+    assert iterations_written(env.dsn) == {"m1": 1}
+    for spelling in (due.isoformat(), due.strftime("%Y-%m-%dT%H:%M:%SZ"),
+                     due.astimezone(datetime.now().astimezone().tzinfo).isoformat(),
+                     due.strftime("%Y-%m-%dT%H:%M:%S.000000+00:00")):
+        mission(env.log, "m1", nextRunAt=spelling)
+        await env.until(lambda sp=spelling: snapshot(env.dsn, "m1")["nextRunAt"] == sp)
+        assert await s.run_pass() == []
+    assert len(env.stub.requests) == 1
+    assert [r["state"] for r in ledger(env.dsn)] == ["done"]
+
+
+@pytest.mark.anyio
+async def test_a_device_stamp_ahead_does_not_undo_the_interval_advance(env: Env) -> None:
+    due = at(-5)
+    # The device's clock runs 2 minutes ahead: its stamps on nextRunAt and iterations are
+    # later than the runner's finish.
+    ahead = at(120)
+    write(env.log, "aiMissions", "m1",
+          {"state": "active", "nextRunAt": due, "iterations": [],
+           "cadence": {"kind": "interval", "everyMinutes": 60}},
+          field_meta={"nextRunAt": ahead, "iterations": ahead, "state": ahead, "cadence": ahead})
+    s = env.make()
+    await env.until(lambda: True)
+    await s.run_pass()
+    await env.until(lambda: moved(env.dsn, "m1", due))
+    record = snapshot(env.dsn, "m1")
+    assert len(record["iterations"]) == 1
+    (row,) = [r for r in ledger(env.dsn)]
+    assert row["state"] == "done"
+    with psycopg.connect(env.dsn) as conn:
+        (meta,) = conn.execute(
+            "SELECT field_meta FROM public.sync_changes WHERE client_id = 'mana-ai-runner'"
+        ).fetchone() or (None,)
+    assert meta["nextRunAt"] > ahead and meta["iterations"] > ahead
+    assert await s.run_pass() == []  # the advanced occurrence is in an hour
+
+
+# --------------------------------------------------------------------------- write role
+
+
+def test_migrate_sets_up_the_write_role_or_prints_the_statement(db: str) -> None:
+    with psycopg.connect(db, autocommit=True) as conn:
+        assert ensure_write_role(conn) is None  # the superuser did it all, at migrate
+        row = conn.execute(
+            "SELECT rolcanlogin, rolbypassrls, has_table_privilege(rolname, "
+            "'public.sync_changes', 'INSERT'), has_table_privilege(rolname, "
+            "'public.sync_changes', 'SELECT') FROM pg_roles WHERE rolname = %s",
+            (WRITE_ROLE,)).fetchone()
+        assert row == (False, False, True, False)
+        # A consumer role that may not grant the write role to itself: one statement to run.
+        conn.execute("DROP ROLE IF EXISTS runs_test_consumer")
+        conn.execute("CREATE ROLE runs_test_consumer NOLOGIN")
+        try:
+            conn.execute("SET ROLE runs_test_consumer")
+            assert ensure_write_role(conn) == (
+                f'GRANT "{WRITE_ROLE}" TO "runs_test_consumer";')
+            conn.execute("RESET ROLE")
+        finally:
+            conn.execute("RESET ROLE")
+            conn.execute("DROP ROLE runs_test_consumer")
+
+
+# --------------------------------------------------------------------------- no planner
+
+
+@pytest.mark.anyio
+async def test_no_planner_decides_and_traces_once_claims_nothing_then_runs(env: Env) -> None:
+    mission(env.log, "m1", state="active", nextRunAt=at(-30))
+    await env.until(lambda: True)
+    idle = env.make(planner=False)
+    for _ in range(3):
+        records = await idle.run_pass()
+        assert [(r.mission_id, r.decision.value, r.dispatched) for r in records] == [
+            ("m1", "ran", False)]
+    assert [r.emitted for r in records] == [False]
+    assert [d["decision"] for d in env.decisions("m1")] == ["ran"]  # traced once
+    assert ledger(env.dsn) == [] and env.stub.requests == []
+    # The planner is configured (a restart with MANA_LLM_URL): what is due runs.
+    s = env.make()
+    records = await s.run_pass()
+    assert [(r.mission_id, r.dispatched) for r in records] == [("m1", True)]
+    assert iterations_written(env.dsn) == {"m1": 1}
+    assert [r["state"] for r in ledger(env.dsn)] == ["done"]
+
+
+# --------------------------------------------------------------------------- processes
+
+
+def consumer_env(dsn: str, stub: PlannerStub | None) -> dict[str, str]:
+    env = {**os.environ, "OTEL_TRACES_EXPORTER": "none", "SYNC_DATABASE_URL": dsn,
+           "LOG_LEVEL": "INFO"}
+    env.pop("MANA_LLM_URL", None)
+    if stub is not None:
+        env.update({"MANA_LLM_URL": stub.url, "MANA_LLM_API_KEY": KEY,
+                    "MANA_LLM_TIMEOUT": "20"})
+    return env
+
+
+@contextmanager
+def consumers(dsn: str, stub: PlannerStub | None, n: int, *extra: str,
+              ) -> Iterator[list[subprocess.Popen[str]]]:
+    procs = []
+    try:
+        for _ in range(n):
+            procs.append(subprocess.Popen(
+                [sys.executable, "-m", "consumer", "run", "--metrics-port", "0",
+                 "--run-lease", "1.5", "--run-backoff", "0.2", "--run-poll", "0.1",
+                 "--safety-poll", "1", *extra],
+                env=consumer_env(dsn, stub), stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT, text=True))
+        yield procs
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.terminate()
+        for p in procs:
+            try:
+                p.communicate(timeout=15)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.communicate()
+
+
+def wait_for(pred: Callable[[], bool], within: float, what: str) -> None:
+    deadline = time.monotonic() + within
+    while not pred():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.05)
+
+
+def seed(dsn: str, n_missions: int, limits: dict[str, int], due: str) -> None:
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        for name, limit in limits.items():
+            agent(conn, name, name=name, role="tester", state="active",
+                  maxConcurrentMissions=limit)
+        names = list(limits)
+        for i in range(n_missions):
+            mission(conn, f"m{i:03d}", state="active", agentId=names[i % len(names)],
+                    nextRunAt=due, objective=f"objective {i}")
+
+
+@pytest.mark.parametrize("processes", [2, 3])
+def test_processes_share_the_runs_exactly_once_within_agent_limits(
+    db: str, stub: PlannerStub, processes: int
+) -> None:
+    stub.delay = 0.15
+    limits = {f"one-{i}": 1 for i in range(3)} | {f"two-{i}": 2 for i in range(3)}
+    with consumers(db, stub, processes, "--max-runs", "4"):
+        time.sleep(1.0)  # let them start, so every one can take runs
+        seed(db, 60, limits, at(-1))
+        wait_for(lambda: sum(iterations_written(db).values()) >= 60, 60, "60 iterations")
+        time.sleep(0.5)  # room for a duplicate to show up
+    assert iterations_written(db) == {f"m{i:03d}": 1 for i in range(60)}
+    rows = ledger(db)
+    assert len(rows) == 60 and {r["state"] for r in rows} == {"done"}
+    owners = Counter(r["lease_owner"] for r in rows)
+    assert len(owners) >= 2, owners  # standbys ran some too
+    for name, limit in limits.items():
+        calls = [(s, e) for s, e, a in stub.calls if a == name]
+        assert len(calls) == 10
+        assert max_overlap(calls) <= limit, (name, limit)
+
+
+def test_a_killed_process_run_is_taken_over_and_a_committed_one_is_not_rerun(
+    db: str, stub: PlannerStub
+) -> None:
+    # The first request hangs: its process is killed in flight. The second (another
+    # process, after the lease ran out) answers at once.
+    stub.script = [{"delay": 30.0}]
+    with consumers(db, stub, 1) as (first,):
+        time.sleep(1.0)
+        seed(db, 1, {"solo": 1}, at(-1))
+        wait_for(lambda: len(stub.requests) == 1, 20, "the first request")
+        first.send_signal(signal.SIGKILL)
+        first.wait(10)
+        killed = time.monotonic()
+        with consumers(db, stub, 1):
+            wait_for(lambda: sum(iterations_written(db).values()) == 1, 30, "the takeover")
+        taken = time.monotonic() - killed
+    (row,) = ledger(db)
+    assert (row["state"], row["attempts"]) == ("done", 2), row
+    assert "expired" in (row["last_error"] or "")
+    assert taken >= 1.0  # not before the lease ran out
+    assert len(stub.requests) == 2
+
+    # Killed right after its write-back committed: the ledger says done in that same
+    # commit, so the next process finds nothing to run.
+    stub.script = []
+    with consumers(db, stub, 1) as (third,):
+        time.sleep(1.0)
+        seed(db, 1, {"solo": 1}, at(-1))  # m000 again, a new occurrence
+        wait_for(lambda: sum(iterations_written(db).values()) == 2, 30, "the second run")
+        third.send_signal(signal.SIGKILL)
+        third.wait(10)
+        with consumers(db, stub, 1):
+            time.sleep(3.0)  # two lease lengths
+    assert iterations_written(db) == {"m000": 2}
+    assert [r["state"] for r in ledger(db)] == ["done", "done"]
+    assert len(stub.requests) == 3
+
+
+def test_no_planner_says_so_once_and_claims_nothing(db: str, stub: PlannerStub) -> None:
+    seed(db, 2, {"a": 2}, at(-1))
+    with consumers(db, None, 1) as (proc,):
+        time.sleep(4.0)  # start, bootstrap, a few passes
+        proc.terminate()
+        output, _ = proc.communicate(timeout=15)
+    assert output.count("MANA_LLM_URL is not set") == 1, output
+    assert output.count(": ran, ") == 2, output  # each due occurrence decided and logged once
+    assert ledger(db) == []
+    with consumers(db, stub, 1):
+        wait_for(lambda: sum(iterations_written(db).values()) == 2, 30, "the runs")
+
