@@ -213,6 +213,10 @@ class RunWorker:
 
     async def _run_leased(self, job: Job, span: trace.Span) -> str:
         key = (job.user_id, job.mission_id, job.due_at)
+        if job.attempt > self.attempts:
+            # The last attempt's process died with the lease: no further attempt.
+            return await self._failed(job, span, RunFailed(
+                "the last attempt's lease expired", outcome="lease-expired", retryable=False))
         result: str | None = None
         error: Exception | None = None
         try:

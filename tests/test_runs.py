@@ -14,21 +14,25 @@ import time
 from collections import Counter
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
 import anyio
 import psycopg
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from psycopg_pool import AsyncConnectionPool
 
 from consumer import metrics
 from consumer.db import aconnect
+from consumer.decisions import parse_instant
+from consumer.errors import Deposed
 from consumer.iteration import iso_ms
+from consumer.migrate import WRITE_ROLE, ensure_write_role
 from consumer.planner import Planner, PlannerConfig
 from consumer.projection import Projector
 from consumer.runner import Runner
-from consumer.migrate import WRITE_ROLE, ensure_write_role
 from consumer.scheduler import Scheduler
 from consumer.status import collect
 from consumer.telemetry import in_memory_provider, tracer
@@ -249,6 +253,102 @@ async def test_a_device_stamp_ahead_does_not_undo_the_interval_advance(env: Env)
         ).fetchone() or (None,)
     assert meta["nextRunAt"] > ahead and meta["iterations"] > ahead
     assert await s.run_pass() == []  # the advanced occurrence is in an hour
+
+
+# --------------------------------------------------------------------------- migration
+
+
+def test_migration_converts_the_old_ledger(empty_db: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    from consumer import migrate as migrations
+
+    real = migrations.discover
+    monkeypatch.setattr(migrations, "discover", lambda: [m for m in real() if m.version <= 5])
+    migrations.migrate(empty_db, with_sync_schema=True)
+    old = [  # mission, raw nextRunAt, outcome, finished
+        ("m1", "2026-01-01T10:00:00.000Z", "written-back", True),
+        ("m1", "2026-01-01T11:00:00+01:00", "written-back", True),  # the same instant again
+        ("m2", "2026-01-01T10:00:00.000Z", "error", True),
+        ("m3", "2026-01-01T10:00:00.000Z", None, False),  # its process died mid-run
+        ("m4", "2026-01-01T10:00:00.000Z", "recorded", True),  # decided without a planner
+        ("m5", "soon", "ok", True),  # never parsed, never due
+    ]
+    with psycopg.connect(empty_db, autocommit=True) as conn:
+        for i, (m, text, outcome, finished) in enumerate(old):
+            conn.execute(
+                """INSERT INTO mana_ai.dispatch_ledger (user_id, mission_id, next_run_at,
+                       decision, decided_at, finished_at, outcome)
+                   VALUES ('u1', %s, %s, 'ran', now() - make_interval(mins => 10 - %s),
+                           CASE WHEN %s THEN now() END, %s)""",
+                (m, text, i, finished, outcome))
+    monkeypatch.setattr(migrations, "discover", real)
+    assert "0006_run_lifecycle" in migrations.migrate(empty_db)
+    with psycopg.connect(empty_db) as conn:
+        rows = conn.execute(
+            """SELECT mission_id, due_at, next_run_at, state, outcome, attempts,
+                      wake_at IS NOT NULL FROM mana_ai.dispatch_ledger ORDER BY 1""").fetchall()
+        assert conn.execute(
+            "SELECT mana_ai.instant('2026-01-01 11:00:00.1234567+01'), mana_ai.instant('x'),"
+            " mana_ai.instant('2026-02-30T10:00:00Z'), mana_ai.instant('2026-01-01T10:00')"
+        ).fetchone() == (datetime(2026, 1, 1, 10, 0, 0, 123456, tzinfo=UTC), None, None,
+                         datetime(2026, 1, 1, 10, tzinfo=UTC))
+    ten = datetime(2026, 1, 1, 10, tzinfo=UTC)
+    assert rows == [
+        ("m1", ten, "2026-01-01T10:00:00.000Z", "done", "written-back", 0, False),
+        ("m2", ten, "2026-01-01T10:00:00.000Z", "claimed", None, 0, True),
+        ("m3", ten, "2026-01-01T10:00:00.000Z", "claimed", None, 0, True),
+    ]
+
+
+def test_the_sql_instant_agrees_with_the_parser(db: str) -> None:
+    """The due queries' ledger clause (SQL) and the claim's key (Python) read nextRunAt
+    alike, or an occurrence would be selected again after it ran."""
+    offsets = st.integers(min_value=-14 * 60, max_value=14 * 60).map(
+        lambda m: timezone(timedelta(minutes=m)))
+
+    with psycopg.connect(db) as conn:
+        @settings(max_examples=300)
+        @given(
+            at=st.datetimes(min_value=datetime(1990, 1, 1), max_value=datetime(2100, 1, 1)),
+            tz=st.one_of(st.none(), offsets),
+            digits=st.integers(min_value=0, max_value=9),
+            sep=st.sampled_from(["T", " "]),
+            zulu=st.booleans(),
+        )
+        def check(at: datetime, tz: timezone | None, digits: int, sep: str, zulu: bool) -> None:
+            text = at.strftime(f"%Y-%m-%d{sep}%H:%M:%S")
+            if digits:
+                text += "." + f"{at.microsecond:06d}{at.microsecond % 1000:03d}"[:digits]
+            if tz is not None:
+                if zulu and tz.utcoffset(None) == timedelta(0):
+                    text += "Z"
+                else:
+                    text += at.replace(tzinfo=tz).strftime("%z")[:3] + ":" + \
+                        at.replace(tzinfo=tz).strftime("%z")[3:]
+            row = conn.execute("SELECT mana_ai.instant(%s)", (text,)).fetchone()
+            assert row is not None and row[0] == parse_instant(text), text
+
+        check()
+
+
+# --------------------------------------------------------------------------- leadership
+
+
+@pytest.mark.anyio
+async def test_a_deposed_leader_claims_nothing(env: Env) -> None:
+    mission(env.log, "m1", state="active", nextRunAt=at(-5))
+    await env.until(lambda: True)
+    with psycopg.connect(env.dsn, autocommit=True) as conn:
+        row = conn.execute("SELECT mana_ai.take_leadership('projection')").fetchone()
+    assert row is not None
+    s = env.make()
+    s.epoch = row[0] - 1  # a newer leader took over
+    with pytest.raises(Deposed):
+        await s.run_pass()
+    assert ledger(env.dsn) == []
+    s.epoch = row[0]
+    records = await s.run_pass()
+    assert [(r.mission_id, r.dispatched) for r in records] == [("m1", True)]
+    assert iterations_written(env.dsn) == {"m1": 1}
 
 
 # --------------------------------------------------------------------------- write role

@@ -20,7 +20,7 @@
 CREATE OR REPLACE FUNCTION mana_ai.instant(t TEXT) RETURNS TIMESTAMPTZ
     LANGUAGE sql IMMUTABLE PARALLEL SAFE
     SET search_path = pg_catalog, pg_temp AS $$
-    SELECT CASE WHEN s ~ '^\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}(:\d{2}([.,]\d+)?)?([Zz]|[+-]\d{2}(:?\d{2})?)$'
+    SELECT CASE WHEN s ~ '^\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}(:\d{2}([.,]\d+)?)?([Zz]|[+-]\d{2}(:?\d{2})?)?$'
                  AND pg_input_is_valid(n, 'timestamptz')
             THEN n::timestamptz END
     FROM (SELECT s,
