@@ -26,6 +26,7 @@ from consumer.planner import (
     PlannerConfig,
     PlannerError,
     planner_config_from_env,
+    retry_after_seconds,
 )
 from consumer.projection import Projector
 from consumer.prompt import PLANNER_SYSTEM_PROMPT
@@ -571,6 +572,34 @@ async def test_other_cadences_leave_next_run_at_alone(
               "u1", AGENT)
     (row,) = written(db)
     assert set(row["data"]) == {"iterations"} and set(row["field_meta"]) == {"iterations"}
+
+
+def test_retry_after_is_read_in_seconds_or_as_a_date() -> None:
+    assert retry_after_seconds("7") == 7.0
+    assert retry_after_seconds(" 0 ") == 0.0
+    assert retry_after_seconds("-3") == 0.0
+    assert retry_after_seconds("99999999") == 3600.0  # capped
+    assert retry_after_seconds("Thu, 26 Nov 2026 10:00:30 GMT",
+                               now=datetime(2026, 11, 26, 10, tzinfo=UTC).timestamp()) == 30.0
+    for bad in (None, "", "soon", "nan", "inf"):
+        assert retry_after_seconds(bad) is None, bad
+    assert PlannerError("x", status=503).retryable and PlannerError("x").retryable
+    assert PlannerError("x", status=429).retryable
+    assert not PlannerError("x", status=400).retryable
+    assert not PlannerError("x", status=401).retryable
+
+
+def test_backoff_doubles_and_honours_retry_after() -> None:
+    worker = RunWorker(None, None, backoff=2.0, max_backoff=10.0)  # type: ignore[arg-type]
+
+    def delay(attempt: int, retry_after: float | None = None) -> float:
+        job = Job(user_id="u", mission_id="m", due_at=T0, next_run_at="x", agent_id=None,
+                  attempt=attempt, owner="o", trace_id=None, parent_span=None,
+                  lease_expired=False, mission=None, agent=None)
+        return worker._delay(job, RunFailed("x", outcome="e", retry_after=retry_after))
+
+    assert [delay(n) for n in (1, 2, 3, 4, 5)] == [2.0, 4.0, 8.0, 10.0, 10.0]
+    assert delay(1, retry_after=60.0) == 60.0  # never sooner than the server asked
 
 
 def test_next_run_after() -> None:

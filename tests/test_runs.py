@@ -176,6 +176,13 @@ async def test_a_failed_attempt_is_tried_again_and_the_interval_moves_on(
     nxt = datetime.fromisoformat(snapshot(env.dsn, "m1")["nextRunAt"])
     assert timedelta(minutes=59) < nxt - datetime.now(UTC) <= timedelta(minutes=60)
     assert sample("mana_ai_runs_total", {"outcome": "retry"}) == retries + 1
+    # Both attempts' run spans are children of the one decision span.
+    spans = env.exporter.get_finished_spans()
+    (decision,) = [sp for sp in spans if sp.name == "mission.decision"]
+    runs = [sp for sp in spans if sp.name == "mission.run"]
+    assert [dict(sp.attributes or {})["run.attempt"] for sp in runs] == [1, 2]
+    assert all(sp.parent is not None and sp.parent.span_id == decision.context.span_id
+               and sp.context.trace_id == decision.context.trace_id for sp in runs)
 
 
 @pytest.mark.anyio
