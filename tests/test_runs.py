@@ -215,6 +215,23 @@ async def test_always_failing_ends_failed_and_the_interval_still_moves_on(env: E
     assert s.next_due == nxt
 
 
+@pytest.mark.anyio
+async def test_a_run_stopped_by_shutdown_is_given_back_at_once(env: Env) -> None:
+    mission(env.log, "m1", state="active", nextRunAt=at(-5))
+    env.stub.delay = 10.0
+    s = env.make()
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(s.run)
+        await env.until(lambda: len(env.stub.requests) == 1)
+        tg.cancel_scope.cancel()  # SIGTERM: the service's task group is cancelled
+    (row,) = ledger(env.dsn)
+    assert (row["state"], row["attempts"]) == ("claimed", 0)  # not counted, runnable now
+    assert row["last_error"].startswith("stopped")
+    env.stub.delay = 0.0
+    await env.make().run_pass()
+    assert iterations_written(env.dsn) == {"m1": 1}
+
+
 # --------------------------------------------------------------------------- occurrences
 
 
