@@ -70,17 +70,17 @@ def _parse(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
 
 def _shown(argv: list[str], args: argparse.Namespace) -> list[str]:
     """The command line as the report shows it: no database URL, no output folder (they
-    name things of this machine, not of the benchmark)."""
-    hidden = {args.database_url, args.out if args.out != "docs" else None} - {None}
+    name things of this machine, not of the benchmark), no note (shown on its own)."""
+    hidden = {args.database_url, args.out, args.note} - {None}
     out, skip = [], False
     for a in argv:
         if skip:
             skip = False
             continue
-        if a in ("--database-url", "--out") and not skip:
+        if a in ("--database-url", "--out", "--note"):
             skip = True
             continue
-        if a in hidden or a.startswith(("--database-url=", "--out=")):
+        if a in hidden or a.startswith(("--database-url=", "--out=", "--note=")):
             continue
         out.append(a)
     return out
@@ -170,7 +170,9 @@ def write_report(run: dict[str, Any], out: Path) -> None:
         print(f"# bench: no plots ({exc}); `make bench` installs the bench extra", flush=True)
     else:
         run["plots"] = plots.draw_all(run, out, "benchmarks")
-    (out / run["json_name"]).write_text(json.dumps(common.jsonable(run), indent=1) + "\n")
+    # Compact: the raw latencies alone are tens of thousands of numbers.
+    (out / run["json_name"]).write_text(
+        json.dumps(common.jsonable(run), separators=(",", ":")) + "\n")
     (out / "benchmarks.md").write_text(report.render(run))
     print(f"# bench: wrote {out / 'benchmarks.md'}, {out / run['json_name']} and "
           f"{len(run['plots'])} plot(s)", flush=True)

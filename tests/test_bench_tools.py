@@ -186,7 +186,8 @@ def test_pgbench_writers_mix_by_script_weights() -> None:
 def test_report_command_line_hides_machine_specifics() -> None:
     from bench.__main__ import _parse, _shown
 
-    argv = ["--quick", "--database-url", "postgresql://h/db", "--out", "somewhere", "tick"]
+    argv = ["--quick", "--database-url", "postgresql://h/db", "--out", "somewhere", "tick",
+            "--note", "shared machine"]
     args, _extra = _parse(argv)
     assert _shown(argv, args) == ["--quick", "tick"]
 
