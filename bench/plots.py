@@ -4,6 +4,7 @@ modules recorded with bench.common.record:
     projection  "latency":        {rate: [commit-to-snapshot ms, ...]}
     projection  "catchup_shapes": [{"rows", "records", "path", "rates": [rows/s, ...]}]
     tick        "tick":           [{"log_rows", "tick_ms": [...], "pass_ms": [...]}]
+    memory      "memory":         {"samples": [[seconds, MiB], ...], "peak_mib", ...}
 
 A plot whose data is absent (the module did not run) is left out.
 """
@@ -112,10 +113,30 @@ def tick_cost(data: list[dict[str, Any]], path: Path) -> str:
     return f"cost of taking in {new} new rows against log size: polling tick and our pass"
 
 
+def rss(data: dict[str, Any], path: Path) -> str:
+    fig, ax = plt.subplots(figsize=(7, 3.6))
+    samples = [s for s in data.get("samples", []) if s[1] is not None]
+    ax.plot([s[0] for s in samples], [s[1] for s in samples], lw=1.2)
+    ax.axhline(data.get("peak_mib", 0), color="grey", ls=":", lw=0.8, label="peak (VmHWM)")
+    top = max([data.get("peak_mib") or 0.0] + [s[1] for s in samples])
+    ax.set_ylim(0, top * 1.15 or 1)
+    ax.set_xlabel("seconds of traffic")
+    ax.set_ylabel("RSS (MiB)")
+    ax.grid(True, alpha=0.3)
+    ax.legend(loc="lower right")
+    ax.set_title(f"consumer run beside {data.get('missions', 0):,} missions, "
+                 f"{data.get('rate', 0)} rows/s asked")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return "resident set of consumer run during the traffic"
+
+
 PLOTS: tuple[tuple[str, str, Callable[[Any, Path], str]], ...] = (
     ("latency", "latency-cdf", latency_cdf),
     ("catchup_shapes", "catchup", catchup_shapes),
     ("tick", "tick-vs-pass", tick_cost),
+    ("memory", "rss", rss),
 )
 
 
