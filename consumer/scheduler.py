@@ -86,6 +86,7 @@ WAKE_EPSILON = 0.005  # seconds added to a timed sleep: a timer may fire a hair 
 MIN_SLEEP = 0.001
 MAX_BACKOFF = 30.0
 DEFERRED_POLL = 1.0  # seconds between passes while a mission waits for a slot
+PRUNE_FIRST = 60.0  # seconds from the start of a term to its first prune
 LEDGER_KEEP = timedelta(days=7)  # finished occurrences are kept this long for operators
 WIDE_SCAN_EVERY = 60.0  # seconds between scans of the 14 h window for '+' offsets
 
@@ -609,8 +610,12 @@ class Scheduler:
         return occurrences, usage
 
     async def _prune_loop(self) -> None:
+        # Soon after the term starts, then every prune_every: a leader that changes more
+        # often than that still prunes.
+        delay = min(self.prune_every, PRUNE_FIRST)
         while True:
-            await anyio.sleep(self.prune_every)
+            await anyio.sleep(delay)
+            delay = self.prune_every
             try:
                 occurrences, usage = await self.prune()
             except Exception:

@@ -404,6 +404,24 @@ async def test_prune_keeps_the_current_occurrence(env: Env) -> None:
     assert await s.run_pass() == []
 
 
+async def test_the_leader_prunes_on_a_timer(env: Env) -> None:
+    with psycopg.connect(env.dsn, autocommit=True) as conn:
+        conn.execute("""INSERT INTO mana_ai.token_usage (user_id, agent_id, tokens, at)
+                        VALUES ('u1', 'a1', 5, now() - interval '26 hours'),
+                               ('u1', 'a1', 7, now())""")
+
+    def usage() -> list[int]:
+        with psycopg.connect(env.dsn) as conn:
+            return [r[0] for r in conn.execute("SELECT tokens FROM mana_ai.token_usage")]
+
+    pruned = metrics.REGISTRY.get_sample_value(
+        "mana_ai_ledger_pruned_rows_total", {"table": "token_usage"}) or 0
+    async with running(env.scheduler(prune_every=0.1)):
+        await eventually(lambda: usage() == [7], within=5.0)
+    assert metrics.REGISTRY.get_sample_value(
+        "mana_ai_ledger_pruned_rows_total", {"table": "token_usage"}) == pruned + 1
+
+
 # --------------------------------------------------------------------------- selection
 
 
