@@ -24,7 +24,7 @@ import psycopg
 import pytest
 from psycopg.conninfo import make_conninfo
 
-from consumer.db import aconnect
+from consumer.db import Bounds, aconnect
 from consumer.projection import Projector
 from consumer.replay import (
     EXIT_DIFFERS,
@@ -302,7 +302,9 @@ async def test_replay_beside_writers_a_live_projector_and_a_reader(db: str) -> N
             await projector.catch_up(conn)
 
     async def reader() -> None:
-        async with await aconnect(db, autocommit=True) as conn:
+        # A reader of the snapshots is not one of our service connections: no statement
+        # timeout, so a slow swap on a loaded machine makes it wait, as it would in production.
+        async with await aconnect(db, autocommit=True, bounds=Bounds(statement_timeout=0)) as conn:
             while not stop.is_set():
                 cur = await conn.execute("SELECT count(*) FROM mana_ai.mission_snapshots")
                 row = await cur.fetchone()
