@@ -165,6 +165,20 @@ def summary_rows(run: dict[str, Any]) -> list[list[object]]:
     return rows
 
 
+def busy_sentence(run: dict[str, Any]) -> str:
+    """Say so when other work kept the machine busy: a 1-minute load above half the cores
+    before we started, or above 1.5 times the cores at the end (our own work included)."""
+    cores = next((str(v) for k, v in machine_rows(run) if k == "nproc"), "")
+    load = run.get("load") or {}
+    start, end = (load.get("start") or [0.0])[0], (load.get("end") or [0.0])[0]
+    if not cores.isdigit() or (start <= int(cores) / 2 and end <= 1.5 * int(cores)):
+        return ""
+    loads = [start, end]
+    return (f"**The machine was busy with other work during this run** (1-minute load "
+            f"average up to {max(loads):.1f} on {cores} cores): absolute figures are "
+            "pessimistic and noisy.")
+
+
 def render(run: dict[str, Any]) -> str:
     lines: list[str] = ["# Benchmarks", ""]
     size = "quick (smoke size: numbers are indicative only)" if run.get("quick") else "full size"
@@ -187,6 +201,10 @@ def render(run: dict[str, Any]) -> str:
             "run are the figures to trust.",
             "",
         ]
+
+    busy = busy_sentence(run)
+    if busy:
+        lines += [busy, ""]
 
     lines += ["## How these numbers were made", "", "```"]
     lines.append(" ".join(["python -m bench", *run.get("argv", [])]).rstrip())

@@ -163,6 +163,12 @@ def test_report_renders_machine_once_commands_tables_and_goals() -> None:
     assert "FAILED (status 1)" in text
     assert "![tick against pass](benchmarks/tick-vs-pass.png)" in text
     assert "quick (smoke size" in text
+    assert "The machine was busy" not in text  # load 1.0 before, 1.5 after, on 2 cores
+    run = _run()
+    run["load"]["end"] = [4.0, 2.0, 1.0]
+    assert "load average up to 4.0 on 2 cores" in report.render(run)
+    run["load"] = {"start": [1.2, 1.0, 1.0], "end": [2.0, 1.0, 1.0]}
+    assert "load average up to 2.0 on 2 cores" in report.render(run)
 
 
 def test_report_cells() -> None:
