@@ -875,7 +875,9 @@ class _Listener(threading.Thread):
 
     def run(self) -> None:
         with psycopg.connect(self.dsn, autocommit=True) as conn:
-            conn.execute("LISTEN mana_ai_changes")
+            from consumer.listener import CHANNEL
+
+            conn.execute(f"LISTEN {CHANNEL}")  # the channel the consumer listens on
             self.ready.set()
             while not self.stop.is_set():
                 for _ in conn.notifies(timeout=0.2):
