@@ -33,7 +33,9 @@ def cell(value: object) -> str:
             return f"{value:,.0f}"
         if abs(value) >= 100:
             return f"{value:.1f}"
-        return f"{value:.2f}"
+        if abs(value) >= 10:
+            return f"{value:.2f}"
+        return f"{value:.3f}"  # ratios: the third digit matters
     if isinstance(value, int):
         return f"{value:,}"
     return str(value).replace("|", "\\|").replace("\n", " ")

@@ -174,7 +174,8 @@ def test_report_renders_machine_once_commands_tables_and_goals() -> None:
 def test_report_cells() -> None:
     assert report.cell(float("nan")) == "-"
     assert report.cell(12345.6) == "12,346"
-    assert report.cell(0.123) == "0.12"
+    assert report.cell(0.1234) == "0.123"
+    assert report.cell(12.345) == "12.35"
     assert report.cell("a|b") == "a\\|b"
     assert report.md_table([], []) == []
 
@@ -218,8 +219,7 @@ def test_summary_pulls_headline_figures_from_the_raw_data() -> None:
     }
     rows = dict((str(a), str(b)) for a, b in report.summary_rows(run))
     assert rows["commit to snapshot at 500 rows/s, p50 / p99 / max (ms)"] == (
-        "2.00 ms (1.50-2.50) / 4.50 ms (4.00-5.00) / 8.00 ms (7.00-9.00); 3 run(s)".replace(
-            " ms", ""))
+        "2.000 (1.500-2.500) / 4.500 (4.000-5.000) / 8.000 (7.000-9.000); 3 run(s)")
     assert rows["catch-up, 200,000 rows over 2,000 records, journal path (rows/s)"] == (
         "8,500 (8,000-9,000)")
     assert rows["100 new rows at 10,000 log rows: polling tick / our pass (ms)"].endswith("x10")
