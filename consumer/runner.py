@@ -54,7 +54,7 @@ from opentelemetry import trace
 from psycopg import sql
 from psycopg_pool import AsyncConnectionPool
 
-from . import ledger, metrics
+from . import ledger, metrics, shutdown
 from .decisions import is_legacy
 from .iteration import (
     ParseFailure,
@@ -280,7 +280,9 @@ class Runner:
             }
         )
 
-        with self.tracer.start_as_current_span("runner.writeback"):
+        # A shutdown lets the write-back transaction finish rather than cut it off mid-query
+        # (consumer/shutdown.py): it commits the iteration and `done` together, or neither.
+        with self.tracer.start_as_current_span("runner.writeback"), shutdown.finishing():
             async with self.pool.connection() as conn, conn.transaction():
                 if not await ledger.mark_done(conn, job, OUTCOME_WRITTEN_BACK, iteration_id):
                     raise LeaseLost(f"lease of attempt {job.attempt} lost before write-back")

@@ -44,7 +44,7 @@ from opentelemetry import trace
 from opentelemetry.trace import NonRecordingSpan, SpanContext, Status, StatusCode, TraceFlags
 from psycopg_pool import AsyncConnectionPool
 
-from . import ledger, metrics
+from . import ledger, metrics, shutdown
 from .ledger import Job
 from .runner import LeaseLost, RunFailed, write_advance
 from .telemetry import tracer as default_tracer
@@ -136,8 +136,9 @@ class RunWorker:
                 self._wake = anyio.Event()
                 self._pending = False
                 try:
-                    await self.fill(tg)
-                    delay = await self._sleep_seconds()
+                    with shutdown.finishing():  # see consumer/shutdown.py
+                        await self.fill(tg)
+                        delay = await self._sleep_seconds()
                     failures = 0
                 except Exception:
                     failures += 1
@@ -269,8 +270,9 @@ class RunWorker:
         while True:
             await anyio.sleep(self.lease / 3)
             try:
-                async with self.pool.connection() as conn:
-                    ok = await ledger.renew(conn, job, self.lease)
+                with shutdown.finishing():
+                    async with self.pool.connection() as conn:
+                        ok = await ledger.renew(conn, job, self.lease)
             except Exception:
                 log.warning("renewing the lease of %s failed", job.mission_id, exc_info=True)
                 continue  # the fence still protects the write; try again
