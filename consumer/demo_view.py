@@ -43,6 +43,7 @@ from .sql import load
 KEEP = 6  # lines of the "last ..." panels
 PLAIN_EVERY = 5.0  # seconds between summary lines in plain mode
 WRITTEN_BACK = "written-back"
+RETRY = "retry"  # an attempt that failed and will be tried again (the ledger's backoff)
 TITLES = (
     "Projection",
     "Decisions",
@@ -78,6 +79,7 @@ class Collector(SpanProcessor):
         self.in_flight = 0
         self.done = 0
         self.failed = 0
+        self.retried = 0
         # iteration id -> (user, mission, monotonic time of the write-back)
         self.awaiting: dict[str, tuple[str, str, float]] = {}
         self.applied_at: dict[tuple[str, str], float] = {}  # mission -> last snapshot commit
@@ -143,9 +145,16 @@ class Collector(SpanProcessor):
                             str(attrs.get("mission.id", "")),
                             time.monotonic(),
                         )
+                elif outcome == RETRY:
+                    self.retried += 1
+                    why = span.status.description or "error"
+                    self.events.append(f"run retried  {attrs.get('mission.id')}: {why}")
+                elif outcome is None and span.status.status_code is not StatusCode.ERROR:
+                    # Cut off by the demo's own stop: given back to the ledger, not failed.
+                    self.events.append(f"run stopped  {attrs.get('mission.id')}")
                 else:
                     self.failed += 1
-                    why = outcome or span.status.description or "error"
+                    why = span.status.description or str(outcome or "error")
                     self.events.append(f"run failed   {attrs.get('mission.id')}: {why}")
 
     def shutdown(self) -> None:
@@ -214,6 +223,7 @@ class Collector(SpanProcessor):
                 "in_flight": self.in_flight,
                 "done": self.done,
                 "failed": self.failed,
+                "retried": self.retried,
                 "arrived": len(self.arrived),
                 "last_arrived": self.arrived[-KEEP:],
                 "quarantined": self.quarantined,
@@ -249,6 +259,7 @@ def render(s: dict[str, Any]) -> Group:
     runs = Table.grid(padding=(0, 2))
     runs.add_row("in flight", str(s["in_flight"]))
     runs.add_row("done", str(s["done"]))
+    runs.add_row("retried", str(s["retried"]))
     runs.add_row("failed", str(s["failed"]))
     runs.add_row("back in snapshots", str(s["arrived"]))
 
@@ -289,7 +300,7 @@ def plain_summary(s: dict[str, Any]) -> str:
         f"[{s['elapsed']:5.1f} s] rows {s['rows']:.0f} ({s['rate']:.1f}/s), "
         f"latency p50 {_ms(s['p50'])} p99 {_ms(s['p99'])}, lag {s['lag']:.2f} s | "
         f"decisions {kinds} | runs in flight {s['in_flight']}, done {s['done']}, "
-        f"failed {s['failed']}, back in snapshots {s['arrived']} | "
+        f"retried {s['retried']}, failed {s['failed']}, back in snapshots {s['arrived']} | "
         f"quarantined {s['quarantined']}"
     )
 
