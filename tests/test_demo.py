@@ -1,7 +1,8 @@
 """`consumer demo`: the whole loop, bounded for CI, and its live view in a pseudo-terminal.
 
-The first test runs the demo for 25 s against the test server (`--database-url`), as a
-separate process like `make run`, and then checks the database: rows applied, at least four
+The first test runs the demo for 25 s against the test server (`--database-url`, spans
+printed with `--traces console`), as a separate process like `make run`, and then checks
+the database: rows applied, at least four
 kinds of decision, iterations written back by the local planner and found in the
 snapshots, an interval mission that ran twice, only the writer's deliberately malformed
 rows in quarantine, `consumer replay --verify` exiting 0, and no warning at shutdown.
@@ -60,7 +61,8 @@ def _warnings(stderr: str) -> list[str]:
 
 def test_demo_runs_the_whole_loop(db: str) -> None:
     proc = subprocess.run(
-        [sys.executable, "-m", "consumer", "demo", "--seconds", "25", "--database-url", db],
+        [sys.executable, "-m", "consumer", "demo", "--seconds", "25", "--database-url", db,
+         "--traces", "console"],
         env=ENV,
         capture_output=True,
         text=True,
@@ -70,7 +72,10 @@ def test_demo_runs_the_whole_loop(db: str) -> None:
     assert proc.returncode == 0, err[-3000:]
     assert not SHUTDOWN_NOISE.search(err + out), err[-3000:]
     assert _warnings(err) == [], err[-3000:]
-    assert "OTEL_EXPORTER_OTLP_ENDPOINT is not set" in err  # says where traces go
+    # --traces console: the spans of the whole loop are printed.
+    assert "traces: printed to the console" in err
+    for name in ("mission.decision", "mission.run", "planner.request", "runner.writeback"):
+        assert f'"name": "{name}"' in out, name
 
     kinds = set(re.findall(r"^decision (\S+)", out, re.M))
     assert len(kinds) >= 4, kinds
@@ -184,5 +189,7 @@ def test_live_view_in_a_terminal_and_ctrl_c() -> None:
     assert not SHUTDOWN_NOISE.search(text), text[-3000:]
     assert _warnings(text) == [], text[-3000:]
     assert "PostgreSQL stopped" in text
+    # No collector configured: the demo says where the traces go.
+    assert "OTEL_EXPORTER_OTLP_ENDPOINT is not set" in text
     # The server is down and its data kept for the next `make run`.
     assert kept and not running
