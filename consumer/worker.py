@@ -205,6 +205,14 @@ class RunWorker:
             ) as span:
                 outcome = await self._run_leased(job, span)
                 span.set_attribute("run.outcome", outcome)
+        except Exception:
+            # Recording the end failed (the database went away): the lease runs out and
+            # the occurrence is taken again; the worker and the service go on.
+            log.exception(
+                "mission %s of %s (%s): recording the end of attempt %d failed; it is tried "
+                "again when the lease expires", job.mission_id, job.user_id, job.next_run_at,
+                job.attempt,
+            )
         finally:
             self.running.pop((job.user_id, job.mission_id, job.due_at), None)
             metrics.RUNS_IN_FLIGHT.dec()

@@ -232,6 +232,33 @@ async def test_a_run_stopped_by_shutdown_is_given_back_at_once(env: Env) -> None
     assert iterations_written(env.dsn) == {"m1": 1}
 
 
+@pytest.mark.anyio
+async def test_a_database_error_recording_an_end_does_not_stop_the_worker(
+    env: Env, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from consumer import ledger as ledger_module
+
+    real = ledger_module.mark_retry
+    calls: list[int] = []
+
+    async def broken(*args: Any, **kwargs: Any) -> bool:
+        calls.append(1)
+        if len(calls) == 1:
+            raise psycopg.OperationalError("server closed the connection unexpectedly")
+        return await real(*args, **kwargs)
+
+    monkeypatch.setattr(ledger_module, "mark_retry", broken)
+    mission(env.log, "m1", state="active", nextRunAt=at(-5))
+    env.stub.script = [{"status": 503}]
+    s = env.make(lease=0.6)
+    async with running(s):
+        # The failure could not be recorded; the lease runs out and attempt 2 runs.
+        await env.until(lambda: iterations_written(env.dsn) == {"m1": 1})
+    (row,) = ledger(env.dsn)
+    assert (row["state"], row["attempts"]) == ("done", 2)
+    assert "expired" in row["last_error"]
+
+
 # --------------------------------------------------------------------------- occurrences
 
 
