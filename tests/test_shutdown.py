@@ -86,3 +86,43 @@ def test_leader_and_standby_stop_cleanly_on_sigint_and_sigterm(db: str) -> None:
         assert proc.returncode == 0, f"{name}: {err}"
         assert "stopping" in err, f"{name}: {err}"
         assert not [n for n in NOISE if n in err], f"{name}: {err}"
+
+
+def test_replay_interrupted_stops_cleanly(db: str) -> None:
+    """Ctrl-C (SIGINT) and SIGTERM in the middle of a replay: the live tables untouched,
+    the shadow dropped, no warning."""
+    with psycopg.connect(db, autocommit=True) as conn:
+        conn.execute(
+            """INSERT INTO public.sync_changes (app_id, table_name, record_id, user_id, op,
+                   data, client_id)
+               SELECT 'ai', 'aiMissions', 'r' || (g % 20000), 'u' || (g % 7), 'update',
+                      jsonb_build_object('title', g::text, 'state', 'active'), 'phone'
+               FROM generate_series(1, 60000) AS g"""
+        )
+    for signum, code in ((signal.SIGINT, 130), (signal.SIGTERM, 143)):
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "consumer", "replay", "--database-url", db],
+            env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )
+        # Wait until it is building the shadow (its tables exist), then stop it.
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and proc.poll() is None:
+            with psycopg.connect(db, autocommit=True) as conn:
+                row = conn.execute(
+                    "SELECT count(*) FROM pg_tables WHERE schemaname = 'mana_ai'"
+                    " AND tablename LIKE '%shadow%'"
+                ).fetchone()
+            if row and row[0]:
+                break
+            time.sleep(0.05)
+        assert proc.poll() is None, "the replay ended before it could be interrupted"
+        proc.send_signal(signum)
+        out, err = proc.communicate(timeout=60)
+        assert proc.returncode == code, out + err
+        assert not [n for n in NOISE if n in err], err
+        with psycopg.connect(db) as conn:
+            left = conn.execute(
+                "SELECT count(*) FROM pg_tables WHERE schemaname = 'mana_ai'"
+                " AND tablename LIKE '%shadow%'"
+            ).fetchone()
+        assert left == (0,), "the shadow tables were left behind"
