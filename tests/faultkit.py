@@ -196,11 +196,12 @@ def consumer_env(dsn: str | None = None) -> dict[str, str]:
     return env
 
 
-def replay_verify(dsn: str, timeout: float = 120) -> str:
-    """Run `consumer replay --verify`; assert exit 0 (live snapshots equal the log's fold
-    as replay computes it). Returns its output."""
+def replay_verify(dsn: str, args: Sequence[str] = (), timeout: float = 120) -> str:
+    """Run `consumer replay --verify [args]`; assert exit 0 (live snapshots equal the
+    log's fold as replay computes it). Returns its output. Give it the --max-row-bytes the
+    consumer ran with."""
     out = subprocess.run(
-        [sys.executable, "-m", "consumer", "replay", "--verify"],
+        [sys.executable, "-m", "consumer", "replay", "--verify", *args],
         env=consumer_env(dsn),
         capture_output=True,
         text=True,
@@ -303,3 +304,52 @@ def http_get(url: str, timeout: float = 5) -> tuple[int, bytes]:
             return resp.status, resp.read()
     except urllib.error.HTTPError as err:
         return err.code, err.read()
+
+
+def write_probe(dsn: str, record_id: str, within: float = 30.0) -> None:
+    """Commit one mission row, retrying while the server is not accepting connections."""
+    deadline = time.monotonic() + within
+    while True:
+        try:
+            with psycopg.connect(dsn, autocommit=True, connect_timeout=5) as conn:
+                conn.execute(
+                    INSERT,
+                    (str(uuid.uuid4()), "aiMissions", record_id, "u0", "update",
+                     json.dumps({"probe": True}), "{}", None),
+                )
+            return
+        except psycopg.OperationalError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
+
+
+def applied(dsn: str, record_id: str) -> bool:
+    """Whether the mission `record_id` of user u0 is in the snapshot (False while the
+    server cannot be reached)."""
+    try:
+        with psycopg.connect(dsn, autocommit=True, connect_timeout=5) as conn:
+            row = conn.execute(
+                "SELECT 1 FROM mana_ai.mission_snapshots WHERE user_id = 'u0' "
+                "AND mission_id = %s",
+                (record_id,),
+            ).fetchone()
+    except psycopg.OperationalError:
+        return False
+    return row is not None
+
+
+def reconnect_after_restart(dsn: str, restart: Callable[[], None], within: float = 60.0) -> float:
+    """Restart the server with `restart` (which returns once it accepts connections, as
+    `pg_ctl -w restart` does) under a running consumer; returns the seconds from then to
+    lag 0: a row committed right after the server came up is in the snapshot (a pass
+    applies everything committed before it, so every older row is applied too)."""
+    restart()
+    up = time.monotonic()
+    probe = f"probe-{uuid.uuid4().hex[:8]}"
+    write_probe(dsn, probe)
+    while not applied(dsn, probe):
+        if time.monotonic() - up > within:
+            raise AssertionError(f"lag not back to 0 within {within:g} s of the restart")
+        time.sleep(0.02)
+    return time.monotonic() - up
