@@ -40,6 +40,7 @@ from bench import common, report
 # In the order they run. Each name is a module bench/bench_<name>.py.
 MODULES: tuple[str, ...] = (
     "projection", "tick", "cost", "memory", "scheduler", "replay", "failover", "runs",
+    "reconnect",
 )
 
 

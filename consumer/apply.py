@@ -310,6 +310,17 @@ async def apply_isolated(
         if not isolating(exc):
             raise
         log.warning("a batch of %d rows failed (%s); applying it row by row", len(raws), exc)
+    return await apply_by_row(conn, raws, max_bytes=max_bytes, targets=targets)
+
+
+async def apply_by_row(
+    conn: psycopg.AsyncConnection,
+    raws: list[RawChange],
+    *,
+    max_bytes: int,
+    targets: Targets = LIVE,
+) -> Applied:
+    """Each row alone in a savepoint; a row that fails is quarantined with the error."""
     result = Applied()
     for raw in raws:
         try:

@@ -55,13 +55,13 @@ from psycopg import errors as pgerr
 from psycopg import sql
 from psycopg.rows import args_row
 
-from .apply import LIVE, Targets, apply_isolated
+from .apply import LIVE, Targets, apply_by_row, apply_rows, isolating
 from .config import first_line
 from .db import CONNECT_TIMEOUT
 from .errors import ConfigError
 from .merge import decode_state
 from .model import RawChange
-from .projection import NIL_UUID, journal_raws, missing_rows, read_journal
+from .projection import NIL_UUID, JournalChunk, journal_raws, missing_rows, read_journal
 from .sql import load
 
 log = logging.getLogger(__name__)
@@ -433,8 +433,16 @@ class _Replay:
                 await reader
 
     async def _apply(self, ctl: psycopg.AsyncConnection, raws: list[RawChange], total: int) -> None:
-        async with ctl.transaction():
-            await apply_isolated(ctl, raws, max_bytes=self.max_bytes, targets=SHADOW)
+        try:
+            async with ctl.transaction():
+                await apply_rows(ctl, raws, max_bytes=self.max_bytes, targets=SHADOW)
+        except Exception as exc:
+            if not isolating(exc):
+                raise
+            # Something a row holds defeats the batch: row by row, the culprit quarantined.
+            log.warning("replay: a batch failed (%s); applying it row by row", exc)
+            async with ctl.transaction():
+                await apply_by_row(ctl, raws, max_bytes=self.max_bytes, targets=SHADOW)
         self.rows += len(raws)
         self.report(
             Progress("build", self.rows, max(total, self.rows), time.monotonic() - self.started)
@@ -450,24 +458,37 @@ class _Replay:
         after_xid, after_id = "0", NIL_UUID
         total = 0
         while True:
-            async with conn.transaction():
-                chunk = await read_journal(conn, prev, (after_xid, after_id), self.batch_size)
-                rows = chunk.rows
-                pass_snapshot = pass_snapshot or chunk.snapshot
-                try:
-                    # Rows gone from the log are not in its fold either: passed over here
-                    # (the live projection records them in quarantine).
-                    missing_rows(chunk, "replay")
-                except ConfigError as exc:
-                    raise ReplayError(str(exc)) from None
-                await apply_isolated(
-                    conn, journal_raws(chunk), max_bytes=self.max_bytes, targets=SHADOW
-                )
+            try:
+                chunk = await self._chunk(conn, prev, (after_xid, after_id), by_row=False)
+            except Exception as exc:
+                if isinstance(exc, ReplayError) or not isolating(exc):
+                    raise
+                log.warning("replay: a journal chunk failed (%s); applying it row by row", exc)
+                chunk = await self._chunk(conn, prev, (after_xid, after_id), by_row=True)
+            rows = chunk.rows
+            pass_snapshot = pass_snapshot or chunk.snapshot
             total += len(rows)
             self.caught_up += len(rows)
             if len(rows) < self.batch_size:
                 return pass_snapshot, total
             after_xid, after_id = rows[-1][0], rows[-1][1]
+
+    async def _chunk(
+        self, conn: psycopg.AsyncConnection, prev: str, after: tuple[str, str], *, by_row: bool
+    ) -> JournalChunk:
+        """Read and apply one chunk of the journal to the shadow (a savepoint inside a
+        caller's transaction); `by_row`: each row alone, a failing one quarantined."""
+        async with conn.transaction():
+            chunk = await read_journal(conn, prev, after, self.batch_size)
+            try:
+                # Rows gone from the log are not in its fold either: passed over here
+                # (the live projection records them in quarantine).
+                missing_rows(chunk, "replay")
+            except ConfigError as exc:
+                raise ReplayError(str(exc)) from None
+            apply = apply_by_row if by_row else apply_rows
+            await apply(conn, journal_raws(chunk), max_bytes=self.max_bytes, targets=SHADOW)
+        return chunk
 
     async def _locked(self, conn: psycopg.AsyncConnection, mode: str) -> None:
         """LOCK the live tables inside the caller's transaction, giving up after

@@ -1,0 +1,156 @@
+"""Reconnect benchmark (issue 9): a `consumer run --no-scheduler` process follows the log
+under mana-sync's traffic while the server is restarted (`pg_ctl -m fast -w restart`).
+Each trial times from the moment the server accepts connections again to lag 0: a row
+committed right then is in the snapshot (a pass applies everything committed before it,
+so every older row is applied too). The consumer's reconnect backoff (full jitter,
+doubling from 0.2 s) is part of what is measured.
+
+Needs the embedded server (it restarts it); with --database-url it reports nothing.
+
+    python -m bench.bench_reconnect [--trials 5]
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Callable
+
+import psycopg
+
+from bench.common import (
+    Server,
+    base_parser,
+    command,
+    machine_info,
+    median,
+    note,
+    print_table,
+    record,
+    section,
+    server,
+)
+
+INSERT = """INSERT INTO public.sync_changes
+    (id, app_id, table_name, record_id, user_id, op, data, field_meta, client_id)
+    VALUES (%s, 'ai', 'aiMissions', %s, 'bench-user', 'update', %s::jsonb, '{}'::jsonb,
+            'bench')"""
+
+
+def _wait(check: Callable[[], bool], within: float, what: str) -> None:
+    deadline = time.monotonic() + within
+    while not check():
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{what}: not within {within:g} s")
+        time.sleep(0.02)
+
+
+def _write(dsn: str, mission_id: str, n: int) -> None:
+    with psycopg.connect(dsn, autocommit=True, connect_timeout=5) as conn:
+        conn.execute(INSERT, (str(uuid.uuid4()), mission_id, json.dumps({"n": n})))
+
+
+def _applied(dsn: str, mission_id: str) -> bool:
+    try:
+        with psycopg.connect(dsn, autocommit=True, connect_timeout=5) as conn:
+            row = conn.execute(
+                "SELECT 1 FROM mana_ai.mission_snapshots WHERE user_id = 'bench-user' "
+                "AND mission_id = %s",
+                (mission_id,),
+            ).fetchone()
+    except psycopg.OperationalError:
+        return False
+    return row is not None
+
+
+class Writer(threading.Thread):
+    """mana-sync's traffic: one row every 10 ms, reconnecting through the restarts."""
+
+    def __init__(self, dsn: str) -> None:
+        super().__init__(daemon=True)
+        self.dsn = dsn
+        self.rows = 0
+        self.stopping = threading.Event()
+
+    def run(self) -> None:
+        while not self.stopping.is_set():
+            try:
+                _write(self.dsn, f"w{self.rows % 50}", self.rows)
+                self.rows += 1
+            except psycopg.OperationalError:
+                pass  # the server is restarting
+            time.sleep(0.01)
+
+
+def trials(srv: Server, dsn: str, count: int) -> list[float]:
+    cmd = [sys.executable, "-m", "consumer", "run", "--no-scheduler", "--metrics-port", "0"]
+    command(["consumer", "run", "--no-scheduler", "--metrics-port", "0"])
+    env = {**os.environ, "OTEL_TRACES_EXPORTER": "none", "SYNC_DATABASE_URL": dsn}
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    writer = Writer(dsn)
+    results: list[float] = []
+    try:
+        _write(dsn, "warmup", 0)
+        _wait(lambda: _applied(dsn, "warmup"), 60, "the consumer follows")
+        writer.start()
+        for i in range(count):
+            time.sleep(1.0)  # traffic between trials
+            srv.embedded.restart()  # type: ignore[attr-defined]  # returns once it accepts
+            up = time.monotonic()
+            probe = f"probe-{i}"
+            _write(dsn, probe, i)
+            _wait(lambda p=probe: _applied(dsn, p), 60, f"trial {i}: lag 0")
+            took = time.monotonic() - up
+            results.append(took)
+            print(f"   trial {i + 1}: {took * 1000:.0f} ms", flush=True)
+            if proc.poll() is not None:
+                raise RuntimeError(f"the consumer exited with {proc.returncode}")
+    finally:
+        writer.stopping.set()
+        writer.join(10)
+        proc.terminate()
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+    note(f"{writer.rows:,} rows written during the trials")
+    return results
+
+
+def run(srv: Server, count: int) -> int:
+    if srv.embedded is None:
+        note("reconnect: skipped, it restarts the server and needs the embedded one")
+        return 0
+    name = srv.migrated_template("reconnect")
+    try:
+        section(f"reconnect: {count} trials (pg_ctl restart: server up -> lag 0)")
+        results = trials(srv, srv.dsn_for(name), count)
+    finally:
+        srv.drop_database(name)
+    ms = [r * 1000 for r in results]
+    print_table(
+        f"reconnect after pg_ctl restart over {count} trials (ms, server up -> lag 0)",
+        ["p50", "max", "min"],
+        [(median(ms), max(ms), min(ms))],
+    )
+    record("reconnect_ms", ms)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = base_parser(__doc__ or "")
+    parser.add_argument("--trials", type=int, default=5, help="trials (5)")
+    args = parser.parse_args(argv)
+    count = min(args.trials, 2) if args.quick else args.trials
+    with server(args.database_url) as srv:
+        print_table("machine", ["", ""], machine_info(srv))
+        return run(srv, count)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
