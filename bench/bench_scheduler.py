@@ -1,13 +1,16 @@
-"""Scheduler benchmark (issue 5): a plain script, not a test.
+"""Scheduler benchmark (issues 5 and 9): a plain script, not a test.
 
 1. Due selection with N mission snapshots (default 1M) of which 1 in 1000 are due: the
    snapshots are bulk-loaded with generate_series (the rest are due over the next 30 days,
-   every 10th paused, every 200th with a '+02:00' offset). Reports the median of several
-   runs of the due query (SQL alone, and with the parse/filter in Python), of the
-   next-wake query, one full first pass (decide and claim every due mission in the ledger;
-   no worker runs them) and the steady pass after that (everything claimed).
+   every 10th paused, every 200th with a '+02:00' offset), then their due index rows are
+   filled by the migration's SQL parser (timed: what the migration's backfill costs).
+   Reports the median of several runs of the due query (SQL alone), of the selection
+   (`Scheduler._select`: SQL, parse, next wake-up), one full first pass (decide and claim
+   every due mission in the ledger; no worker runs them) and the steady pass after that
+   (everything claimed).
 2. Lateness: ~200 missions due at staggered times a few seconds out; the scheduler runs
-   (run(), max_sleep 60) and each decision span's mission.lateness_ms is read back. Done on
+   (run(), max_sleep 60) and each decision span's mission.lateness_ms is read back. Once
+   with 'Z' spellings and once with '+14:00', '+05:30', '+02:00' and '-10:00' offsets, on
    top of the 1M snapshots and again on a small table.
 
     python -m bench.bench_scheduler [--missions 1000000] [--runs 7] [--lateness 200]
@@ -17,7 +20,7 @@
 from __future__ import annotations
 
 import time
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, timezone
 
 import anyio
 import psycopg
@@ -36,7 +39,7 @@ from bench.common import (
 )
 from consumer import metrics
 from consumer.decisions import Decision
-from consumer.scheduler import MAX_POSITIVE_OFFSET, TEXT_SLACK, Scheduler, utc_text
+from consumer.scheduler import Scheduler
 from consumer.sql import load
 from consumer.telemetry import in_memory_provider, tracer
 
@@ -45,8 +48,24 @@ MISSIONS_PER_USER = 20
 LOAD_CHUNK = 200_000
 
 
-def load_snapshots(dsn: str, missions: int, now: datetime) -> float:
-    """Bulk-load `missions` snapshots and the users' agents; returns seconds taken."""
+OFFSETS = [timezone(timedelta(hours=14)), timezone(timedelta(hours=5, minutes=30)),
+           timezone(timedelta(hours=2)), timezone(timedelta(hours=-10))]
+INDEX_DUE = """INSERT INTO mana_ai.mission_due (user_id, mission_id, due_at)
+    SELECT user_id, mission_id, due_at
+    FROM (SELECT user_id, mission_id, mana_ai.mission_due_at(record) AS due_at
+          FROM mana_ai.mission_snapshots WHERE user_id = ANY(%(users)s)) AS s
+    WHERE due_at IS NOT NULL
+    ON CONFLICT (user_id, mission_id) DO UPDATE SET due_at = EXCLUDED.due_at"""
+
+
+def has_due_index(conn: psycopg.Connection) -> bool:
+    row = conn.execute("SELECT to_regclass('mana_ai.mission_due') IS NOT NULL").fetchone()
+    return bool(row and row[0])
+
+
+def load_snapshots(dsn: str, missions: int, now: datetime) -> tuple[float, float | None]:
+    """Bulk-load `missions` snapshots and the users' agents, then fill the due index.
+    Returns the seconds each took (None: no due index in this schema)."""
     users = max(1, missions // MISSIONS_PER_USER)
     started = time.perf_counter()
     with psycopg.connect(dsn, autocommit=True) as conn:
@@ -59,66 +78,66 @@ def load_snapshots(dsn: str, missions: int, now: datetime) -> float:
             )
             print(f"   loaded {stop:,} of {missions:,} missions", flush=True)
         conn.execute(load("agents_bench_load"), {"users": users})
+        loaded = time.perf_counter() - started
+        indexed: float | None = None
+        if has_due_index(conn):
+            t0 = time.perf_counter()
+            conn.execute("""INSERT INTO mana_ai.mission_due (user_id, mission_id, due_at)
+                SELECT user_id, mission_id, due_at
+                FROM (SELECT user_id, mission_id, mana_ai.mission_due_at(record) AS due_at
+                      FROM mana_ai.mission_snapshots) AS s
+                WHERE due_at IS NOT NULL""")
+            indexed = time.perf_counter() - t0
+            conn.execute("VACUUM ANALYZE mana_ai.mission_due")
         # What a long-lived table looks like: statistics and a visibility map.
         conn.execute("VACUUM ANALYZE mana_ai.mission_snapshots")
         conn.execute("VACUUM ANALYZE mana_ai.agent_snapshots")
-    return time.perf_counter() - started
+    return loaded, indexed
+
+
+def due_params(now: datetime) -> dict[str, object]:
+    """The due query's parameters (the text-window query before the due index had two)."""
+    if "%(now)s" in load("due_missions"):
+        return {"now": now}
+    text = (now + timedelta(minutes=1)).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    return {"exact": text, "wide": text}
 
 
 def query_plan(dsn: str, now: datetime) -> list[str]:
-    params = {"exact": utc_text(now + TEXT_SLACK),
-              "wide": utc_text(now + MAX_POSITIVE_OFFSET + TEXT_SLACK)}
     with psycopg.connect(dsn) as conn:
         rows = conn.execute(
             f"EXPLAIN (ANALYZE, BUFFERS, COSTS OFF) {load('due_missions')}",  # type: ignore[arg-type]
-            params,
+            due_params(now),
         ).fetchall()
     return [r[0] for r in rows]
 
 
 async def selection(dsn: str, runs: int) -> list[tuple[object, ...]]:
-    """Medians of the due query, the selection with its Python filter, and the next query."""
+    """Medians of the due query, the selection with its Python side, and one full pass."""
     provider, _ = in_memory_provider()
     rows: list[tuple[object, ...]] = []
     async with AsyncConnectionPool(dsn, min_size=1, max_size=4, open=False) as pool:
         await pool.open(wait=True)
         sched = Scheduler(pool, tracer=tracer(provider))
-        sql_times, narrow_times, select_times, next_times = [], [], [], []
+        sql_times, select_times = [], []
         candidates = due = 0
         async with pool.connection() as conn:
             for i in range(runs + 1):  # the first run warms the caches and is not counted
                 now = datetime.now(UTC)
-                params = {"exact": utc_text(now + TEXT_SLACK),
-                          "wide": utc_text(now + MAX_POSITIVE_OFFSET + TEXT_SLACK)}
-                tw = time.perf_counter()
-                cur = await conn.execute(load("due_missions"), params)
-                candidates = len(await cur.fetchall())
                 t0 = time.perf_counter()
-                narrow = {**params, "wide": params["exact"]}
-                cur = await conn.execute(load("due_missions"), narrow)
-                await cur.fetchall()
+                cur = await conn.execute(load("due_missions"), due_params(now))
+                candidates = len(await cur.fetchall())
                 t1 = time.perf_counter()
                 found, _ = await sched._select(conn, now)
                 t2 = time.perf_counter()
-                cur = await conn.execute(
-                    load("due_next"), {"after": params["exact"], "limit": 32}
-                )
-                await cur.fetchall()
-                t3 = time.perf_counter()
                 await conn.rollback()
                 due = len(found)
                 if i:
-                    sql_times.append(t0 - tw)
-                    narrow_times.append(t1 - t0)
+                    sql_times.append(t1 - t0)
                     select_times.append(t2 - t1)
-                    next_times.append(t3 - t2)
-        rows.append(("due query, 14 h window (once a minute)", median(sql_times) * 1e3,
-                     candidates, due))
-        rows.append(("due query, text bound (every pass)", median(narrow_times) * 1e3,
-                     "-", due))
-        rows.append(("due selection per pass (SQL + parse)", median(select_times) * 1e3,
-                     "-", due))
-        rows.append(("next-wake query (due_next)", median(next_times) * 1e3, 32, "-"))
+        rows.append(("due query (SQL alone)", median(sql_times) * 1e3, candidates, due))
+        rows.append(("due selection per pass (SQL + parse + next wake-up)",
+                     median(select_times) * 1e3, "-", due))
 
         # As inside run(): the pass decides and claims; the runs are the workers' (not here).
         async with anyio.create_task_group() as tg:
@@ -138,9 +157,13 @@ async def selection(dsn: str, runs: int) -> list[tuple[object, ...]]:
     return rows
 
 
-async def lateness(dsn: str, count: int, spread: float, lead: float) -> dict[str, float]:
-    """Missions due `lead`..`lead`+`spread` s out; decision lateness from their spans."""
+async def lateness(
+    dsn: str, count: int, spread: float, lead: float, offsets: bool = False
+) -> dict[str, float]:
+    """Missions due `lead`..`lead`+`spread` s out; decision lateness from their spans.
+    `offsets`: nextRunAt spelled with the OFFSETS in turn instead of 'Z'."""
     provider, exporter = in_memory_provider()
+    user = "late-o" if offsets else "late-z"
     now = datetime.now(UTC)
     due_at = {f"late-{i}": now + timedelta(seconds=lead + spread * i / count)
               for i in range(count)}
@@ -154,20 +177,28 @@ async def lateness(dsn: str, count: int, spread: float, lead: float) -> dict[str
             with psycopg.connect(dsn, autocommit=True) as conn:
                 conn.execute(
                     """INSERT INTO mana_ai.agent_snapshots (user_id, agent_id, record)
-                       VALUES ('late-u', 'bench-a1',
-                               '{"id": "bench-a1", "name": "L", "state": "active"}')"""
+                       VALUES (%s, 'bench-a1',
+                               '{"id": "bench-a1", "name": "L", "state": "active"}')""",
+                    (user,),
                 )
                 for i, (mission_id, at) in enumerate(due_at.items()):
+                    spelled = (
+                        at.astimezone(OFFSETS[i % len(OFFSETS)]).isoformat(
+                            timespec="milliseconds")
+                        if offsets
+                        else at.strftime("%Y-%m-%dT%H:%M:%S.") + f"{at.microsecond // 1000:03d}Z"
+                    )
                     record = {"id": mission_id, "state": "active", "title": mission_id,
-                              "nextRunAt": at.strftime("%Y-%m-%dT%H:%M:%S.")
-                              + f"{at.microsecond // 1000:03d}Z"}
+                              "nextRunAt": spelled}
                     if i % 2:  # half with an agent, half legacy
                         record["agentId"] = "bench-a1"
                     conn.execute(
                         """INSERT INTO mana_ai.mission_snapshots (user_id, mission_id, record)
-                           VALUES ('late-u', %s, %s::jsonb)""",
-                        (mission_id, Jsonb(record)),
+                           VALUES (%s, %s, %s::jsonb)""",
+                        (user, mission_id, Jsonb(record)),
                     )
+                if has_due_index(conn):  # what the projection writes beside the snapshot
+                    conn.execute(INDEX_DUE, {"users": [user]})
             sched.notify_changed()  # what the projection does after applying rows
             deadline = time.monotonic() + lead + spread + 10
             while time.monotonic() < deadline:
@@ -201,8 +232,10 @@ def main(argv: list[str] | None = None) -> int:
         try:
             with srv.scratch(template, tag="sched") as dsn:
                 section(f"due selection: {args.missions:,} missions, 1 in {DUE_EVERY} due")
-                loaded = load_snapshots(dsn, args.missions, datetime.now(UTC))
+                loaded, indexed = load_snapshots(dsn, args.missions, datetime.now(UTC))
                 note(f"bulk load {loaded:.1f} s")
+                if indexed is not None:
+                    note(f"due index filled by the migration's SQL parser in {indexed:.1f} s")
                 plan = query_plan(dsn, datetime.now(UTC))
                 rows = anyio.run(selection, dsn, args.runs)
                 print_table(
@@ -213,21 +246,23 @@ def main(argv: list[str] | None = None) -> int:
                 for line in plan:
                     note("  " + line)
                 print()
-                big = anyio.run(lateness, dsn, args.lateness, args.spread, 2.0)
+                big = [anyio.run(lateness, dsn, args.lateness, args.spread, 2.0, offsets)
+                       for offsets in (False, True)]
             with srv.scratch(template, tag="sched") as dsn:
-                small = anyio.run(lateness, dsn, args.lateness, args.spread, 2.0)
+                small = [anyio.run(lateness, dsn, args.lateness, args.spread, 2.0, offsets)
+                         for offsets in (False, True)]
         finally:
             srv.drop_database(template)
 
     print_table(
         f"decision lateness: {args.lateness} missions due over {args.spread:g} s, "
         "nextRunAt -> decision span (ms)",
-        ["snapshot table", "decided", "p50", "p99", "max", "passes"],
+        ["snapshot table", "nextRunAt", "decided", "p50", "p99", "max", "passes"],
         [
-            (f"{args.missions:,} missions", int(big["decided"]), big["p50"], big["p99"],
-             big["max"], int(big["passes"])),
-            ("lateness missions only", int(small["decided"]), small["p50"], small["p99"],
-             small["max"], int(small["passes"])),
+            (table, spelling, int(r["decided"]), r["p50"], r["p99"], r["max"], int(r["passes"]))
+            for table, runs in ((f"{args.missions:,} missions", big),
+                                ("lateness missions only", small))
+            for spelling, r in zip(("'Z'", "offsets"), runs, strict=True)
         ],
     )
     return 0

@@ -18,6 +18,7 @@ import psycopg
 from psycopg import sql
 
 from . import metrics
+from .decisions import due_instant
 from .errors import CheckpointConflict, ConfigError, Deposed, is_transient
 from .merge import RecordState, agent_visible, apply_change, decode_state, encode_state, materialize
 from .model import Change, RawChange
@@ -39,6 +40,7 @@ class Targets(msgspec.Struct, frozen=True):
     missions: str = "mission_snapshots"
     agents: str = "agent_snapshots"
     clocks: str = "record_clocks"
+    due: str = "mission_due"  # when each mission falls due (due_write.sql)
 
     def ident(self, table: str) -> sql.Identifier:
         return sql.Identifier(self.schema, table)
@@ -220,6 +222,7 @@ async def _write(
     ):
         upserts: list[tuple[str, str, str, datetime]] = []
         deletes: list[tuple[str, str]] = []
+        due: list[tuple[str, str, datetime | None]] = []
         for (k, user_id, record_id), state, _ in changed:
             if k != kind:
                 continue
@@ -229,6 +232,18 @@ async def _write(
                 upserts.append((user_id, record_id, body, _us_to_dt(state.last_applied_us)))
             else:
                 deletes.append((user_id, record_id))
+            if kind == "mission":
+                at = due_instant(record) if record is not None else None
+                due.append((user_id, record_id, at))
+        if due:  # before the snapshots: tables are locked in one order (replay_lock_live.sql)
+            await conn.execute(
+                sql.SQL(load("due_write")).format(due=targets.ident(targets.due)),
+                {
+                    "users": [d[0] for d in due],
+                    "missions": [d[1] for d in due],
+                    "due_at": [d[2] for d in due],
+                },
+            )
         fmt = {"table": targets.ident(table), "key": sql.Identifier(key_column)}
         if upserts:
             cur = await conn.execute(

@@ -7,6 +7,7 @@ number of the agent's runs in flight and its rolling 24 h token usage.
 from __future__ import annotations
 
 import math
+import re
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from typing import Any
@@ -114,22 +115,51 @@ def decide(
 def parse_instant(value: Any) -> datetime | None:
     """An ISO-8601 instant ('Z' or an offset, any fractional digits) as an aware UTC datetime.
 
-    Anything that is not a parseable string gives None; a value without an offset is read as
-    UTC. Delegates to the merge's parser so that "due" and "newer" read instants alike.
+    Anything that is not a parseable string gives None, and so does an instant outside the
+    years 1..9999 once read as UTC; a value without an offset is read as UTC. Delegates to
+    the merge's parser so that "due" and "newer" read instants alike.
     """
     if not isinstance(value, str) or not value:
         return None
     us = _instant_us(value)
-    return None if us is None else _EPOCH + timedelta(microseconds=us)
+    if us is None:
+        return None
+    try:
+        return _EPOCH + timedelta(microseconds=us)
+    except OverflowError:  # e.g. '9999-12-31T23:00:00-02:00' is in the year 10000 in UTC
+        return None
+
+
+# The nextRunAt spellings a mission can be due at: extended ISO-8601, a date alone, or a
+# date and hh:mm[:ss[.fraction]] with 'Z' or an offset of at most 15:59 (none means UTC).
+# The SQL twin, mana_ai.mission_due_at (migration 0008), accepts exactly these and reads
+# them to the same instant, so the due index, its backfill and this check agree. Anything
+# else (week dates, basic format, other separators) is never due.
+DUE_SPELLING = re.compile(
+    r"[0-9]{4}-[0-9]{2}-[0-9]{2}"
+    r"(?:[Tt ](?:[01][0-9]|2[0-3]):[0-5][0-9](?::[0-5][0-9](?:\.[0-9]+)?)?"
+    r"(?:[Zz]|[+-](?:0[0-9]|1[0-5])(?::?[0-5][0-9])?)?)?"
+)
+
+
+def due_instant(mission: dict[str, Any]) -> datetime | None:
+    """When the mission falls due, or None when it never does: it is not active, it is
+    deleted, or its nextRunAt is missing or not a due spelling (DUE_SPELLING).
+
+    Deleted follows upstream's SQL rule `record->>'deletedAt' IS NOT NULL`: any deletedAt
+    that is present and not JSON null (also "" and false) takes the mission out.
+    """
+    if mission.get("state") != "active" or mission.get("deletedAt") is not None:
+        return None
+    text = mission.get("nextRunAt")
+    if not isinstance(text, str) or DUE_SPELLING.fullmatch(text) is None:
+        return None
+    return parse_instant(text)
 
 
 def is_due(mission: dict[str, Any], now: datetime) -> bool:
-    """Active, not deleted, and nextRunAt has come. An unparseable nextRunAt is never due."""
-    if mission.get("state") != "active" or mission.get("deletedAt"):
-        return False
-    next_run = parse_instant(mission.get("nextRunAt"))
-    if next_run is None:
-        return False
+    """Active, not deleted, and nextRunAt has come (see due_instant)."""
     if now.tzinfo is None:
         raise ValueError("now must be timezone-aware")
-    return next_run <= now
+    at = due_instant(mission)
+    return at is not None and at <= now

@@ -71,6 +71,7 @@ SHADOW = Targets(
     missions=f"{LIVE.missions}_shadow",
     agents=f"{LIVE.agents}_shadow",
     clocks=f"{LIVE.clocks}_shadow",
+    due=f"{LIVE.due}_shadow",
 )
 # Where the swap moves the live tables; dropped after it commits (see _take_live_names).
 RETIRED = Targets(
@@ -78,12 +79,13 @@ RETIRED = Targets(
     missions=f"{LIVE.missions}_retired",
     agents=f"{LIVE.agents}_retired",
     clocks=f"{LIVE.clocks}_retired",
+    due=f"{LIVE.due}_retired",
 )
 # (live, shadow, retired) table names, in the order the projector touches them (see
 # replay_lock_live.sql)
 TABLES = tuple(
     (getattr(LIVE, t), getattr(SHADOW, t), getattr(RETIRED, t))
-    for t in ("clocks", "missions", "agents")
+    for t in ("clocks", "due", "missions", "agents")
 )
 
 EXIT_OK = 0
@@ -315,6 +317,7 @@ class _Replay:
                         "replay_analyze",
                         clocks=SHADOW.clocks,
                         missions=SHADOW.missions,
+                        due=SHADOW.due,
                         agents=SHADOW.agents,
                     )
                 )
@@ -500,6 +503,7 @@ class _Replay:
             sql.SQL(load("replay_lock_live")).format(
                 clocks=sql.Identifier(LIVE.schema, LIVE.clocks),
                 missions=sql.Identifier(LIVE.schema, LIVE.missions),
+                due=sql.Identifier(LIVE.schema, LIVE.due),
                 agents=sql.Identifier(LIVE.schema, LIVE.agents),
                 mode=sql.SQL(mode),
             )
@@ -556,6 +560,7 @@ class _Replay:
                         "replay_shadow_drop",
                         clocks=RETIRED.clocks,
                         missions=RETIRED.missions,
+                        due=RETIRED.due,
                         agents=RETIRED.agents,
                     )
                 )
@@ -651,9 +656,11 @@ class _Replay:
                     live_missions=LIVE.missions,
                     live_agents=LIVE.agents,
                     live_clocks=LIVE.clocks,
+                    live_due=LIVE.due,
                     shadow_missions=SHADOW.missions,
                     shadow_agents=SHADOW.agents,
                     shadow_clocks=SHADOW.clocks,
+                    shadow_due=SHADOW.due,
                 ),
                 {"applied_below": cp[0] if cp else "0"},
             )
@@ -699,7 +706,7 @@ class _Replay:
                 detail = "in the live table, not in the log's fold"
             else:
                 detail = "missing from the live table"
-            label = kind if what == "snapshot" else f"{kind} clock"
+            label = {"snapshot": kind, "due": f"{kind} due index"}.get(what, f"{kind} clock")
             print(f"  {label} {user_id}/{record_id}: {detail}", file=self.out)
         if differ > len({(d[0], d[1], d[2]) for d in details}):
             print("  ...", file=self.out)
@@ -715,6 +722,7 @@ class _Replay:
                     "replay_shadow_drop",
                     clocks=SHADOW.clocks,
                     missions=SHADOW.missions,
+                    due=SHADOW.due,
                     agents=SHADOW.agents,
                 )
             )
@@ -749,7 +757,13 @@ async def _drop_leftovers(conn: psycopg.AsyncConnection) -> None:
     """The shadow tables, and old tables a swap could not drop (see _swap)."""
     for t in (SHADOW, RETIRED):
         await conn.execute(
-            _fmt("replay_shadow_drop", clocks=t.clocks, missions=t.missions, agents=t.agents)
+            _fmt(
+                "replay_shadow_drop",
+                clocks=t.clocks,
+                missions=t.missions,
+                due=t.due,
+                agents=t.agents,
+            )
         )
 
 

@@ -1,18 +1,15 @@
 """The scheduler: sleeps until the next nextRunAt, decides due missions, claims runs.
 
-Loop. `run()` does a pass, then sleeps until the earliest future nextRunAt in the projection
-(capped by `max_sleep`), woken early by the projection (`notify_changed`) or by a run that
-finishes. A pass never reads the log: it selects candidates from mana_ai.mission_snapshots
-through the seed's index idx_mission_snapshots_due, keeps those whose parsed nextRunAt has
-come (`decisions.is_due`), and decides each with `decisions.decide` (DESIGN §5).
+Loop. `run()` does a pass, then sleeps until the next instant a mission falls due (capped
+by `max_sleep`), woken early by the projection (`notify_changed`) or by a run that
+finishes. A pass never reads the log: it selects due missions from the snapshots through
+the due index and decides each with `decisions.decide` (DESIGN §5).
 
-Due selection. nextRunAt is compared as TEXT in SQL (that is what the seed's index serves)
-and as a parsed instant in Python. For UTC spellings ('Z', '+00:00', no offset) text order is
-instant order; a negative offset makes the text sort *earlier* than the instant (found early,
-filtered here); a positive offset makes it sort *later*, by at most 14 h, so strings with a
-'+' are selected up to now + 14 h (see due_missions.sql). Spellings that do not sort like
-extended ISO text (lower-case 't', basic format '20260101T...') are not found by the index,
-as upstream's text comparison did not find them either.
+Due selection. mana_ai.mission_due holds, beside each snapshot that can fall due, its
+nextRunAt parsed to a UTC instant (`decisions.due_instant`; written with the snapshot, see
+apply.py). A pass reads `due_at <= now` and the next `due_at` after now, two range scans
+of one index, so '+02:00', '-10:00' and 'Z' spellings are all found at their instant. The
+record is checked again in Python (`due_instant`) before it is decided.
 
 At most once per occurrence. An occurrence is (user, mission, nextRunAt as a UTC instant).
 The `ran` decisions of a pass are recorded in the dispatch ledger as `claimed`, in one
@@ -23,13 +20,6 @@ is lost: its decision span says so (claim.lost) and nothing runs; later passes d
 the occurrence (the due query skips ledgered occurrences). With no planner configured
 (`claims=False`) `ran` decisions are traced once per occurrence and nothing is claimed, so
 a planner configured later runs what is due then.
-
-Positive offsets. A nextRunAt like '...T10:00+02:00' sorts after its instant, so the text
-bound `<= now` misses it. The 14 h text window that finds them costs ~20-40 ms with 1M
-missions, so it is scanned only every WIDE_SCAN_EVERY; the '+' missions it finds are kept
-in memory (by key) and re-read by key each pass, and so are the missions the projection
-reports changed (notify_changed), so a new or moved '+' mission is seen at once. Every other
-pass reads only `nextRunAt <= now` through the seed index.
 
 Spans and metrics. One "scheduler.pass" span per pass, one "mission.decision" child per
 decision. A skipped occurrence stays due and is decided again on every pass; to keep traces
@@ -68,7 +58,7 @@ from psycopg_pool import AsyncConnectionPool
 
 from . import ledger, metrics, shutdown
 from .apply import Applied
-from .decisions import Decision, Verdict, decide, is_due, is_legacy, parse_instant
+from .decisions import Decision, Verdict, decide, due_instant, is_legacy
 from .errors import Deposed
 from .ledger import Occurrence
 from .sql import load
@@ -78,17 +68,13 @@ from .worker import Dispatcher, RunWorker
 log = logging.getLogger(__name__)
 
 LEGACY_AGENT_NAME = "Mana"  # display name of the default identity (DESIGN §5)
-MAX_POSITIVE_OFFSET = timedelta(hours=14)  # the largest UTC offset in use (+14:00, Kiribati)
-TEXT_SLACK = timedelta(minutes=1)  # keeps the text bound clear of fractional-digit spellings
 BUDGET_WINDOW = timedelta(hours=24)
-NEXT_LIMIT = 32  # nextRunAt strings read past the bound to find the next wake-up
 WAKE_EPSILON = 0.005  # seconds added to a timed sleep: a timer may fire a hair early
 MIN_SLEEP = 0.001
 MAX_BACKOFF = 30.0
 DEFERRED_POLL = 1.0  # seconds between passes while a mission waits for a slot
 PRUNE_FIRST = 60.0  # seconds from the start of a term to its first prune
 LEDGER_KEEP = timedelta(days=7)  # finished occurrences are kept this long for operators
-WIDE_SCAN_EVERY = 60.0  # seconds between scans of the 14 h window for '+' offsets
 
 _decode = msgspec.json.Decoder(dict[str, Any])
 
@@ -208,10 +194,7 @@ class Scheduler:
             on_claimed = self.worker.poke
         self.on_claimed = on_claimed
         self.in_flight = InFlight()  # the last pass's counts
-        self.next_due: datetime | None = None  # earliest future nextRunAt seen by the last pass
-        self._wide_at: float | None = None  # monotonic time of the last 14 h window scan
-        self._positive: set[tuple[str, str]] = set()  # missions with a '+hh:mm' nextRunAt
-        self._changed: set[tuple[str, str]] = set()  # missions the projection changed
+        self.next_due: datetime | None = None  # the next due instant after the last pass
         self._tg: anyio.abc.TaskGroup | None = None
         self._wake: anyio.Event | None = None  # created inside the loop (needs a running loop)
         self._pending = False  # a wake arrived since the current pass started
@@ -235,8 +218,6 @@ class Scheduler:
         Synchronous and cheap; call it on the event loop's thread. Any change wakes the loop:
         a pass costs one indexed query, and wakes during a pass fold into one more pass.
         """
-        if applied is not None:
-            self._changed |= applied.missions
         self._poke()
 
     def _poke(self) -> None:
@@ -430,50 +411,19 @@ class Scheduler:
 
     async def _select(self, conn: psycopg.AsyncConnection, now: datetime) -> tuple[list[_Due], int]:
         """Due occurrences, oldest first; also sets next_due. Returns (due, candidates read)."""
-        exact = utc_text(now + TEXT_SLACK)
-        mono = time.monotonic()
-        wide_scan = self._wide_at is None or mono - self._wide_at >= WIDE_SCAN_EVERY
-        wide = utc_text(now + MAX_POSITIVE_OFFSET + TEXT_SLACK) if wide_scan else exact
-        cur = await conn.execute(load("due_missions"), {"exact": exact, "wide": wide})
+        cur = await conn.execute(load("due_missions"), {"now": now})
         rows = await cur.fetchall()
-        if wide_scan:
-            self._wide_at = mono
-            self._positive = {(r[0], r[1]) for r in rows if "+" in r[2]}
-        changed, self._changed = self._changed, set()
-        keys = (self._positive | changed) - {(r[0], r[1]) for r in rows}
-        if keys:
-            users, missions = zip(*sorted(keys), strict=True)
-            try:
-                cur = await conn.execute(
-                    load("due_by_keys"), {"users": list(users), "missions": list(missions)}
-                )
-                by_key = await cur.fetchall()
-            except BaseException:
-                self._changed |= changed  # not looked at: the next pass does
-                raise
-            # Remember the '+' ones among them; the rest the text-bound query will find.
-            self._positive = (self._positive - keys) | {(r[0], r[1]) for r in by_key if "+" in r[2]}
-            rows += by_key
         due: list[_Due] = []
-        upcoming: list[datetime] = []
-        for user_id, mission_id, next_run_at, body in rows:
-            at = parse_instant(next_run_at)
-            if at is None:
-                continue  # unparseable: never due (is_due agrees)
-            if at > now:
-                upcoming.append(at)
-                continue
+        for user_id, mission_id, next_run_at, body, _ in rows:
             mission = _decode.decode(body)
-            if is_due(mission, now):
+            # The index and the record agree (both are written in one transaction); reading
+            # the record again keeps a hand-edited index from running a mission early.
+            at = due_instant(mission)
+            if at is not None and at <= now:
                 due.append(_Due(Occurrence(user_id, mission_id, next_run_at, at), at, mission))
-        # Past the text bound, text order is close to instant order; a few rows suffice,
-        # and max_sleep bounds any error from unusual offsets.
-        cur = await conn.execute(load("due_next"), {"after": exact, "limit": NEXT_LIMIT})
-        for (text,) in await cur.fetchall():
-            at = parse_instant(text)
-            if at is not None and at > now:
-                upcoming.append(at)
-        self.next_due = min(upcoming, default=None)
+        cur = await conn.execute(load("due_next"), {"now": now})
+        row = await cur.fetchone()
+        self.next_due = row[0] if row is not None else None
         due.sort(key=lambda d: (d.at, d.occ.user_id, d.occ.mission_id))
         return due, len(rows)
 

@@ -15,6 +15,7 @@ from consumer.decisions import (
     Verdict,
     agent_gate_inputs,
     decide,
+    due_instant,
     is_due,
     parse_instant,
 )
@@ -289,3 +290,36 @@ def test_not_due(mission: dict[str, Any]) -> None:
 def test_is_due_rejects_naive_now() -> None:
     with pytest.raises(ValueError):
         is_due({"state": "active", "nextRunAt": "2026-01-01T00:00:00Z"}, datetime(2026, 1, 2))
+
+
+@pytest.mark.parametrize("deleted_at", ["", False, 0, {}, [], "2026-01-02T00:00:00Z"])
+def test_any_deleted_at_that_is_not_null_takes_the_mission_out(deleted_at: Any) -> None:
+    """Upstream's rule is SQL's `record->>'deletedAt' IS NULL`: "" and false count too."""
+    mission = {"state": "active", "nextRunAt": "2026-01-01T00:00:00Z", "deletedAt": deleted_at}
+    assert due_instant(mission) is None
+    assert not is_due(mission, NOW)
+
+
+def test_a_null_or_absent_deleted_at_leaves_the_mission_due() -> None:
+    assert is_due({"state": "active", "nextRunAt": "2026-01-01T00:00:00Z", "deletedAt": None}, NOW)
+    assert is_due({"state": "active", "nextRunAt": "2026-01-01T00:00:00Z"}, NOW)
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("2026-11-26T10:00:00+02:00", NOW),
+        ("2026-11-26T22:00+14:00", NOW),
+        ("2026-11-25T22:00:00-10:00", NOW),
+        ("2026-11-26", NOW - timedelta(hours=8)),
+        ("2026-11-26x08:00:00Z", None),  # Python's parser takes any separator; not due
+        ("20261126T080000Z", None),
+        ("9999-12-31T23:00:00-02:00", None),  # in the year 10000 once in UTC
+    ],
+)
+def test_due_instant_reads_offsets_as_instants(text: str, expected: datetime | None) -> None:
+    assert due_instant({"state": "active", "nextRunAt": text}) == expected
+
+
+def test_parse_instant_out_of_range_is_none() -> None:
+    assert parse_instant("9999-12-31T23:00:00-02:00") is None

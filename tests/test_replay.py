@@ -98,7 +98,8 @@ def leftovers(dsn: str) -> list:
             "SELECT to_regclass(t) FROM unnest(%s::text[]) t",
             ([f"mana_ai.{t.missions}" for t in (SHADOW, RETIRED)]
              + [f"mana_ai.{t.agents}" for t in (SHADOW, RETIRED)]
-             + [f"mana_ai.{t.clocks}" for t in (SHADOW, RETIRED)],),
+             + [f"mana_ai.{t.clocks}" for t in (SHADOW, RETIRED)]
+             + [f"mana_ai.{t.due}" for t in (SHADOW, RETIRED)],),
         ).fetchall()
         holds = conn.execute("SELECT name FROM mana_ai.replay_hold").fetchall()
     return [s for (s,) in shadows if s is not None] + holds

@@ -1,17 +1,24 @@
--- Candidate due missions through the seed's partial index idx_mission_snapshots_due
--- (state = 'active', range on the nextRunAt text). Text order equals instant order only for
--- UTC spellings, so: %(exact)s is now (+ a little slack) as UTC ISO text, which finds every
--- due UTC or negative-offset string; %(wide)s is now + 14 h (+ slack), which a positive
--- offset ('+hh:mm', at most +14:00) needs. The caller parses the instants and keeps only
--- what is really due. Occurrences already in the dispatch ledger (compared as instants, so
--- another spelling of the same instant is the same occurrence) are not candidates.
-SELECT m.user_id, m.mission_id, m.record->>'nextRunAt', m.record::text
-FROM mana_ai.mission_snapshots m
-WHERE m.record->>'state' = 'active'
-  AND m.record->>'nextRunAt' <= %(wide)s
-  AND (m.record->>'nextRunAt' <= %(exact)s OR strpos(m.record->>'nextRunAt', '+') > 0)
-  AND coalesce(m.record->>'deletedAt', '') = ''
+-- Due missions: the due index (mana_ai.mission_due, nextRunAt as a UTC instant) read up to
+-- %(now)s, then each one's snapshot by primary key (OFFSET 0 keeps the lookup a lookup:
+-- otherwise the planner may scan every active snapshot through the seed's partial index).
+-- Upstream's due rule, restated on the record: state 'active' and
+-- record->>'deletedAt' IS NULL (a deletedAt of "" or false takes the mission out too).
+-- d.due_at is the occurrence's instant. Occurrences already in the dispatch ledger
+-- (compared as instants, so another spelling of the same instant is the same occurrence)
+-- are not candidates. The due index is read (and locked) before the snapshots: the order
+-- in which the projector writes them and replay locks them.
+SELECT m.user_id, m.mission_id, m.next_run_at, m.body, d.due_at
+FROM mana_ai.mission_due d
+CROSS JOIN LATERAL (
+    SELECT s.user_id, s.mission_id, s.record->>'nextRunAt' AS next_run_at,
+           s.record::text AS body
+    FROM mana_ai.mission_snapshots s
+    WHERE s.user_id = d.user_id AND s.mission_id = d.mission_id
+      AND s.record->>'state' = 'active'
+      AND s.record->>'deletedAt' IS NULL
+    OFFSET 0
+) m
+WHERE d.due_at <= %(now)s
   AND NOT EXISTS (
       SELECT 1 FROM mana_ai.dispatch_ledger l
-      WHERE l.user_id = m.user_id AND l.mission_id = m.mission_id
-        AND l.due_at = mana_ai.instant(m.record->>'nextRunAt'))
+      WHERE l.user_id = d.user_id AND l.mission_id = d.mission_id AND l.due_at = d.due_at)

@@ -1,8 +1,8 @@
 -- Every difference between the live tables and the replay's shadow, into a temporary
 -- table of the verify transaction: a record on one side only, or a different record,
--- last_applied_at or clock state. `fields` names what differs. `inflight`: the record has
--- journal rows at or above the live checkpoint, which the live projection may not have
--- applied yet, so a difference there proves nothing.
+-- last_applied_at, clock state or due instant. `fields` names what differs. `inflight`:
+-- the record has journal rows at or above the live checkpoint, which the live projection
+-- may not have applied yet, so a difference there proves nothing.
 CREATE TEMP TABLE replay_diff ON COMMIT DROP AS
 WITH inflight AS (
     SELECT DISTINCT CASE c.table_name WHEN 'agents' THEN 'agent' ELSE 'mission' END AS kind,
@@ -26,6 +26,11 @@ WITH inflight AS (
     SELECT kind, user_id, record_id, l.state AS live, s.state AS shadow
     FROM {live_clocks} l FULL JOIN {shadow_clocks} s USING (kind, user_id, record_id)
     WHERE l.state IS DISTINCT FROM s.state
+), due AS (
+    SELECT 'mission' AS kind, user_id, mission_id AS record_id, l.due_at AS live,
+           s.due_at AS shadow
+    FROM {live_due} l FULL JOIN {shadow_due} s USING (user_id, mission_id)
+    WHERE l.due_at IS DISTINCT FROM s.due_at
 ), diff AS (
     SELECT kind, user_id, record_id, 'snapshot' AS what, live IS NULL AS no_live,
            shadow IS NULL AS no_shadow,
@@ -41,6 +46,11 @@ WITH inflight AS (
     SELECT kind, user_id, record_id, 'clock', live IS NULL, shadow IS NULL, NULL::text[],
            live, shadow
     FROM clocks
+    UNION ALL
+    -- The due index is derived from the snapshot: a row on one side only or another instant.
+    SELECT kind, user_id, record_id, 'due', live IS NULL, shadow IS NULL, ARRAY['due_at'],
+           NULL::bytea, NULL::bytea
+    FROM due
 )
 SELECT d.kind, d.user_id, d.record_id, d.what,
        CASE WHEN d.no_live THEN 'only-replay'

@@ -1,2 +1,2 @@
--- Drops three tables if they exist: the shadow (an aborted run) or the retired ones.
-DROP TABLE IF EXISTS {clocks}, {missions}, {agents}
+-- Drops four tables if they exist: the shadow (an aborted run) or the retired ones.
+DROP TABLE IF EXISTS {clocks}, {missions}, {due}, {agents}
