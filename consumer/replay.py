@@ -472,7 +472,10 @@ class _Replay:
             pass_snapshot = pass_snapshot or chunk.snapshot
             total += len(rows)
             self.caught_up += len(rows)
-            if len(rows) < self.batch_size:
+            # Rows come in xid order: once one is past the first chunk's snapshot, every row
+            # visible in it is applied. Writers that keep committing must not keep us here
+            # (under the swap's lock the live projector waits for us).
+            if len(rows) < self.batch_size or int(rows[-1][0]) >= _xmax(pass_snapshot):
                 return pass_snapshot, total
             after_xid, after_id = rows[-1][0], rows[-1][1]
 
@@ -765,6 +768,11 @@ async def _drop_leftovers(conn: psycopg.AsyncConnection) -> None:
                 agents=t.agents,
             )
         )
+
+
+def _xmax(snapshot: str) -> int:
+    """The xmax of a pg_snapshot's text form 'xmin:xmax:xip,...'."""
+    return int(snapshot.split(":")[1])
 
 
 def _last_record_start(rows: list[RawChange]) -> int:
