@@ -34,8 +34,10 @@ from bench.common import (
     note,
     percentile,
     print_table,
+    record,
     section,
     server,
+    verdict,
 )
 from consumer import metrics
 from consumer.decisions import Decision
@@ -265,6 +267,19 @@ def main(argv: list[str] | None = None) -> int:
             for spelling, r in zip(("'Z'", "offsets"), runs, strict=True)
         ],
     )
+    per_pass = next(r[1] for r in rows if str(r[0]).startswith("due selection per pass"))
+    verdict(f"due selection per pass at {args.missions:,} missions <= 20 ms "
+            f"({float(str(per_pass)):.1f} ms)", float(str(per_pass)) <= 20.0)
+    verdict(f"offset missions: lateness p99 at {args.missions:,} missions <= 50 ms "
+            f"({big[1]['p99']:.1f} ms)", big[1]["p99"] <= 50.0)
+    record("scheduler", {
+        "missions": args.missions,
+        "selection_ms": {str(r[0]): r[1] for r in rows},
+        "due_index_fill_s": indexed,
+        "lateness_ms": {f"{table} {spelling}": r for table, runs in
+                        (("big", big), ("small", small))
+                        for spelling, r in zip(("z", "offsets"), runs, strict=True)},
+    })
     return 0
 
 
