@@ -141,8 +141,11 @@ def next_run_after(cadence: Any, finished_at: datetime) -> datetime | None:
 
 
 def runnable(mission: dict[str, Any] | None) -> bool:
+    """Still active and not deleted (upstream's rule: any deletedAt but JSON null deletes)."""
     return (
-        mission is not None and mission.get("state") == "active" and not mission.get("deletedAt")
+        mission is not None
+        and mission.get("state") == "active"
+        and mission.get("deletedAt") is None
     )
 
 
