@@ -1,39 +1,42 @@
-"""Field-level last-writer-wins merge of one record's changes (DESIGN §3). Pure: no I/O.
+"""Field-level last-writer-wins merge of one record's changes. Pure: no I/O.
 
-Invariant M1 (order independence): the state of a record is a pure function of the SET of
-its rows. Each field keeps the cell with the greatest key
+The fold we reproduce is upstream's (mana-ai ``mergeRaw``): a record's rows in
+``created_at`` order; a delete anywhere removes the record for good; the FIRST row
+creates ``{id: record_id, ...data}`` and its field clocks come only from the keys of its
+``field_meta`` (the key's stamp, or the row's ``created_at`` when the entry has no usable
+stamp), so a field it writes without a ``field_meta`` entry has no clock and any later
+write wins it, and a ``field_meta`` key without a value still sets that field's clock;
+every LATER row's field wins when its stamp (the ``field_meta`` time, else the row's
+``created_at``) is ``>=`` the field's clock, or the field has none.
 
-    (stamp, created, change_id)
+Invariant M1 (order independence): the state is a pure function of the SET of the
+record's rows. "First row" is the row with the smallest ``(created_at, change id)``,
+whenever it arrives, so the state keeps it apart (:class:`FirstRow`: its values and its
+clocks, meta-only keys included) and keeps in ``fields``, per field, the winner among all
+OTHER rows: the cell with the greatest key ``(stamp, created, change_id)``. A row that
+sorts before the current first row demotes it (it is merged into ``fields`` like any later
+row; its meta-only keys then do nothing). A duplicate changes nothing. Both parts are
+order independent (a minimum and a per-field maximum), hence so is :func:`materialize`:
+a field takes the later winner when the first row has no clock for it or the winner's
+key is greater than the first row's ``(clock, created, change_id)`` for that field, i.e.
+its stamp is ``>=`` the clock, since every later row sorts after the first; else the first
+row's value; a meta-only key with no later winner leaves the field absent.
 
-where ``stamp`` is the field's ``field_meta`` time parsed to an instant (integer
-microseconds since the Unix epoch, UTC), or the row's ``created_at`` when the field has no
-usable stamp; ``created`` is the row's ``created_at`` in microseconds; ``change_id`` is the
-row's id (lower-case uuid text). That key is a total order, so applying the rows in any
-order, any number of times, in any batching, picks the same winner. Two cells with equal
-keys come from the same row and hold the same value. A delete sets ``deleted`` for good,
-whatever order it arrives in; later and earlier rows still merge their fields (harmless),
-but ``materialize`` returns None.
+Where we differ from upstream on purpose (README, "Deliberate differences"):
 
-How this differs from the upstream fold (rows sorted by ``created_at``; the first row
-creates ``{id: record_id, ...data}``; a later row's field wins when its stamp is >= the
-field's current stamp):
+* stamps and ``created_at`` compare as instants (integer microseconds, UTC), not as text:
+  ``Z`` and ``+00:00``, ``.5`` and ``.500000`` are the same instant;
+* exact ties of ``(stamp, created_at)`` go to the greater change id (upstream: whichever
+  row the database happened to return last), and rows with equal ``created_at`` are
+  ordered by change id to find the first row;
+* a ``field_meta`` stamp that does not parse counts as none: ``created_at`` is used
+  (upstream compares the text, so ``"not-a-date"`` wins forever); :func:`apply_change`
+  counts them for a metric;
+* naive stamps (no offset) are read as UTC; a delete row's ``data`` is ignored.
 
-* Same winner in every other case. Upstream's current stamp only grows, so its final
-  winner has the greatest stamp and, among equal stamps, the greatest ``created_at``:
-  exactly our key without the change id.
-* Exact ties of (stamp, created_at) between two rows: upstream lets the row that comes
-  later in its sort win, i.e. whatever order the database returned rows with equal
-  ``created_at`` (arrival order, not stable). We let the greater change id win.
-* Stamps are compared as instants, not as strings: ``...Z`` and ``...+00:00``, or
-  ``.5`` and ``.500000``, are the same instant. (Comparing the ISO strings, as a naive
-  fold would, orders such stamps by their spelling.)
-* A client clock behind the server: a field stamped earlier than the field's current
-  stamp loses even when its row was created later. That is the same as upstream, and it
-  is deliberate: the stamp is the writer's claim of when the field was edited.
-* A ``field_meta`` stamp that does not parse falls back to ``created_at``, like a missing
-  one; :func:`apply_change` counts such stamps so the caller can bump a metric.
-* Naive stamps (no offset) are read as UTC.
-* A delete row's ``data`` is ignored (it carries no field values).
+States written before the first row was kept apart (no ``first``, fields present) still
+decode and keep merging by the old rule (every row a "later" row, first row stamped with
+its ``created_at``) until ``consumer replay`` rebuilds them.
 """
 
 from __future__ import annotations
@@ -50,12 +53,15 @@ from .model import Change
 
 __all__ = [
     "Cell",
+    "FirstRow",
     "RecordState",
     "agent_visible",
     "apply_change",
     "decode_state",
     "encode_state",
     "fold",
+    "is_legacy",
+    "js_truthy",
     "materialize",
     "parse_stamp",
 ]
@@ -73,12 +79,33 @@ class Cell(msgspec.Struct, array_like=True):
     value: Any  # the field value (any JSON)
 
 
+class FirstRow(msgspec.Struct, array_like=True):
+    """The record's first row (smallest (created_at, change id)): its values and clocks."""
+
+    created: int  # row created_at, us since epoch
+    change_id: str  # uuid text, lower case
+    data: dict[str, Any]  # the row's data, as written
+    clocks: dict[str, int]  # every field_meta key -> its stamp, else the row's created_at
+
+
 class RecordState(msgspec.Struct):
     """Merge state of one record: enough to apply any further row without the log."""
 
-    fields: dict[str, Cell] = msgspec.field(default_factory=dict)
+    fields: dict[str, Cell] = msgspec.field(default_factory=dict)  # winners of later rows
     deleted: bool = False
     last_applied_us: int | None = None  # greatest created_at (us) of any row applied
+    first: FirstRow | None = None  # None: no non-delete row yet, or a state of the old rule
+
+
+def is_legacy(state: RecordState) -> bool:
+    """A state written under the old rule (before the first row was kept apart).
+
+    A non-delete row always becomes ``first`` now, so a state with merged rows but no
+    ``first`` can only come from the old rule.
+    """
+    return state.first is None and (
+        bool(state.fields) or (state.last_applied_us is not None and not state.deleted)
+    )
 
 
 # --------------------------------------------------------------------------- instants
@@ -144,26 +171,12 @@ def parse_stamp(value: Any) -> int | None:
 # --------------------------------------------------------------------------- merge
 
 
-def apply_change(state: RecordState, change: Change) -> int:
-    """Merge one change into ``state`` in place.
-
-    Returns how many ``field_meta`` stamps of the fields written were present as a string
-    (plain, or an object's "at") but did not parse; those fields use ``created_at``.
-    A missing stamp, or one of another type, is "no stamp" and not counted.
-    """
-    created = _us(change.created_at)
-    last = state.last_applied_us
-    if last is None or created > last:
-        state.last_applied_us = created
-    if change.op == "delete":
-        state.deleted = True
-        return 0
-
-    change_id = change.id.lower()
-    meta = change.field_meta
-    fields = state.fields
+def _stamps(meta: dict[str, Any], names: Iterable[str], created: int) -> tuple[list[int], int]:
+    """The stamp of each name (field_meta time, else ``created``), and how many stamps were
+    present as a string (plain, or an object's "at") but did not parse."""
+    stamps: list[int] = []
     bad = 0
-    for name, value in change.data.items():
+    for name in names:
         stamp = created
         m = meta.get(name) if meta else None
         if m is not None:
@@ -175,10 +188,76 @@ def apply_change(state: RecordState, change: Change) -> int:
                     bad += 1
                 else:
                     stamp = parsed
+        stamps.append(stamp)
+    return stamps, bad
+
+
+def _merge_later(
+    fields: dict[str, Cell],
+    data: dict[str, Any],
+    stamps: list[int],
+    created: int,
+    change_id: str,
+) -> None:
+    """Merge the values of a row that is not the first row: per field, the greatest key."""
+    for (name, value), stamp in zip(data.items(), stamps, strict=True):
         cur = fields.get(name)
         if cur is None or (stamp, created, change_id) > (cur.stamp, cur.created, cur.change_id):
             fields[name] = Cell(stamp, created, change_id, value)
+
+
+def apply_change(state: RecordState, change: Change) -> int:
+    """Merge one change into ``state`` in place.
+
+    Returns how many ``field_meta`` stamps of the fields written were present as a string
+    (plain, or an object's "at") but did not parse; those fields use ``created_at``.
+    A missing stamp, or one of another type, is "no stamp" and not counted.
+    """
+    created = _us(change.created_at)
+    last = state.last_applied_us
+    legacy = last is not None and is_legacy(state)
+    if last is None or created > last:
+        state.last_applied_us = created
+    if change.op == "delete":
+        state.deleted = True
+        return 0
+
+    change_id = change.id.lower()
+    data = change.data
+    stamps, bad = _stamps(change.field_meta, data, created)
+    first = state.first
+    if legacy:
+        _merge_later(state.fields, data, stamps, created, change_id)
+    elif first is None:
+        state.first = _first_row(change, created, change_id)
+    elif (created, change_id) < (first.created, first.change_id):
+        # The new row sorts first: the old first row becomes an ordinary later row. Its
+        # stamps for that role are its clocks where it had one, else its created_at.
+        old = first.clocks
+        _merge_later(
+            state.fields,
+            first.data,
+            [old.get(name, first.created) for name in first.data],
+            first.created,
+            first.change_id,
+        )
+        state.first = _first_row(change, created, change_id)
+    elif (created, change_id) != (first.created, first.change_id):
+        _merge_later(state.fields, data, stamps, created, change_id)
     return bad
+
+
+def _first_row(change: Change, created: int, change_id: str) -> FirstRow:
+    """A row as the record's first row: every ``field_meta`` key sets a clock, to its stamp
+    when one parses, else to the row's ``created_at`` (upstream's ``fieldMetaTime(m) ||
+    createdAt``, with an unparseable stamp counting as none)."""
+    meta = change.field_meta
+    clocks: dict[str, int] = {}
+    if meta:
+        names = list(meta)
+        for name, stamp in zip(names, _stamps(meta, names, created)[0], strict=True):
+            clocks[name] = stamp
+    return FirstRow(created, change_id, change.data, clocks)
 
 
 def fold(changes: Iterable[Change]) -> tuple[RecordState, int]:
@@ -199,14 +278,35 @@ def materialize(record_id: str, state: RecordState) -> dict[str, Any] | None:
     if state.deleted or state.last_applied_us is None:
         return None
     record: dict[str, Any] = {"id": record_id}
+    first = state.first
+    if first is None:  # a state of the old rule: every row merged alike
+        for name, cell in state.fields.items():
+            record[name] = cell.value
+        return record
+    record.update(first.data)
+    clocks = first.clocks
     for name, cell in state.fields.items():
-        record[name] = cell.value
+        clock = clocks.get(name)
+        # Every row in `fields` sorts after the first row, so its key beats the first
+        # row's (clock, created, change_id) exactly when its stamp is >= the clock.
+        if clock is None or cell.stamp >= clock:
+            record[name] = cell.value
     return record
 
 
+def js_truthy(value: Any) -> bool:
+    """JavaScript truthiness of a JSON value: ``[]`` and ``{}`` are truthy, unlike Python's."""
+    if value is None or value is False or value == "":
+        return False
+    if type(value) is int or type(value) is float:
+        return value != 0
+    return True
+
+
 def agent_visible(record: dict[str, Any] | None) -> bool:
-    """An agent counts as present unless deleted or its ``deletedAt`` is set (truthy)."""
-    return record is not None and not record.get("deletedAt")
+    """An agent snapshot exists unless the record is deleted or its merged ``deletedAt`` is
+    truthy in the JavaScript sense (upstream drops it then; ``[]`` and ``{}`` count)."""
+    return record is not None and not js_truthy(record.get("deletedAt"))
 
 
 # --------------------------------------------------------------------------- storage

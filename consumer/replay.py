@@ -273,7 +273,9 @@ def clock_differences(live: bytes, shadow: bytes) -> list[str]:
     names = sorted(
         k for k in a.fields.keys() | b.fields.keys() if a.fields.get(k) != b.fields.get(k)
     )
-    names += [f"({k})" for k in ("deleted", "last_applied_us") if getattr(a, k) != getattr(b, k)]
+    names += [
+        f"({k})" for k in ("deleted", "last_applied_us", "first") if getattr(a, k) != getattr(b, k)
+    ]
     return names
 
 
@@ -546,6 +548,7 @@ class _Replay:
             _, n = await self._catch_up(ctl, prev)
             await self._take_live_names(ctl)
             await ctl.execute(load("replay_hold_clear"))
+            await ctl.execute(load("merge_rule_clear"))  # every state rebuilt by this rule
             return n
 
         started = time.monotonic()

@@ -1,14 +1,15 @@
-"""consumer.merge: invariant M1 (order independence) and agreement with the upstream fold.
+"""consumer.merge: invariant M1 (order independence) and parity with upstream's fold.
 
-Pure tests, no database. The property tests generate small histories in which equal
-stamps and equal created_at are frequent, on purpose.
+Pure tests, no database. The oracle (tests/upstream_oracle.py) is upstream's fold written
+plainly, with our deliberate differences as switches. Histories are small, with equal
+stamps and equal created_at frequent on purpose, first rows without stamps, meta-only
+keys, deletes and updates that sort before the insert.
 """
 
 from __future__ import annotations
 
-import re
 from collections import defaultdict
-from datetime import UTC, date, datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
 import msgspec
@@ -17,20 +18,27 @@ from hypothesis import strategies as st
 
 from consumer.merge import (
     Cell,
+    FirstRow,
     RecordState,
     agent_visible,
     apply_change,
     decode_state,
     encode_state,
     fold,
+    is_legacy,
+    js_truthy,
     materialize,
     parse_stamp,
 )
-from consumer.model import Change
+from consumer.model import AGENTS_TABLE, MISSIONS_TABLE, Change
+from tests import upstream_oracle as oracle
+from tests.upstream_oracle import OURS, UPSTREAM, Row, Rules
 
 BASE = datetime(2024, 5, 1, 12, 0, 0, tzinfo=UTC)
 BASE_US = (BASE - datetime(1970, 1, 1, tzinfo=UTC)) // timedelta(microseconds=1)
 SECOND = 1_000_000
+MS = 1000
+BIG = 2**53 + 1  # not a double
 
 
 def uid(n: int) -> str:
@@ -49,7 +57,7 @@ def change(
     meta: dict[str, Any] | None = None,
     created_us: int = BASE_US,
     record_id: str = "m1",
-    table: str = "aiMissions",
+    table: str = MISSIONS_TABLE,
 ) -> Change:
     return Change(
         id=uid(n),
@@ -61,6 +69,28 @@ def change(
         field_meta=meta or {},
         created_at=at_us(created_us),
     )
+
+
+def us_of(c: Change) -> int:
+    return (c.created_at - datetime(1970, 1, 1, tzinfo=UTC)) // timedelta(microseconds=1)
+
+
+def row_of(c: Change) -> Row:
+    return Row(c.id, c.record_id, c.op, c.data, c.field_meta, us_of(c))
+
+
+def ours(c_list: list[Change]) -> dict[str, Any] | None:
+    """Our record for one record's rows, as the projection stores it (agents: deletedAt)."""
+    record = materialize(c_list[0].record_id, fold(c_list)[0])
+    if c_list[0].kind == "agent" and not agent_visible(record):
+        return None
+    return record
+
+
+def theirs(rows: list[Change], rules: Rules = UPSTREAM) -> dict[str, Any] | None:
+    """The oracle's record: each row once, in the order given (the database's)."""
+    unique = list({c.id: c for c in rows}.values())
+    return oracle.fold(rows[0].kind, rows[0].record_id, [row_of(c) for c in unique], rules)[0]
 
 
 # --------------------------------------------------------------------------- stamp text
@@ -81,59 +111,24 @@ def format_stamp(us: int, label: str, digits: int, sep: str) -> str:
     return text + label
 
 
-_ISO = re.compile(
-    r"(\d{4})-(\d\d)-(\d\d)[T ](\d\d):(\d\d):(\d\d)(?:\.(\d+))?(Z|([+-])(\d\d):?(\d\d))?"
-)
-
-
-def oracle_stamp(text: Any) -> int | None:
-    """An independent parser for the stamp texts these tests generate."""
-    if isinstance(text, dict):
-        text = text.get("at")
-    if not isinstance(text, str):
-        return None
-    m = _ISO.fullmatch(text)
-    if not m:
-        return None
-    y, mo, d, h, mi, s, frac, zone, sign, oh, om = m.groups()
-    try:
-        days = date(int(y), int(mo), int(d)).toordinal() - date(1970, 1, 1).toordinal()
-    except ValueError:
-        return None
-    if not (int(h) < 24 and int(mi) < 60 and int(s) < 60):
-        return None
-    seconds = ((days * 24 + int(h)) * 60 + int(mi)) * 60 + int(s)
-    if zone and zone != "Z":
-        offset = (int(oh) * 60 + int(om)) * 60
-        seconds -= offset if sign == "+" else -offset
-    return seconds * SECOND + int(((frac or "") + "000000")[:6])
-
-
 # --------------------------------------------------------------------------- strategies
 
-FIELDS = ["title", "state", "nextRunAt", "deletedAt", "id"]
+FIELDS = ["title", "state", "nextRunAt", "deletedAt", "id", "maxTokensPerDay"]
 # absolute stamp instants: a small pool, so equal stamps across rows are frequent; the
 # negative ones are "client clock behind the server" for every row
 STAMPS = [-2 * SECOND, -1, 0, SECOND // 2, SECOND, SECOND + 1, 3 * SECOND]
-# created_at offsets: a small pool, so equal created_at is frequent
-CREATED = [0, 1, SECOND // 2, SECOND, 2 * SECOND, 3 * SECOND]
-GARBAGE_META = [
-    5,
-    1.5,
-    [1, 2],
-    None,
-    True,
-    {"actor": "x"},
-    {"at": 7},
-    "yesterday",
-    {"at": "not a time"},
-    "2024-13-01T00:00:00Z",
-    "",
-]
+CLEAN_STAMPS = [-2 * SECOND, -MS, 0, 500 * MS, SECOND, SECOND + MS, 3 * SECOND]
+# created_at offsets: a small pool, so equal created_at (and equal milliseconds) is frequent
+CREATED = [0, 1, 999, 500 * MS, SECOND, SECOND + 1, 2 * SECOND, 3 * SECOND]
+GARBAGE_META = [5, 1.5, [1, 2], None, True, {"actor": "x"}, {"at": 7}, ""]
+BAD_STAMPS = ["yesterday", {"at": "not a time"}, "2024-13-01T00:00:00Z", "not-a-date"]
+DELETED_AT = [None, "", False, 0, 0.0, [], {}, "2026-01-01T00:00:00Z", True, 1]
 
 
 @st.composite
-def stamp_texts(draw: st.DrawFn) -> str:
+def stamp_texts(draw: st.DrawFn, clean: bool = False) -> str:
+    if clean:  # the shape upstream's clients write: toISOString()
+        return format_stamp(BASE_US + draw(st.sampled_from(CLEAN_STAMPS)), "Z", 3, "T")
     us = BASE_US + draw(st.sampled_from(STAMPS))
     label = draw(st.sampled_from(list(OFFSETS)))
     digits = draw(st.integers(0, 9))
@@ -142,47 +137,61 @@ def stamp_texts(draw: st.DrawFn) -> str:
 
 
 @st.composite
-def meta_values(draw: st.DrawFn) -> Any:
-    shape = draw(st.sampled_from(["plain", "object", "garbage"]))
+def meta_values(draw: st.DrawFn, clean: bool = False) -> Any:
+    shape = draw(st.sampled_from(["plain", "plain", "object", "object", "garbage", "bad"]))
     if shape == "plain":
-        return draw(stamp_texts())
+        return draw(stamp_texts(clean))
     if shape == "object":
-        return {"at": draw(stamp_texts()), "actor": {"kind": "user"}, "origin": "user"}
+        return {"at": draw(stamp_texts(clean)), "actor": {"kind": "user"}, "origin": "user"}
+    if shape == "bad" and not clean:
+        return draw(st.sampled_from(BAD_STAMPS))
     return draw(st.sampled_from(GARBAGE_META))
 
 
+def value_for(draw: st.DrawFn, name: str, n: int, clean: bool) -> Any:
+    if name == "deletedAt":
+        return draw(st.sampled_from(DELETED_AT))
+    kind = draw(st.integers(0, 4))
+    if kind == 4:
+        return draw(st.sampled_from([n, -n, 1.5] if clean else [BIG, -BIG, 2**63 - 1, 1.5]))
+    return [f"{name}-{n}", {"n": n, "l": [n, name]}, n, None][kind]
+
+
 @st.composite
-def histories(draw: st.DrawFn, unique_created: bool = False) -> list[Change]:
-    """Rows of 1-3 records. Values embed the row number so a wrong winner shows."""
+def histories(draw: st.DrawFn, clean: bool = False) -> list[Change]:
+    """Rows of 1-3 records (missions and agents). Values embed the row number so a wrong
+    winner shows. ``clean``: none of the documented differences can show (distinct
+    created_at per record in whole milliseconds, ``Z`` stamps with 3 digits, no bad stamps,
+    no integers past 2^53)."""
     changes: list[Change] = []
     n = draw(st.integers(0, 1000))  # row numbers (ids) start anywhere
     for r in range(draw(st.integers(1, 3))):
+        table = draw(st.sampled_from([MISSIONS_TABLE, AGENTS_TABLE]))
         count = draw(st.integers(1, 6))
-        if unique_created:
-            pool = [i * SECOND // 4 for i in range(16)]
+        if clean:
+            pool = [i * 250 * MS for i in range(16)]
             offsets = draw(
                 st.lists(st.sampled_from(pool), min_size=count, max_size=count, unique=True)
             )
         else:
             offsets = draw(st.lists(st.sampled_from(CREATED), min_size=count, max_size=count))
-        for i, offset in enumerate(sorted(offsets)):
-            if i == 0:
-                op = draw(st.sampled_from(["insert"] * 6 + ["update", "delete"]))
-            else:
-                op = draw(st.sampled_from(["update"] * 8 + ["insert", "delete"]))
+        for offset in offsets:  # any op at any time: updates before the insert too
+            op = draw(st.sampled_from(["insert"] * 3 + ["update"] * 6 + ["delete"]))
             names = draw(st.lists(st.sampled_from(FIELDS), max_size=4, unique=True))
             if op == "delete" and draw(st.booleans()):
                 names = []
             data: dict[str, Any] = {}
             meta: dict[str, Any] = {}
             for name in names:
-                kind = draw(st.integers(0, 3))
-                data[name] = [f"{name}-{n}", {"n": n, "l": [n, name]}, n, None][kind]
-                if draw(st.integers(0, 3)):  # a stamp most of the time
-                    meta[name] = draw(meta_values())
-            if draw(st.integers(0, 5)) == 0:  # a stamp of a field the row does not write
-                meta["other"] = draw(meta_values())
-            changes.append(change(n, op, data, meta, BASE_US + offset, record_id=f"rec-{r}"))
+                data[name] = value_for(draw, name, n, clean)
+                if draw(st.integers(0, 2)):  # unstamped fields are frequent
+                    meta[name] = draw(meta_values(clean))
+            for name in draw(st.lists(st.sampled_from(FIELDS), max_size=2, unique=True)):
+                if name not in data:  # a meta-only key: a stamp without a value
+                    meta[name] = draw(meta_values(clean))
+            changes.append(
+                change(n, op, data, meta, BASE_US + offset, record_id=f"rec-{r}", table=table)
+            )
             n += 1
     return changes
 
@@ -194,64 +203,9 @@ def by_record(changes: list[Change]) -> dict[str, list[Change]]:
     return grouped
 
 
-# --------------------------------------------------------------------------- oracle
-
-
-def us_of(c: Change) -> int:
-    return (c.created_at - datetime(1970, 1, 1, tzinfo=UTC)) // timedelta(microseconds=1)
-
-
-def field_stamp(c: Change, name: str) -> int:
-    stamp = oracle_stamp(c.field_meta.get(name))
-    return us_of(c) if stamp is None else stamp
-
-
-def upstream_fold(record_id: str, rows: list[Change]) -> dict[str, Any] | None:
-    """The upstream semantics, written plainly: rows in created_at order (stable), the
-    first creates {id, ...data}, later fields win when stamp >= current, delete is final."""
-    record: dict[str, Any] | None = None
-    stamps: dict[str, int] = {}
-    deleted = False
-    for row in sorted(rows, key=us_of):
-        if row.op == "delete":
-            deleted = True
-            continue
-        if record is None:
-            record = {"id": record_id}
-        for name, value in row.data.items():
-            stamp = field_stamp(row, name)
-            if name not in stamps or stamp >= stamps[name]:
-                stamps[name] = stamp
-                record[name] = value
-    return None if deleted else record
-
-
-def top_ties(rows: list[Change]) -> dict[str, list[Change]]:
-    """Fields whose greatest (stamp, created_at) is shared by more than one row."""
-    best: dict[str, tuple[tuple[int, int], list[Change]]] = {}
-    for row in rows:
-        if row.op == "delete":
-            continue
-        for name in row.data:
-            key = (field_stamp(row, name), us_of(row))
-            if name not in best or key > best[name][0]:
-                best[name] = (key, [row])
-            elif key == best[name][0]:
-                best[name][1].append(row)
-    return {name: tied for name, (_, tied) in best.items() if len(tied) > 1}
-
-
-# --------------------------------------------------------------------------- properties
-
-FAST = settings(max_examples=200)  # deadline and health checks: the profile in conftest
-
-
-@FAST
-@given(history=histories(), data=st.data())
-def test_order_independence(history: list[Change], data: st.DataObject) -> None:
-    """M1: any permutation, duplicates, batching (state stored between batches) converge."""
-    reference = {rid: fold(rows) for rid, rows in by_record(history).items()}
-
+def arrive(history: list[Change], data: st.DataObject) -> dict[str, bytes]:
+    """Apply `history` in a random order with duplicates, in random batches, storing the
+    encoded state between batches as the projection does; -> stored state per record."""
     dups = data.draw(st.lists(st.sampled_from(history), max_size=len(history)))
     arrival = data.draw(st.permutations(history + dups))
     cuts = sorted(data.draw(st.sets(st.integers(0, len(arrival)), max_size=4)))
@@ -265,61 +219,284 @@ def test_order_independence(history: list[Change], data: st.DataObject) -> None:
             apply_change(states[c.record_id], c)
         for rid, state in states.items():
             stored[rid] = encode_state(state)
+    return stored
 
+
+def stored_record(rid: str, rows: list[Change], buf: bytes) -> dict[str, Any] | None:
+    record = materialize(rid, decode_state(buf))
+    if rows[0].kind == "agent" and not agent_visible(record):
+        return None
+    return record
+
+
+# --------------------------------------------------------------------------- properties
+
+FAST = settings(max_examples=150)  # deadline and health checks: the profile in conftest
+
+
+@FAST
+@given(history=histories(), data=st.data())
+def test_order_independence(history: list[Change], data: st.DataObject) -> None:
+    """M1: any permutation, duplicates, batching (state stored between batches) converge,
+    byte for byte."""
+    reference = {rid: fold(rows) for rid, rows in by_record(history).items()}
+    stored = arrive(history, data)
     assert stored.keys() == reference.keys()
     for rid, (ref_state, _) in reference.items():
         got = decode_state(stored[rid])
         assert got == ref_state
         assert stored[rid] == encode_state(ref_state)  # byte-identical
-        assert materialize(rid, got) == materialize(rid, ref_state)
-
     # the bad-stamp count is a property of the set of rows, too
     for rid, rows in by_record(history).items():
         assert fold(data.draw(st.permutations(rows)))[1] == reference[rid][1]
 
 
 @FAST
-@given(history=histories(), data=st.data())
-def test_matches_upstream_fold(history: list[Change], data: st.DataObject) -> None:
-    """Same record as the upstream fold, except where (stamp, created_at) tie exactly:
-    there upstream's winner depends on arrival order and ours is the greatest change id."""
+@given(history=histories(clean=True), data=st.data())
+def test_equals_upstream_where_no_difference_applies(
+    history: list[Change], data: st.DataObject
+) -> None:
+    """No exact ties, ``Z`` stamps with 3 digits, no bad stamps, no integers past 2^53: our
+    merge, in any arrival order with duplicates and batches, gives upstream's record."""
+    stored = arrive(history, data)
     for rid, rows in by_record(history).items():
-        shuffled = data.draw(st.permutations(rows))
-        got = materialize(rid, fold(shuffled)[0])
-        expected = upstream_fold(rid, shuffled)
-        ties = top_ties(rows)
-        if not ties:
-            assert got == expected
-            continue
-        if expected is None:
-            assert got is None
-            continue
-        assert got is not None
-        assert got.keys() == expected.keys()
-        for name in got:
-            if name in ties:
-                winner = max(ties[name], key=lambda c: c.id)
-                assert got[name] == winner.data[name]
-                assert expected[name] in [c.data[name] for c in ties[name]]
-            else:
-                assert got[name] == expected[name]
+        assert stored_record(rid, rows, stored[rid]) == theirs(rows, UPSTREAM)
 
 
 @FAST
-@given(history=histories(unique_created=True), data=st.data())
-def test_matches_upstream_fold_without_ties(history: list[Change], data: st.DataObject) -> None:
-    """With distinct created_at per record there are no exact ties: equal records."""
+@given(history=histories(), data=st.data())
+def test_every_difference_is_a_documented_one(
+    history: list[Change], data: st.DataObject
+) -> None:
+    """On any input, our merge equals upstream's fold with our documented differences
+    switched on (and the oracle with them on still equals upstream on clean inputs, above
+    and in test_oracle_rules_are_upstream_on_clean_inputs): nothing else differs."""
+    stored = arrive(history, data)
     for rid, rows in by_record(history).items():
-        assert not top_ties(rows)
-        shuffled = data.draw(st.permutations(rows))
-        assert materialize(rid, fold(shuffled)[0]) == upstream_fold(rid, rows)
+        database_order = data.draw(st.permutations(rows))
+        assert stored_record(rid, rows, stored[rid]) == theirs(database_order, OURS)
+
+
+@FAST
+@given(history=histories(clean=True), data=st.data())
+def test_oracle_rules_are_upstream_on_clean_inputs(
+    history: list[Change], data: st.DataObject
+) -> None:
+    """Each documented difference, alone or together, changes nothing on clean inputs: the
+    switches model differences that only show where the README says they do."""
+    flags = data.draw(st.fixed_dictionaries({k: st.booleans() for k in Rules.__annotations__}))
+    if flags["instants"]:
+        flags["bad_stamps_as_none"] = True
+    for rows in by_record(history).values():
+        order = data.draw(st.permutations(rows))
+        assert theirs(order, Rules(**flags)) == theirs(order, UPSTREAM)
 
 
 @FAST
 @given(text=stamp_texts())
 def test_parse_stamp_matches_oracle(text: str) -> None:
-    assert parse_stamp(text) == oracle_stamp(text)
-    assert parse_stamp({"at": text, "actor": None}) == oracle_stamp(text)
+    assert parse_stamp(text) == oracle.instant_us(text)
+    assert parse_stamp({"at": text, "actor": None}) == oracle.instant_us(text)
+
+
+# --------------------------------------------------------------------------- upstream's rules
+
+
+def test_unstamped_field_of_the_first_row_has_no_clock() -> None:
+    # A legacy insert without stamps, then an edit from a device whose clock runs behind:
+    # the edit wins (upstream), although its stamp is earlier than the insert's created_at.
+    insert = change(1, "insert", {"title": "old", "state": "active"}, created_us=BASE_US)
+    edit = change(
+        2,
+        data={"title": "edited"},
+        meta={"title": "2024-05-01T11:59:58.000Z"},
+        created_us=BASE_US + SECOND,
+    )
+    for order in ([insert, edit], [edit, insert]):
+        assert ours(order) == {"id": "m1", "title": "edited", "state": "active"}
+        assert ours(order) == theirs([insert, edit])
+
+
+def test_stamped_field_of_the_first_row_keeps_its_clock() -> None:
+    insert = change(
+        1, "insert", {"title": "old"}, {"title": "2024-05-01T12:00:00.000Z"}, created_us=BASE_US
+    )
+    edit = change(
+        2, data={"title": "x"}, meta={"title": "2024-05-01T11:59:58.000Z"},
+        created_us=BASE_US + SECOND,
+    )
+    for order in ([insert, edit], [edit, insert]):
+        assert ours(order) == {"id": "m1", "title": "old"} == theirs([insert, edit])
+
+
+def test_meta_only_key_of_the_first_row_sets_a_clock() -> None:
+    insert = change(
+        1, "insert", {"state": "active"}, {"title": "2024-05-01T12:00:05.000Z"}, BASE_US
+    )
+    early = change(
+        2, data={"title": "early"}, meta={"title": "2024-05-01T12:00:04.000Z"},
+        created_us=BASE_US + SECOND,
+    )
+    late = change(
+        3, data={"title": "late"}, meta={"title": "2024-05-01T12:00:05.000Z"},
+        created_us=BASE_US + 2 * SECOND,
+    )
+    assert ours([insert, early]) == {"id": "m1", "state": "active"} == theirs([insert, early])
+    for order in ([insert, early, late], [late, early, insert]):
+        assert ours(order) == {"id": "m1", "state": "active", "title": "late"}
+        assert ours(order) == theirs([insert, early, late])
+
+
+def test_meta_only_key_of_a_later_row_does_nothing() -> None:
+    insert = change(1, "insert", {"title": "a"}, created_us=BASE_US)
+    later = change(2, data={}, meta={"title": "2030-01-01T00:00:00.000Z"}, created_us=BASE_US + 1)
+    edit = change(
+        3, data={"title": "b"}, meta={"title": "2000-01-01T00:00:00.000Z"},
+        created_us=BASE_US + 2,
+    )
+    expected = {"id": "m1", "title": "b"}
+    assert ours([edit, later, insert]) == expected == theirs([insert, later, edit])
+
+
+def test_row_sorting_before_the_first_row_demotes_it() -> None:
+    # The update arrives first and is the first row until the insert, created earlier,
+    # arrives; then the update is an ordinary later row and its meta-only key does nothing.
+    insert = change(1, "insert", {"title": "a", "state": "s"}, created_us=BASE_US)
+    update = change(
+        2, data={"title": "b"},
+        meta={"title": "2000-01-01T00:00:00.000Z", "state": "2030-01-01T00:00:00.000Z"},
+        created_us=BASE_US + SECOND,
+    )
+    state = RecordState()
+    apply_change(state, update)
+    assert state.first is not None and state.first.change_id == uid(2)
+    assert materialize("m1", state) == {"id": "m1", "title": "b"}
+    apply_change(state, insert)
+    assert state.first is not None and state.first.change_id == uid(1)
+    stamp = parse_stamp("2000-01-01T00:00:00.000Z")
+    assert stamp is not None
+    assert state.fields == {"title": Cell(stamp, BASE_US + SECOND, uid(2), "b")}
+    assert materialize("m1", state) == {"id": "m1", "title": "b", "state": "s"}
+    assert materialize("m1", state) == theirs([insert, update])
+    assert state == fold([insert, update])[0]
+
+
+def test_first_row_data_id_wins_over_record_id() -> None:
+    rows = [change(1, "update", {"id": "other", "title": "x"})]
+    assert ours(rows) == {"id": "other", "title": "x"} == theirs(rows)
+
+
+def test_agent_deleted_at_is_javascript_truthiness() -> None:
+    for value in DELETED_AT:
+        rows = [change(1, "insert", {"name": "a", "deletedAt": value}, table=AGENTS_TABLE)]
+        assert (ours(rows) is None) == oracle.js_truthy(value) == js_truthy(value), value
+        assert ours(rows) == theirs(rows)
+    assert js_truthy([]) and js_truthy({}) and js_truthy("0") and js_truthy(-1)
+    assert not any(js_truthy(v) for v in (None, "", False, 0, 0.0, -0.0))
+
+
+def test_agent_deleted_then_restored() -> None:
+    rows = [
+        change(1, "insert", {"name": "a"}, table=AGENTS_TABLE),
+        change(2, data={"deletedAt": {}}, created_us=BASE_US + 1, table=AGENTS_TABLE),
+        change(3, data={"deletedAt": None}, created_us=BASE_US + 2, table=AGENTS_TABLE),
+    ]
+    assert ours(rows[:2]) is None is theirs(rows[:2])
+    assert ours(rows) == {"id": "m1", "name": "a", "deletedAt": None} == theirs(rows)
+
+
+# --------------------------------------------------------------------------- our differences
+
+
+def test_difference_instants_not_text() -> None:
+    # As text "...00Z" > "...00.000001Z" ('Z' sorts after '.'); as instants it is less.
+    a = change(1, data={"title": "a"}, meta={"title": "2024-05-01T12:00:00Z"})
+    b = change(2, data={"title": "b"}, meta={"title": "2024-05-01T12:00:00.000001Z"})
+    first = change(0, "insert", {}, created_us=BASE_US - SECOND)
+    for order in ([first, a, b], [b, a, first]):
+        assert ours(order)["title"] == "b"  # type: ignore[index]
+    assert theirs([first, a, b], UPSTREAM)["title"] == "a"  # type: ignore[index]
+    assert theirs([first, a, b], OURS)["title"] == "b"  # type: ignore[index]
+    # microsecond created_at: the same millisecond for upstream, not for us
+    x = change(3, data={"title": "x"}, created_us=BASE_US + 2)
+    y = change(4, data={"title": "y"}, meta={"title": "2024-05-01T12:00:00.000Z"},
+               created_us=BASE_US + 5)
+    assert ours([first, x, y])["title"] == "x"  # type: ignore[index]
+    assert theirs([first, x, y], UPSTREAM)["title"] == "y"  # type: ignore[index]
+
+
+def test_difference_exact_ties_go_to_the_greater_change_id() -> None:
+    a = change(1, data={"title": "a"}, meta={"title": "2024-05-01T12:00:00.000Z"})
+    b = change(2, data={"title": "b"}, meta={"title": "2024-05-01T12:00:00.000Z"})
+    first = change(0, "insert", {}, created_us=BASE_US - SECOND)
+    winner = max([a, b], key=lambda c: c.id).data["title"]
+    for order in ([first, a, b], [b, a, first]):
+        assert ours(order)["title"] == winner  # type: ignore[index]
+    # upstream: whichever the database returned last
+    assert {theirs([first, a, b])["title"], theirs([first, b, a])["title"]} == {"a", "b"}  # type: ignore[index]
+    # equal created_at also decides which row is first: the smaller change id
+    p = change(5, "insert", {"title": "p"}, created_us=BASE_US)
+    q = change(6, "insert", {"title": "q"}, created_us=BASE_US)
+    low, high = sorted([p, q], key=lambda c: c.id)
+    assert ours([p, q]) == ours([q, p]) == {"id": "m1", "title": high.data["title"]}
+    assert ours([p, q]) == theirs([low, high], UPSTREAM) == theirs([q, p], OURS)
+
+
+def test_difference_unparseable_stamp_counts_as_none() -> None:
+    first = change(0, "insert", {"title": "first"}, created_us=BASE_US)
+    bad = change(1, data={"title": "bad"}, meta={"title": "not-a-date"},
+                 created_us=BASE_US + SECOND)
+    good = change(2, data={"title": "good"}, meta={"title": "2024-05-01T12:00:05.000Z"},
+                  created_us=BASE_US + 2 * SECOND)
+    assert ours([good, bad, first])["title"] == "good"  # type: ignore[index]
+    assert theirs([first, bad, good], UPSTREAM)["title"] == "bad"  # "n" > "2": wins forever
+    assert fold([bad])[1] == 1  # counted for mana_ai_bad_stamps_total
+
+
+def test_difference_integers_keep_their_value() -> None:
+    rows = [change(1, "insert", {"maxTokensPerDay": BIG})]
+    assert ours(rows) == {"id": "m1", "maxTokensPerDay": BIG}
+    assert theirs(rows, UPSTREAM) != {"id": "m1", "maxTokensPerDay": BIG}  # a double
+    assert theirs(rows, OURS) == ours(rows)
+
+
+def test_difference_clocks_beside_the_record() -> None:
+    rows = [change(1, "insert", {"title": "a"}, {"title": "2024-05-01T12:00:00.000Z"})]
+    record = ours(rows)
+    assert record == {"id": "m1", "title": "a"}  # no __fieldMeta key in the record
+    _, fm = oracle.fold("mission", "m1", [row_of(rows[0])])
+    assert fm == {"title": "2024-05-01T12:00:00.000Z"}  # upstream writes it into the record
+    state = fold(rows)[0]
+    assert state.first is not None and state.first.clocks == {"title": BASE_US}
+
+
+# --------------------------------------------------------------------------- old states
+
+
+def test_state_of_the_old_rule_still_decodes_and_merges() -> None:
+    """A state stored before the first row was kept apart: three keys, the first row's
+    fields stamped with its created_at. It decodes, materializes as before and keeps the
+    old rule until a replay rebuilds it."""
+    old = msgspec.msgpack.encode(
+        {
+            "fields": {"title": [BASE_US, BASE_US, uid(1), "old"]},
+            "deleted": False,
+            "last_applied_us": BASE_US,
+        }
+    )
+    state = decode_state(old)
+    assert state.first is None and is_legacy(state)
+    assert materialize("m1", state) == {"id": "m1", "title": "old"}
+    # a device behind the server: the old rule keeps "old"; a replay (fresh fold) does not
+    edit = change(2, data={"title": "new"}, meta={"title": "2024-05-01T11:59:59Z"},
+                  created_us=BASE_US + SECOND)
+    apply_change(state, edit)
+    assert is_legacy(state)
+    assert materialize("m1", state) == {"id": "m1", "title": "old"}
+    assert not is_legacy(RecordState())
+    assert not is_legacy(fold([change(1, "delete")])[0])
+    assert not is_legacy(fold([change(1, "insert", {"title": "x"})])[0])
+    assert not is_legacy(fold([change(1, "insert", {})])[0])
 
 
 # --------------------------------------------------------------------------- units
@@ -393,14 +570,6 @@ def test_equal_instants_in_different_spellings_tie_on_stamp() -> None:
         assert state.fields["title"].stamp == BASE_US + SECOND // 2
 
 
-def test_instants_not_strings_decide() -> None:
-    # As strings "...00Z" > "...00.000001Z" ('Z' sorts after '.'); as instants it is less.
-    a = change(1, data={"title": "a"}, meta={"title": "2024-05-01T12:00:00Z"})
-    b = change(2, data={"title": "b"}, meta={"title": "2024-05-01T12:00:00.000001Z"})
-    for order in ([a, b], [b, a]):
-        assert materialize("m1", fold(order)[0])["title"] == "b"
-
-
 def test_bad_stamps_counted_and_fall_back_to_created_at() -> None:
     meta = {
         "a": "yesterday",  # bad
@@ -412,7 +581,7 @@ def test_bad_stamps_counted_and_fall_back_to_created_at() -> None:
         "zz": "garbage",  # not a field of this row: not looked at
     }
     data = {k: k for k in "abcdefg"}  # g: missing stamp
-    state = RecordState()
+    state, _ = fold([change(0, "insert", created_us=BASE_US)])  # the row is a later row
     assert apply_change(state, change(1, data=data, meta=meta, created_us=BASE_US + 7)) == 2
     assert {c.stamp for c in state.fields.values()} == {BASE_US + 7}
     assert fold([change(1, data=data, meta=meta)] * 3)[1] == 6
@@ -433,35 +602,11 @@ def test_dict_shaped_stamp() -> None:
     )
     state, bad = fold([later_row, earlier_row])
     assert bad == 0
-    assert state.fields["state"] == Cell(BASE_US + 2 * SECOND, BASE_US, uid(2), "active")
-
-
-def test_client_clock_behind_loses_even_when_created_later() -> None:
-    # Same as upstream: the stamp, not created_at, decides first.
-    first = change(1, "insert", {"title": "server"}, created_us=BASE_US)
-    late = change(
-        2,
-        data={"title": "client"},
-        meta={"title": "2024-05-01T11:59:00Z"},
-        created_us=BASE_US + SECOND,
+    assert state.first == FirstRow(
+        BASE_US, uid(2), {"state": "active"}, {"state": BASE_US + 2 * SECOND}
     )
-    for order in ([first, late], [late, first]):
-        record = materialize("m1", fold(order)[0])
-        assert record == {"id": "m1", "title": "server"}
-        assert record == upstream_fold("m1", order)
-
-
-def test_exact_tie_is_broken_by_change_id() -> None:
-    # Upstream: the later of the two in arrival order. Ours: the greater change id.
-    a = change(1, data={"title": "a"}, meta={"title": "2024-05-01T12:00:00Z"})
-    b = change(2, data={"title": "b"}, meta={"title": "2024-05-01T12:00:00+00:00"})
-    winner = max([a, b], key=lambda c: c.id).data["title"]
-    for order in ([a, b], [b, a]):
-        assert materialize("m1", fold(order)[0])["title"] == winner
-    assert {upstream_fold("m1", [a, b])["title"], upstream_fold("m1", [b, a])["title"]} == {
-        "a",
-        "b",
-    }
+    assert state.fields["state"] == Cell(BASE_US + SECOND, BASE_US + 10 * SECOND, uid(1), "paused")
+    assert materialize("m1", state) == {"id": "m1", "state": "active"}
 
 
 def test_duplicates_are_no_ops() -> None:
@@ -476,7 +621,8 @@ def test_change_id_is_lower_cased() -> None:
     c = change(1, data={"title": "x"})
     upper = Change(**{**{f: getattr(c, f) for f in c.__struct_fields__}, "id": c.id.upper()})
     assert fold([upper])[0] == fold([c])[0]
-    assert fold([upper])[0].fields["title"].change_id == c.id
+    first = fold([upper])[0].first
+    assert first is not None and first.change_id == c.id
 
 
 def test_materialize() -> None:
@@ -492,7 +638,10 @@ def test_agent_visible() -> None:
     assert agent_visible({"id": "a"})
     assert agent_visible({"id": "a", "deletedAt": None})
     assert agent_visible({"id": "a", "deletedAt": ""})
+    assert agent_visible({"id": "a", "deletedAt": 0})
     assert not agent_visible({"id": "a", "deletedAt": "2024-05-01T12:00:00Z"})
+    assert not agent_visible({"id": "a", "deletedAt": []})
+    assert not agent_visible({"id": "a", "deletedAt": {}})
 
 
 def test_encode_decode_round_trip() -> None:
@@ -512,6 +661,8 @@ def test_encode_decode_round_trip() -> None:
     # compact: a cell is an array [stamp, created, change_id, value]
     raw = msgspec.msgpack.decode(buf)
     assert raw["fields"]["state"] == [BASE_US + SECOND, BASE_US + SECOND, uid(2), "active"]
+    # the first row: [created, change_id, data, clocks]
+    assert raw["first"] == [BASE_US, uid(1), rows[0].data, {"title": BASE_US + SECOND // 2}]
     # deterministic: the same state built in another order encodes to the same bytes
     assert encode_state(fold(rows[::-1])[0]) == buf
     deleted, _ = fold([*rows, change(3, "delete", created_us=BASE_US + 9 * SECOND)])
