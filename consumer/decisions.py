@@ -36,38 +36,109 @@ class Verdict(msgspec.Struct, frozen=True):
 
 
 class AgentLimits(msgspec.Struct, frozen=True):
-    """The agent's numeric limits, normalised: None means "no limit"."""
+    """The agent's numeric limits as upstream reads them.
 
-    max_concurrent: int | None = None
-    max_tokens_per_day: int | None = None
-
-
-def _as_limit(value: Any) -> int | None:
-    """A JSON number as an integer threshold, or None when unset or unusable.
-
-    bool is excluded although Python counts it as int: `true` is not a limit. NaN and
-    infinities are treated as unset (an infinite limit is never reached anyway). A fractional
-    limit is rounded up, which keeps `count >= limit` exact for the integer counts we compare.
+    ``max_concurrent`` is JavaScript's ``Number(maxConcurrentMissions ?? 1)``: missing or
+    null means one run at a time; a value that does not convert is NaN, which never blocks
+    (``n >= NaN`` is false). ``max_tokens_per_day`` counts only when it is a number >= 0;
+    None means no budget.
     """
-    if value is None or isinstance(value, bool) or not isinstance(value, int | float):
-        return None
-    if isinstance(value, float):
-        if not math.isfinite(value):
-            return None
-        return math.ceil(value)
-    return value
+
+    max_concurrent: int | float = 1
+    max_tokens_per_day: int | float | None = None
+
+
+# JavaScript's StrWhiteSpaceChar, which Number() trims from a string.
+_JS_SPACE = (
+    " \t\n\v\f\r\u00a0\u1680\u2000\u2001\u2002\u2003\u2004\u2005\u2006\u2007\u2008\u2009"
+    "\u200a\u2028\u2029\u202f\u205f\u3000\ufeff"
+)
+_JS_DECIMAL = re.compile(r"[+-]?(?:Infinity|(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?)")
+_JS_RADIX = {"x": 16, "o": 8, "b": 2}
+
+
+def js_string(value: Any) -> str:
+    """JavaScript's ``String(value)`` for a JSON value."""
+    if type(value) is str:
+        return value
+    if value is None:
+        return "null"
+    if value is True or value is False:
+        return "true" if value else "false"
+    if type(value) is int:
+        return str(value)
+    if type(value) is float:
+        if value != value:
+            return "NaN"
+        if math.isinf(value):
+            return "Infinity" if value > 0 else "-Infinity"
+        if value.is_integer() and abs(value) < 1e21:
+            return str(int(value))
+        return repr(value)  # shortest round-trip form, as JavaScript prints it (mostly)
+    if type(value) is list:
+        return ",".join("" if v is None else js_string(v) for v in value)
+    return "[object Object]"
+
+
+def js_number(value: Any) -> int | float:
+    """JavaScript's ``Number(value)`` for a JSON value; NaN when it does not convert.
+
+    An integer keeps its exact value (JSON integers past 2^53 are exact here, a documented
+    difference from upstream's doubles).
+    """
+    if value is None or value is False:
+        return 0
+    if value is True:
+        return 1
+    if type(value) is int or type(value) is float:
+        return value
+    if type(value) is list:
+        return js_number(js_string(value))
+    if type(value) is not str:
+        return math.nan  # an object
+    text = value.strip(_JS_SPACE)
+    if not text:
+        return 0
+    if len(text) > 2 and text[0] == "0" and text[1] in "xXoObB":
+        try:
+            return int(text[2:], _JS_RADIX[text[1].lower()])
+        except ValueError:
+            return math.nan
+    if _JS_DECIMAL.fullmatch(text):
+        return float(text)
+    return math.nan
 
 
 def agent_gate_inputs(agent: dict[str, Any]) -> AgentLimits:
+    """The limits exactly as upstream's ``toServerAgent`` reads them."""
+    concurrent = agent.get("maxConcurrentMissions")
+    tokens = agent.get("maxTokensPerDay")
+    if not (type(tokens) is int or type(tokens) is float) or not tokens >= 0:
+        tokens = None  # a string, a boolean, a negative number: no budget
     return AgentLimits(
-        max_concurrent=_as_limit(agent.get("maxConcurrentMissions")),
-        max_tokens_per_day=_as_limit(agent.get("maxTokensPerDay")),
+        max_concurrent=1 if concurrent is None else js_number(concurrent),
+        max_tokens_per_day=tokens,
     )
 
 
+def agent_name(agent: dict[str, Any]) -> str:
+    """The agent's display name as upstream reads it: ``String(name ?? 'Unnamed')``."""
+    name = agent.get("name")
+    return "Unnamed" if name is None else js_string(name)
+
+
+def agent_present(agent: dict[str, Any] | None) -> bool:
+    """Whether the scheduler finds the agent: upstream loads only the agents whose
+    ``record->>'deletedAt' IS NULL`` (absent or JSON null), so ``""`` and ``false`` hide it
+    too (a truthy one already removed the snapshot)."""
+    return agent is not None and agent.get("deletedAt") is None
+
+
 def is_legacy(mission: dict[str, Any]) -> bool:
-    """A mission without an agentId runs under the default identity (upstream behaviour)."""
-    return mission.get("agentId") in (None, "")
+    """A mission without a usable agentId runs under the default identity (upstream reads
+    ``agentId`` only when it is a non-empty string)."""
+    agent_id = mission.get("agentId")
+    return type(agent_id) is not str or agent_id == ""
 
 
 def decide(
@@ -84,12 +155,13 @@ def decide(
     # those four read the agent's record; with no record none of them can match, so the
     # listed order and "missing first" give the same verdict. Deciding it first keeps the
     # remaining gates total over a real record. An agent with deletedAt set counts as
-    # deleted (DESIGN §3); the caller normally passes None for it, this is the safety net.
-    if agent is None or agent.get("deletedAt"):
+    # deleted; the scheduler's query already leaves such agents out, this is the safety net.
+    if not agent_present(agent):
         return Verdict(
             Decision.SKIPPED_AGENT_MISSING,
             f"agent {mission.get('agentId')} not in projection",
         )
+    assert agent is not None  # agent_present
 
     state = agent.get("state")
     if state == "archived":
@@ -99,15 +171,15 @@ def decide(
 
     limits = agent_gate_inputs(agent)
     # A limit of 0 or below is taken literally: nothing may run / nothing may be spent.
-    if limits.max_concurrent is not None and in_flight >= limits.max_concurrent:
+    if in_flight >= limits.max_concurrent:
         return Verdict(
             Decision.SKIPPED_CONCURRENCY,
-            f"{in_flight} of {limits.max_concurrent} concurrent runs in flight",
+            f"{in_flight} of {js_string(limits.max_concurrent)} concurrent runs in flight",
         )
     if limits.max_tokens_per_day is not None and tokens_used_24h >= limits.max_tokens_per_day:
         return Verdict(
             Decision.SKIPPED_BUDGET,
-            f"used {tokens_used_24h} of {limits.max_tokens_per_day} tokens in 24h",
+            f"used {tokens_used_24h} of {js_string(limits.max_tokens_per_day)} tokens in 24h",
         )
     return Verdict(Decision.RAN, f"agent {state or 'active'}: all gates passed")
 

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from .decisions import agent_name
+
 CIPHERTEXT_PREFIX = "enc:1:"
 
 PLANNER_SYSTEM_PROMPT = """\
@@ -50,8 +52,11 @@ def agent_context(agent: dict[str, Any] | None) -> str:
     """The <agent_context> block for the agent, or "" when there is nothing beyond its name."""
     if agent is None:
         return ""
-    # The name is required upstream; fall back to the id so the header line stays meaningful.
-    name = plaintext(agent.get("name")) or plaintext(agent.get("id")) or ""
+    # Upstream's reading of the name (String(name ?? 'Unnamed')); ciphertext is never
+    # injected, so an encrypted name reads as a missing one.
+    name = agent_name(agent)
+    if is_ciphertext(name):
+        name = "Unnamed"
     lines = [f"Agent: {name}"]
     role = plaintext(agent.get("role"))
     if role is not None:

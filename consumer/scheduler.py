@@ -58,7 +58,8 @@ from psycopg_pool import AsyncConnectionPool
 
 from . import ledger, metrics, shutdown
 from .apply import Applied
-from .decisions import Decision, Verdict, decide, due_instant, is_legacy
+from .decisions import Decision, Verdict, decide, due_instant, is_legacy, js_string
+from .decisions import agent_name as agent_name_of
 from .errors import Deposed
 from .ledger import Occurrence
 from .sql import load
@@ -430,11 +431,17 @@ class Scheduler:
     async def _agents(
         self, conn: psycopg.AsyncConnection, users: set[str]
     ) -> dict[tuple[str, str], dict[str, Any]]:
-        """All projected agents of the pass's users: one query per pass."""
+        """The pass's users' agents that upstream would load (``deletedAt`` absent or null),
+        keyed by the record's ``id`` as upstream finds them (a data field ``id`` can differ
+        from the snapshot's key): one query per pass."""
         if not users:
             return {}
         cur = await conn.execute(load("agents_load"), {"users": sorted(users)})
-        return {(u, a): _decode.decode(body) for u, a, body in await cur.fetchall()}
+        agents: dict[tuple[str, str], dict[str, Any]] = {}
+        for u, _, body in await cur.fetchall():
+            record = _decode.decode(body)
+            agents[(u, js_string(record.get("id")))] = record
+        return agents
 
     def _decide(
         self,
@@ -450,8 +457,7 @@ class Scheduler:
         if agent_id is None:
             agent_name: str | None = LEGACY_AGENT_NAME
         else:
-            name = agent.get("name") if agent is not None else None
-            agent_name = name if isinstance(name, str) else None
+            agent_name = None if agent is None else agent_name_of(agent)
         try:
             verdict = decide(
                 mission,
@@ -589,8 +595,6 @@ def _attributes(occ: Occurrence, agent_id: str | None, agent_name: str | None) -
 
 
 def _agent_id(mission: dict[str, Any]) -> str | None:
-    """The mission's agentId as text, or None for a legacy mission."""
-    if is_legacy(mission):
-        return None
+    """The mission's agentId, or None for a legacy mission (no non-empty string)."""
     value = mission.get("agentId")
-    return value if isinstance(value, str) else str(value)
+    return None if is_legacy(mission) or type(value) is not str else value

@@ -14,11 +14,15 @@ from consumer.decisions import (
     Decision,
     Verdict,
     agent_gate_inputs,
+    agent_name,
+    agent_present,
     decide,
     due_instant,
     is_due,
+    is_legacy,
     parse_instant,
 )
+from tests import upstream_oracle as oracle
 
 MISSION = {"id": "m1", "state": "active", "agentId": "a1"}
 
@@ -53,9 +57,12 @@ def test_agent_missing() -> None:
     assert not v.silent
 
 
-def test_deleted_agent_counts_as_missing() -> None:
-    v = decide(MISSION, agent(deletedAt="2026-01-01T00:00:00Z"), 0, 0)
+@pytest.mark.parametrize("deleted_at", ["2026-01-01T00:00:00Z", "", False, 0, [], {}])
+def test_agent_with_deleted_at_counts_as_missing(deleted_at: Any) -> None:
+    # upstream loads only agents whose record->>'deletedAt' IS NULL
+    v = decide(MISSION, agent(deletedAt=deleted_at), 0, 0)
     assert v.decision is Decision.SKIPPED_AGENT_MISSING
+    assert decide(MISSION, agent(deletedAt=None), 0, 0).decision is Decision.RAN
 
 
 def test_archived_is_silent() -> None:
@@ -84,9 +91,30 @@ def test_concurrency_zero_or_negative_taken_literally(limit: int) -> None:
     )
 
 
-@pytest.mark.parametrize("limit", [None, "2", True, [], {}, float("nan"), float("inf")])
-def test_concurrency_invalid_is_unset(limit: Any) -> None:
+def test_concurrency_missing_means_one_at_a_time() -> None:
+    # upstream: Number(maxConcurrentMissions ?? 1)
+    for a in (agent(), agent(maxConcurrentMissions=None)):
+        assert decide(MISSION, a, 0, 0).decision is Decision.RAN
+        v = decide(MISSION, a, 1, 0)
+        assert v == Verdict(Decision.SKIPPED_CONCURRENCY, "1 of 1 concurrent runs in flight")
+
+
+@pytest.mark.parametrize("limit", ["x", {}, [1, 2], float("nan"), float("inf")])
+def test_concurrency_not_a_number_never_blocks(limit: Any) -> None:
+    # Number(...) is NaN (or Infinity): `running >= limit` is never true upstream.
     assert decide(MISSION, agent(maxConcurrentMissions=limit), 50, 0).decision is Decision.RAN
+
+
+@pytest.mark.parametrize(("limit", "blocks_at"), [("2", 2), (" 3 ", 3), (True, 1), ([2], 2),
+                                                  ("0x2", 2), (False, 0), ("", 0), ([], 0)])
+def test_concurrency_converted_as_javascript_number(limit: Any, blocks_at: int) -> None:
+    if blocks_at:
+        assert decide(MISSION, agent(maxConcurrentMissions=limit), blocks_at - 1, 0).decision is (
+            Decision.RAN
+        )
+    assert decide(MISSION, agent(maxConcurrentMissions=limit), blocks_at, 0).decision is (
+        Decision.SKIPPED_CONCURRENCY
+    )
 
 
 def test_concurrency_fractional_limit_rounds_up() -> None:
@@ -117,8 +145,10 @@ def test_budget_zero_means_nothing_may_be_spent() -> None:
     assert v == Verdict(Decision.SKIPPED_BUDGET, "used 0 of 0 tokens in 24h")
 
 
-def test_budget_null_is_unlimited() -> None:
-    assert decide(MISSION, agent(maxTokensPerDay=None), 0, 10**12).decision is Decision.RAN
+@pytest.mark.parametrize("limit", [None, -1, -0.5, "100", True, [5], {}])
+def test_budget_counts_only_a_number_at_least_zero(limit: Any) -> None:
+    # upstream: typeof === 'number' && >= 0; anything else is no budget
+    assert decide(MISSION, agent(maxTokensPerDay=limit), 0, 10**12).decision is Decision.RAN
 
 
 def test_ran() -> None:
@@ -163,12 +193,8 @@ limits = st.one_of(
     st.none(),
     st.integers(min_value=-2, max_value=6),
     st.floats(min_value=-2, max_value=6, allow_nan=False),
-    st.sampled_from(["3", True, False, float("nan")]),
+    st.sampled_from(["3", " 2", "0x3", "x", "", True, False, [], [2], [1, 2], {}, float("nan")]),
 )
-
-
-def _valid(limit: Any) -> bool:
-    return isinstance(limit, int | float) and not isinstance(limit, bool) and limit == limit
 
 
 @st.composite
@@ -183,7 +209,7 @@ def agents(draw: st.DrawFn) -> dict[str, Any] | None:
         if draw(st.booleans()):
             record[key] = draw(limits)
     if draw(st.integers(0, 9)) == 0:
-        record["deletedAt"] = "2026-01-01T00:00:00Z"
+        record["deletedAt"] = draw(st.sampled_from(["2026-01-01T00:00:00Z", "", False, None]))
     return record
 
 
@@ -200,19 +226,23 @@ def test_decision_is_first_matching_gate(
     if agent_id != "__absent__":
         mission["agentId"] = agent_id
 
-    # A straight transcription of DESIGN §5, written independently of decide().
+    # The gate order, over the agent as upstream reads it (tests/upstream_oracle.py),
+    # written independently of decide().
     legacy = agent_id in (None, "", "__absent__")
-    missing = a is None or bool(a.get("deletedAt"))
-    mc = None if missing else a.get("maxConcurrentMissions")  # type: ignore[union-attr]
-    mt = None if missing else a.get("maxTokensPerDay")  # type: ignore[union-attr]
-    state = None if missing else a.get("state")  # type: ignore[union-attr]
+    found = oracle.load_active_agents([] if a is None else [a]).get("a1")
+    missing = found is None
     gates = [
         (legacy, Decision.RAN),
         (missing, Decision.SKIPPED_AGENT_MISSING),
-        (state == "archived", Decision.SKIPPED_ARCHIVED),
-        (state == "paused", Decision.SKIPPED_PAUSED),
-        (_valid(mc) and abs(mc) != float("inf") and in_flight >= mc, Decision.SKIPPED_CONCURRENCY),
-        (_valid(mt) and abs(mt) != float("inf") and used >= mt, Decision.SKIPPED_BUDGET),
+        (not missing and found.state == "archived", Decision.SKIPPED_ARCHIVED),  # type: ignore[union-attr]
+        (not missing and found.state == "paused", Decision.SKIPPED_PAUSED),  # type: ignore[union-attr]
+        (not missing and in_flight >= found.max_concurrent, Decision.SKIPPED_CONCURRENCY),  # type: ignore[union-attr]
+        (
+            not missing
+            and found.max_tokens_per_day is not None  # type: ignore[union-attr]
+            and used >= found.max_tokens_per_day,  # type: ignore[union-attr]
+            Decision.SKIPPED_BUDGET,
+        ),
         (True, Decision.RAN),
     ]
     expected = next(decision for matched, decision in gates if matched)
@@ -227,13 +257,16 @@ def test_decision_is_first_matching_gate(
 
 
 def test_agent_gate_inputs() -> None:
-    assert agent_gate_inputs({}) == AgentLimits(None, None)
+    assert agent_gate_inputs({}) == AgentLimits(1, None)
     assert agent_gate_inputs({"maxConcurrentMissions": 2, "maxTokensPerDay": 0}) == AgentLimits(
         2, 0
     )
     assert agent_gate_inputs({"maxConcurrentMissions": 2.0, "maxTokensPerDay": "x"}) == (
         AgentLimits(2, None)
     )
+    assert agent_gate_inputs({"maxTokensPerDay": -1}) == AgentLimits(1, None)
+    big = 2**53 + 1  # exact, not a double (a documented difference)
+    assert agent_gate_inputs({"maxTokensPerDay": big}).max_tokens_per_day == big
 
 
 NOW = datetime(2026, 11, 26, 8, 0, tzinfo=UTC)
@@ -323,3 +356,60 @@ def test_due_instant_reads_offsets_as_instants(text: str, expected: datetime | N
 
 def test_parse_instant_out_of_range_is_none() -> None:
     assert parse_instant("9999-12-31T23:00:00-02:00") is None
+
+
+# --- agent readers: upstream's toServerAgent ----------------------------------------------------
+
+json_values = st.recursive(
+    st.one_of(
+        st.none(),
+        st.booleans(),
+        st.integers(-3, 3),
+        st.floats(-3, 3, allow_nan=False),
+        st.sampled_from(["", " 2 ", "2", "x", "0x1f", "1e1", "-Infinity", ".5", "enc:1:x"]),
+    ),
+    lambda inner: st.lists(inner, max_size=2) | st.dictionaries(st.just("k"), inner, max_size=1),
+    max_leaves=3,
+)
+
+
+@given(
+    record=st.fixed_dictionaries(
+        {"id": st.just("a1")},
+        optional={
+            k: json_values
+            for k in ("name", "state", "maxConcurrentMissions", "maxTokensPerDay", "deletedAt")
+        },
+    )
+)
+def test_agent_readers_match_upstream(record: dict[str, Any]) -> None:
+    expected = oracle.to_server_agent(record)
+    limits = agent_gate_inputs(record)
+    same = limits.max_concurrent == expected.max_concurrent or (
+        limits.max_concurrent != limits.max_concurrent
+        and expected.max_concurrent != expected.max_concurrent  # both NaN
+    )
+    assert same, (limits.max_concurrent, expected.max_concurrent)
+    assert limits.max_tokens_per_day == expected.max_tokens_per_day
+    assert agent_name(record) == expected.name
+    found = oracle.load_active_agents([record])
+    assert agent_present(record) == ("a1" in found)
+
+
+def test_agent_name_default_and_javascript_string() -> None:
+    assert agent_name({}) == "Unnamed"
+    assert agent_name({"name": None}) == "Unnamed"
+    assert agent_name({"name": ""}) == ""
+    assert agent_name({"name": 5}) == "5"
+    assert agent_name({"name": 2.5}) == "2.5"
+    assert agent_name({"name": True}) == "true"
+    assert agent_name({"name": ["a", None, 1]}) == "a,,1"
+    assert agent_name({"name": {"x": 1}}) == "[object Object]"
+
+
+@pytest.mark.parametrize("agent_id", [5, True, ["a1"], {"id": "a1"}])
+def test_mission_agent_id_counts_only_as_a_string(agent_id: Any) -> None:
+    # upstream: agentId: typeof record.agentId === 'string' ? record.agentId : undefined
+    assert is_legacy({"agentId": agent_id})
+    v = decide({**MISSION, "agentId": agent_id}, None, 0, 0)
+    assert v.decision is Decision.RAN

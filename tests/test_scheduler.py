@@ -615,3 +615,32 @@ async def test_a_decision_that_fails_is_an_error_span(
     assert span.status.status_code.name == "ERROR"
     assert span.events and span.events[0].name == "exception"
     assert span.parent is not None and span.parent.span_id == pass_span.context.span_id
+
+
+# ------------------------------------------------------------------ upstream's agent reading
+
+
+async def test_agents_are_found_and_read_as_upstream_reads_them(env: Env) -> None:
+    """By the record's `id` (a data field `id` wins over the key), only with `deletedAt`
+    absent or null, `name` missing -> 'Unnamed', `maxConcurrentMissions` missing -> 1."""
+    dispatcher = GatedDispatcher()
+    s = env.scheduler(dispatcher)
+    agent(env.log, "key-1", id="real-1", state="active")  # no name, no limit
+    agent(env.log, "hidden", name="Hidden", deletedAt="")  # falsy: kept, but not loaded
+    for m, aid in [("m1", "real-1"), ("m2", "real-1"), ("m3", "key-1"), ("m4", "hidden")]:
+        mission(env.log, m, state="active", agentId=aid, nextRunAt=at(-5))
+    async with running(s):
+        await env.apply()
+        await eventually(lambda: all(env.decided(m) for m in ("m1", "m2", "m3", "m4")))
+        assert len(dispatcher.started) == 1  # one at a time: the default limit
+        ran = dispatcher.missions()[0]
+        other = "m2" if ran == "m1" else "m1"
+        assert env.decided(ran) == ["ran"]
+        assert env.decided(other) == ["skipped-concurrency"]
+        assert env.decided("m3") == ["skipped-agent-missing"]
+        assert env.decided("m4") == ["skipped-agent-missing"]
+        assert env.decisions(ran)[0]["agent.name"] == "Unnamed"
+        assert dispatcher.agents[ran] == {"id": "real-1", "state": "active"}
+        dispatcher.release(ran)
+        await eventually(lambda: env.decided(other) == ["skipped-concurrency", "ran"])
+        dispatcher.release(other)
