@@ -286,15 +286,20 @@ def _settings(args: argparse.Namespace) -> Settings:
 
 
 def cmd_migrate(args: argparse.Namespace) -> int:
+    from .db import connect
     from .migrate import migrate
+    from .status import old_rule_states, replay_advice
 
     notes: list[str] = []
-    applied = migrate(
-        resolve_dsn(args.database_url), with_sync_schema=args.with_sync_schema, notes=notes
-    )
+    dsn = resolve_dsn(args.database_url)
+    applied = migrate(dsn, with_sync_schema=args.with_sync_schema, notes=notes)
     print(f"applied {', '.join(applied)}" if applied else "schema is up to date")
     for note in notes:
         print(note)
+    with connect(dsn) as conn:
+        advice = replay_advice(old_rule_states(conn))
+    if advice:
+        print(advice)
     return 0
 
 

@@ -25,6 +25,7 @@ def collect(dsn: str) -> dict[str, Any]:
         runs = cur.fetchone()
         names = [d.name for d in cur.description or []]
         status["runs"] = dict(zip(names, runs, strict=True)) if runs else {}
+        status["old_rule_states"] = old_rule_states(conn)
     return status
 
 
@@ -43,6 +44,21 @@ def _leadership(conn: psycopg.Connection) -> dict[str, Any]:
         else "none (no consumer holds the leader lock)"
     )
     return found
+
+
+def old_rule_states(conn: psycopg.Connection) -> int:
+    """How many clock states were written under the old merge rule and wait for a replay."""
+    row = conn.execute(load("merge_rule_pending")).fetchone()
+    return 0 if row is None else int(row[0])
+
+
+def replay_advice(states: int) -> str | None:
+    if not states:
+        return None
+    return (
+        f"note: {states:,} snapshot states were projected under the old merge rule (a first "
+        "row's unstamped fields kept its created_at); run `consumer replay` to correct them"
+    )
 
 
 def print_status(dsn: str, *, as_json: bool = False) -> int:
@@ -77,4 +93,6 @@ def print_status(dsn: str, *, as_json: bool = False) -> int:
         print(f"{label:<{width}}  {status.get(key)}")
     for key, label in run_labels.items():
         print(f"{label:<{width}}  {runs.get(key)}")
+    if advice := replay_advice(status["old_rule_states"]):
+        print(advice)
     return 0
