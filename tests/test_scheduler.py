@@ -631,7 +631,11 @@ async def test_agents_are_found_and_read_as_upstream_reads_them(env: Env) -> Non
         mission(env.log, m, state="active", agentId=aid, nextRunAt=at(-5))
     async with running(s):
         await env.apply()
-        await eventually(lambda: all(env.decided(m) for m in ("m1", "m2", "m3", "m4")))
+        await eventually(
+            lambda: all(env.decided(m) for m in ("m1", "m2", "m3", "m4"))
+            and len(dispatcher.started) == 1
+        )
+        await anyio.sleep(0.05)
         assert len(dispatcher.started) == 1  # one at a time: the default limit
         ran = dispatcher.missions()[0]
         other = "m2" if ran == "m1" else "m1"
