@@ -11,6 +11,8 @@ from typing import Any
 
 import msgspec
 
+from .decisions import agent_name
+
 LEGACY_PRINCIPAL = "legacy:ai-default"
 LEGACY_DISPLAY_NAME = "Mana"
 SYSTEM_ACTOR: dict[str, Any] = {
@@ -114,11 +116,9 @@ def build_actor(
         return dict(SYSTEM_ACTOR)
     principal, display = LEGACY_PRINCIPAL, LEGACY_DISPLAY_NAME
     agent_id = agent.get("id") if agent is not None else None
-    if isinstance(agent_id, str) and agent_id:
-        name = agent.get("name") if agent is not None else None
+    if agent is not None and isinstance(agent_id, str) and agent_id:
         principal = agent_id
-        # The timeline shows displayName; an agent without a usable name still gets its id.
-        display = name if isinstance(name, str) and name else agent_id
+        display = agent_name(agent)  # as upstream: String(name ?? 'Unnamed')
     return {
         "kind": "ai",
         "principalId": principal,

@@ -59,6 +59,7 @@ __all__ = [
     "apply_change",
     "decode_state",
     "encode_state",
+    "field_clock",
     "fold",
     "is_legacy",
     "js_truthy",
@@ -292,6 +293,20 @@ def materialize(record_id: str, state: RecordState) -> dict[str, Any] | None:
         if clock is None or cell.stamp >= clock:
             record[name] = cell.value
     return record
+
+
+def field_clock(state: RecordState, name: str) -> int | None:
+    """The clock (us) of the field's current value: a new write wins it when its stamp is
+    >= this (its created_at being later). None when the field has no clock, so any write
+    wins it."""
+    cell = state.fields.get(name)
+    first = state.first
+    if first is None:  # no row yet, or a state of the old rule
+        return None if cell is None else cell.stamp
+    clock = first.clocks.get(name)
+    if cell is not None and (clock is None or cell.stamp >= clock):
+        return cell.stamp
+    return clock
 
 
 def js_truthy(value: Any) -> bool:

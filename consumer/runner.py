@@ -69,7 +69,7 @@ from .iteration import (
     with_next_run,
 )
 from .ledger import Job
-from .merge import decode_state
+from .merge import decode_state, field_clock
 from .migrate import WRITE_ROLE
 from .planner import PlannerClient, PlannerError
 from .prompt import build_messages
@@ -176,7 +176,7 @@ async def field_clocks(
     if row is None:
         return [None] * len(fields)
     state = decode_state(bytes(row[0]))
-    return [(c.stamp if (c := state.fields.get(f)) is not None else None) for f in fields]
+    return [field_clock(state, f) for f in fields]
 
 
 async def insert_as_writer(conn: psycopg.AsyncConnection, wb: WriteBack, change_id: str) -> None:

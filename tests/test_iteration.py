@@ -210,8 +210,8 @@ def test_actor_system_without_iteration(agent: Any, iteration_id: str | None) ->
     }
 
 
-def test_actor_agent_without_name_shows_its_id() -> None:
-    assert build_actor("m1", "i", {"id": "a1"}, "")["displayName"] == "a1"
+def test_actor_agent_without_name_is_unnamed_as_upstream() -> None:
+    assert build_actor("m1", "i", {"id": "a1"}, "")["displayName"] == "Unnamed"
 
 
 def test_actor_agent_without_id_falls_back_to_legacy() -> None:

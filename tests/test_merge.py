@@ -24,6 +24,7 @@ from consumer.merge import (
     apply_change,
     decode_state,
     encode_state,
+    field_clock,
     fold,
     is_legacy,
     js_truthy,
@@ -690,3 +691,29 @@ def test_other_offsets_of_created_at() -> None:
         }
     )
     assert fold([shifted])[0] == fold([aware])[0]
+
+
+@FAST
+@given(history=histories(), data=st.data())
+def test_field_clock_is_what_a_new_write_must_reach(
+    history: list[Change], data: st.DataObject
+) -> None:
+    """A write stamped at field_clock (created later than every row) wins the field; one
+    stamped a microsecond earlier loses it (when there is a clock)."""
+    for rid, rows in by_record(history).items():
+        state = fold(rows)[0]
+        if state.deleted:
+            continue
+        name = data.draw(st.sampled_from(FIELDS))
+        clock = field_clock(state, name)
+        last = max(us_of(c) for c in rows) + SECOND
+        if clock is None:  # no clock: even a write stamped long before wins
+            probes = [(BASE_US - 3600 * SECOND, True)]
+        else:
+            probes = [(clock, True), (clock - 1, False)]
+        for stamp, wins in probes:
+            probe = change(9999, data={name: "probe"}, created_us=last, record_id=rid,
+                           table=rows[0].table_name, meta={name: format_stamp(stamp, "Z", 6, "T")})
+            record = materialize(rid, fold([*rows, probe])[0])
+            assert record is not None
+            assert (record.get(name) == "probe") == wins, (name, clock, stamp)

@@ -3,7 +3,8 @@
 -- lets every process take at once without waiting on the others' rows. Each row taken
 -- starts a new attempt under this worker's lease. Returns what the run needs: the
 -- occurrence, the attempt (the lease's fence), the decision's trace, and the mission and
--- agent as projected now.
+-- agent as projected now (the agent as the scheduler finds it: by the record's id, with
+-- deletedAt absent or null; of two with one id, the greatest key, as agents_load.sql).
 WITH c AS (
     SELECT l.user_id, l.mission_id, l.due_at, l.state AS was, l.lease_owner AS old_owner
     FROM mana_ai.dispatch_ledger l
@@ -28,4 +29,6 @@ RETURNING l.user_id, l.mission_id, l.due_at, l.next_run_at, l.agent_id, l.attemp
           (SELECT m.record::text FROM mana_ai.mission_snapshots m
             WHERE m.user_id = l.user_id AND m.mission_id = l.mission_id),
           (SELECT a.record::text FROM mana_ai.agent_snapshots a
-            WHERE a.user_id = l.user_id AND a.agent_id = l.agent_id)
+            WHERE a.user_id = l.user_id AND a.record->>'id' = l.agent_id
+              AND a.record->>'deletedAt' IS NULL
+            ORDER BY a.agent_id DESC LIMIT 1)
