@@ -1,4 +1,4 @@
-"""The gate table of DESIGN §5: which due mission runs, and why the others do not.
+"""The gate table (docs/architecture.md#decisions): which due mission runs, and why not the others.
 
 Pure: records in, a verdict out. No I/O and no clock reads; the caller passes the time, the
 number of the agent's runs in flight and its rolling 24 h token usage.
@@ -147,11 +147,12 @@ def decide(
     in_flight: int,
     tokens_used_24h: int,
 ) -> Verdict:
-    """Decide one due mission. The first matching gate wins; see DESIGN §5 for the order."""
+    """Decide one due mission. The first matching gate wins (docs/architecture.md#decisions)."""
     if is_legacy(mission):
         return Verdict(Decision.RAN, "legacy mission: default identity")
 
-    # DESIGN §5 lists agent-missing as gate 5, after archived/paused/concurrency/budget. But
+    # The documented order lists agent-missing as gate 5, after archived/paused/concurrency/
+    # budget. But
     # those four read the agent's record; with no record none of them can match, so the
     # listed order and "missing first" give the same verdict. Deciding it first keeps the
     # remaining gates total over a real record. An agent with deletedAt set counts as

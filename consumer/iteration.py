@@ -1,4 +1,6 @@
-"""Planner answer → iteration → the one sync_changes row that writes it back (DESIGN §6).
+"""Planner answer → iteration → the one sync_changes row that writes it back.
+
+The shapes are those of docs/architecture.md#runs-and-write-back.
 
 Pure: the caller passes ids and times; nothing here reads a clock or touches the database.
 """

@@ -1,6 +1,7 @@
 """Prometheus metrics of the consumer, on a registry of our own.
 
-The names are a contract with the dashboards (DESIGN.md section 7): do not rename them.
+The names are a contract with the dashboards (docs/architecture.md#observability and
+ops/grafana-dashboard.json): do not rename them.
 prometheus_client appends `_total` to counters itself, so counters are declared without it.
 
 A private `REGISTRY` (not the process-wide default) keeps the exposition to exactly our

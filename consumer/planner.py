@@ -1,4 +1,6 @@
-"""The planner: one chat completion from an OpenAI-compatible endpoint (DESIGN §6).
+"""The planner: one chat completion from an OpenAI-compatible endpoint.
+
+Where it sits in a run: docs/architecture.md#runs-and-write-back.
 
 Configuration (environment, read by `planner_config_from_env`):
 

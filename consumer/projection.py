@@ -11,7 +11,8 @@ was taken, so its rows were visible to every chunk of the pass. Mid-pass it is t
 smaller of that and the xid of the last row read. It commits with the snapshot writes, as
 a compare-and-set on `version`: a second worker that raced us fails instead of
 overwriting. After a restart, `prev` is "everything below applied_below"; rows between
-the checkpoint and the watermark are read again and merge harmlessly (DESIGN M1).
+the checkpoint and the watermark are read again and merge harmlessly: the merge is
+order independent (docs/architecture.md#order-independence).
 
 Bootstrap. Rows committed before the trigger existed are not journaled. CREATE TRIGGER
 waited for every inserting transaction to end, so each row is either older than the

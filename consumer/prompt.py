@@ -1,4 +1,6 @@
-"""The planner's prompt: agent context block (DESIGN §6, exact text) and the chat messages.
+"""The planner's prompt: the agent-context block and the chat messages.
+
+The block's exact text: docs/architecture.md#the-agent-context.
 
 Pure string building. Ciphertext (`enc:1:` values) is never injected: the server holds no
 key by design, and an opaque blob in the prompt would only confuse the planner.

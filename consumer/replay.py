@@ -15,7 +15,8 @@ xid >= keep_from" (keep_from <= S's xmin). Pruning that respects it
 while the replay session (holding the replay advisory lock) lives.
 
 Catch-up and swap. Every journal row not visible in S committed after S was read: it is
-applied to the shadow (duplicates merge harmlessly, DESIGN M1), first without locks,
+applied to the shadow (duplicates merge harmlessly: the merge is order independent,
+docs/architecture.md#order-independence), first without locks,
 then in the swap transaction, which LOCKs the live tables ACCESS EXCLUSIVE (the live
 projector's and the scheduler's transactions wait; nobody sees a half-built table),
 applies what committed since, renames the live tables (and their indexes) aside to

@@ -3,7 +3,7 @@
 Loop. `run()` does a pass, then sleeps until the next instant a mission falls due (capped
 by `max_sleep`), woken early by the projection (`notify_changed`) or by a run that
 finishes. A pass never reads the log: it selects due missions from the snapshots through
-the due index and decides each with `decisions.decide` (DESIGN §5).
+the due index and decides each with `decisions.decide` (docs/architecture.md#decisions).
 
 Due selection. mana_ai.mission_due holds, beside each snapshot that can fall due, its
 nextRunAt parsed to a UTC instant (`decisions.due_instant`; written with the snapshot, see
@@ -68,7 +68,7 @@ from .worker import Dispatcher, RunWorker
 
 log = logging.getLogger(__name__)
 
-LEGACY_AGENT_NAME = "Mana"  # display name of the default identity (DESIGN §5)
+LEGACY_AGENT_NAME = "Mana"  # display name of the default identity (legacy missions)
 BUDGET_WINDOW = timedelta(hours=24)
 WAKE_EPSILON = 0.005  # seconds added to a timed sleep: a timer may fire a hair early
 MIN_SLEEP = 0.001

@@ -1,4 +1,4 @@
-"""Validation of raw log rows before they are merged (DESIGN §4). Pure: no I/O.
+"""Validation of raw log rows before they are merged (docs/architecture.md#quarantine). No I/O.
 
 A row that fails here goes to quarantine with ``Rejected.reason``; the reasons are short,
 stable strings (an operator greps for them).

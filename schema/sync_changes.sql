@@ -1,4 +1,4 @@
--- mana-sync's change log, exactly as DESIGN §2 describes it. This table is owned by
+-- mana-sync's change log, exactly as mana-sync defines it (docs/architecture.md#the-log). Owned by
 -- mana-sync: we create it only for tests, the demo and a fresh dev database
 -- (`consumer migrate --with-sync-schema`). In production it already exists.
 CREATE TABLE IF NOT EXISTS public.sync_changes (

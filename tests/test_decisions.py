@@ -1,4 +1,4 @@
-"""The gate table (DESIGN §5): every branch, the order between gates, and is_due."""
+"""The gate table (docs/architecture.md#decisions): every branch, the order of the gates, is_due."""
 
 from __future__ import annotations
 
@@ -187,7 +187,7 @@ def test_missing_agent_decided_before_anything_that_needs_the_record() -> None:
     assert decide(MISSION, None, 99, 10**9).decision is Decision.SKIPPED_AGENT_MISSING
 
 
-# --- property: first matching gate in DESIGN order ------------------------------------------
+# --- property: first matching gate in the documented order ---------------------------------
 
 limits = st.one_of(
     st.none(),

@@ -1,4 +1,5 @@
-"""Planner reply parsing, the iteration, the actor and the write-back row (DESIGN §6)."""
+"""Planner reply parsing, the iteration, the actor and the write-back row
+(docs/architecture.md#runs-and-write-back)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Agent context (DESIGN §6, exact text) and the planner messages."""
+"""The agent-context block (exact text: docs/architecture.md#the-agent-context) and the messages."""
 
 from __future__ import annotations
 

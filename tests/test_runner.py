@@ -1,4 +1,5 @@
-"""The planner client and the runner (DESIGN §6), against a stub planner and a real server."""
+"""The planner client and the runner (docs/architecture.md#runs-and-write-back), against a
+stub planner and a real server."""
 
 from __future__ import annotations
 
