@@ -40,6 +40,7 @@ from bench.common import (
     verdict,
 )
 from consumer import metrics
+from consumer.apply import Applied
 from consumer.decisions import Decision
 from consumer.scheduler import Scheduler
 from consumer.sql import load
@@ -201,8 +202,10 @@ async def lateness(
                     )
                 if has_due_index(conn):  # what the projection writes beside the snapshot
                     conn.execute(INDEX_DUE, {"users": [user]})
-            sched.notify_changed()  # what the projection does after applying rows
-            deadline = time.monotonic() + lead + spread + 10
+            # What the projection does after applying rows.
+            sched.notify_changed(Applied(missions={(user, m) for m in due_at}))
+            # Long enough for a scheduler that finds a mission only on a max_sleep wake-up.
+            deadline = time.monotonic() + lead + spread + 70
             while time.monotonic() < deadline:
                 spans = [s for s in exporter.get_finished_spans()
                          if s.name == "mission.decision"
