@@ -195,8 +195,14 @@ hostile_rows = st.one_of(
         lambda t: Hostile("created_at out of range", created_at=t)),
     st.one_of(st.lists(_json, max_size=3), st.text(max_size=10), st.integers(), st.booleans(),
               st.none()).map(lambda d: Hostile("data is not a JSON object", data=d)),
-    st.tuples(st.integers(1500, 3000), st.booleans()).map(
+    # Deeper than the decoder goes, yet under the size limit (7 bytes a brace level, as jsonb
+    # prints it: 2500 levels are 17,508 bytes).
+    st.tuples(st.integers(1500, 2500), st.booleans()).map(
         lambda t: Hostile("data nested too deeply", data=("raw", '{"x": ' + _nested(*t) + "}"))),
+    # Both too deep and too large: the size is checked first (before any decoding), so the
+    # size is the reason.
+    st.integers(MAX_ROW_BYTES // 7 + 1, MAX_ROW_BYTES // 7 * 3).map(
+        lambda d: Hostile("payload too large", data=("raw", '{"x": ' + _nested(d, True) + "}"))),
     st.integers(MAX_ROW_BYTES + 1, 3 * MAX_ROW_BYTES).map(
         lambda n: Hostile("payload too large", data={"blob": "x" * n})),
     st.one_of(st.lists(st.integers(), max_size=2), st.text(max_size=8), st.integers(),
