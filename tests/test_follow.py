@@ -185,11 +185,19 @@ def test_run_subprocess_serves_metrics_health_and_status(db: str) -> None:
         while ("u1", "seen") not in actual_snapshots(db)["missions"]:
             assert time.monotonic() < deadline
             time.sleep(0.05)
-        status, body = http_get(f"http://127.0.0.1:{port}/metrics")
-        assert status == 200
-        text = body.decode()
-        assert "mana_ai_snapshot_rows_applied_total 1.0" in text
-        assert "mana_ai_listener_connected 1.0" in text
+        # The counter is bumped after the commit that made the snapshot visible, so it may
+        # lag the snapshot a moment: wait for the metric itself.
+        wanted = ("mana_ai_snapshot_rows_applied_total 1.0", "mana_ai_listener_connected 1.0")
+        deadline = time.monotonic() + 10
+        while True:
+            status, body = http_get(f"http://127.0.0.1:{port}/metrics")
+            assert status == 200
+            text = body.decode()
+            if all(line in text for line in wanted) or time.monotonic() > deadline:
+                break
+            time.sleep(0.05)
+        for line in wanted:
+            assert line in text, text
         out = subprocess.run(
             [sys.executable, "-m", "consumer", "status", "--json"],
             env=env,
