@@ -59,11 +59,12 @@ class Bounds(msgspec.Struct, frozen=True, kw_only=True):
 
 
 def keepalive_split(peer_timeout: float) -> tuple[int, int, int]:
-    """(idle, interval, count) in whole seconds so that idle + interval * count ~ timeout."""
+    """(idle, interval, count) in whole seconds with idle + interval * count equal to the
+    timeout (at least 3 s): a silent peer is declared dead by then, not later."""
     total = max(3, round(peer_timeout))
-    idle = max(1, total // 2)
-    count = 3
-    interval = max(1, (total - idle) // count)
+    count = 3 if total >= 4 else 2
+    interval = max(1, total // (count + 1))
+    idle = max(1, total - interval * count)
     return idle, interval, count
 
 

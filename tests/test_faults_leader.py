@@ -24,11 +24,13 @@ import anyio
 import anyio.abc
 import psycopg
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from psycopg_pool import AsyncConnectionPool
 
 from consumer.config import Settings
-from consumer.db import aconnect
+from consumer.db import Bounds, Deadline, aconnect, keepalive_split, within
 from consumer.errors import Deposed
 from consumer.health import Health
 from consumer.listener import LEADER_LOCK_KEY, Follower
@@ -117,6 +119,49 @@ def planned(stub: PlannerStub, marker: str) -> int:
     return sum(marker in json.dumps(r.body) for r in list(stub.requests))
 
 
+# --------------------------------------------------------------------------- bounds
+
+
+@given(st.floats(min_value=0.1, max_value=3600))
+def test_keepalives_declare_a_silent_peer_dead_within_the_peer_timeout(timeout: float) -> None:
+    idle, interval, count = keepalive_split(timeout)
+    assert min(idle, interval, count) >= 1
+    assert idle + interval * count == max(3, round(timeout))
+    params = Bounds(peer_timeout=timeout).kwargs("work")
+    assert params["keepalives"] == 1 and params["tcp_user_timeout"] == int(timeout * 1000)
+    assert params["application_name"] == "mana-ai-consumer work"
+    assert f"-c tcp_keepalives_idle={idle}" in params["options"]
+
+
+async def test_a_statement_on_a_stalled_connection_is_severed_at_its_deadline(db: str) -> None:
+    proxy = StallingProxy(db)
+    async with anyio.create_task_group() as tg:
+        port = await tg.start(proxy.serve)
+        dsn = make_conninfo(db, host="127.0.0.1", port=port)
+        async with await aconnect(dsn, autocommit=True) as conn:
+            row = await (await conn.execute("SHOW statement_timeout")).fetchone()
+            assert row == ("30s",)  # the server side of the bounds arrived
+            proxy.pause()
+            started = time.monotonic()
+            with pytest.raises(TimeoutError):
+                await within(conn, Deadline(0.5), conn.execute("SELECT 1"))
+            assert 0.4 < time.monotonic() - started < 3.0
+            assert conn.closed or conn.broken
+            proxy.resume()
+        # A slow chunk that keeps committing is not cut off: progress moves the deadline.
+        async with await aconnect(db, autocommit=True) as conn:
+            deadline = Deadline(0.5)
+
+            async def steady() -> int:
+                for _ in range(4):
+                    await conn.execute("SELECT pg_sleep(0.3)")
+                    deadline.progress()
+                return 4
+
+            assert await within(conn, deadline, steady()) == 4
+        tg.cancel_scope.cancel()
+
+
 # --------------------------------------------------------------------------- fencing
 
 
@@ -203,6 +248,8 @@ async def test_a_deposed_leader_stops_deciding_and_stands_by(db: str) -> None:
                 old_pid = leader_pid(db)
                 assert old_pid is not None and a.follower.leading and not b.follower.leading
                 assert a.health.status()[1]["role"] == "leader"
+                assert set(a.health.loops) == {"apply", "scheduler"}  # both loops bounded
+                assert b.health.loops == {}  # a standby neither applies nor decides
                 await wait_until(lambda: collect(db)["standbys_waiting"] == 1, 5, "status")
                 report = collect(db)
                 assert report["leader_pid"] == old_pid and report["leader_epoch"] >= 1
@@ -218,6 +265,7 @@ async def test_a_deposed_leader_stops_deciding_and_stands_by(db: str) -> None:
                 mission(log, "m1", state="active", nextRunAt=at(-1))
                 await wait_until(lambda: "m1" in b.ran, 5, "the new leader decides")
                 await wait_until(lambda: a.health.role == "standby", 5, "old leader stands by")
+                assert "scheduler" not in a.health.loops and "scheduler" in b.health.loops
                 await anyio.sleep(1.0)
                 assert len(a.passes) == passes_after_loss  # not one pass since it lost
                 assert not a.follower.leading and "m1" not in a.ran
