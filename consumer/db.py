@@ -14,6 +14,7 @@ from typing import Any, TypeVar
 import anyio
 import msgspec
 import psycopg
+from psycopg.conninfo import conninfo_to_dict
 
 from .config import first_line
 from .errors import ConfigError
@@ -33,18 +34,22 @@ class Bounds(msgspec.Struct, frozen=True, kw_only=True):
     peer_timeout: float = 4.0
     statement_timeout: float = 30.0  # 0: no limit
 
-    def kwargs(self, purpose: str | None = None) -> dict[str, Any]:
-        """Connection parameters for psycopg (libpq keywords)."""
+    def kwargs(self, purpose: str | None = None, dsn: str = "") -> dict[str, Any]:
+        """Connection parameters for psycopg (libpq keywords). `dsn`: its own `options`
+        are kept (ours follow them, so ours win where both set the same)."""
         idle, interval, count = keepalive_split(self.peer_timeout)
         user_timeout_ms = int(self.peer_timeout * 1000)
-        server = {
+        server: dict[str, int] = {
             # The server's side of the same bounds (all settable per session).
             "tcp_keepalives_idle": idle,
             "tcp_keepalives_interval": interval,
             "tcp_keepalives_count": count,
             "tcp_user_timeout": user_timeout_ms,
-            "statement_timeout": int(self.statement_timeout * 1000),
         }
+        if self.statement_timeout > 0:  # else the role's or the database's default holds
+            server["statement_timeout"] = int(self.statement_timeout * 1000)
+        theirs = conninfo_to_dict(dsn).get("options") if dsn else None
+        ours = " ".join(f"-c {k}={v}" for k, v in server.items())
         return {
             # libpq rounds connect_timeout to whole seconds and treats 1 as 2.
             "connect_timeout": max(2, math.ceil(self.connect_timeout)),
@@ -54,7 +59,7 @@ class Bounds(msgspec.Struct, frozen=True, kw_only=True):
             "keepalives_count": count,
             "tcp_user_timeout": user_timeout_ms,
             "application_name": f"{APPLICATION_NAME} {purpose}" if purpose else APPLICATION_NAME,
-            "options": " ".join(f"-c {k}={v}" for k, v in server.items()),
+            "options": f"{theirs} {ours}" if theirs else ours,
         }
 
 
@@ -68,9 +73,14 @@ def keepalive_split(peer_timeout: float) -> tuple[int, int, int]:
     return idle, interval, count
 
 
+# The command line tools (migrate, status): keepalives and a connect timeout, and no
+# statement timeout of ours (a migration may take long).
+TOOL_BOUNDS = Bounds(connect_timeout=CONNECT_TIMEOUT, peer_timeout=10.0, statement_timeout=0)
+
+
 def connect(dsn: str, *, autocommit: bool = False) -> psycopg.Connection:
     try:
-        return psycopg.connect(dsn, autocommit=autocommit, connect_timeout=CONNECT_TIMEOUT)
+        return psycopg.connect(dsn, autocommit=autocommit, **TOOL_BOUNDS.kwargs(None, dsn))
     except psycopg.OperationalError as exc:
         raise ConfigError(f"cannot connect to the database: {first_line(exc)}") from None
 
@@ -83,7 +93,7 @@ async def aconnect(
     purpose: str | None = None,
 ) -> psycopg.AsyncConnection:
     return await psycopg.AsyncConnection.connect(
-        dsn, autocommit=autocommit, **(bounds or Bounds()).kwargs(purpose)
+        dsn, autocommit=autocommit, **(bounds or Bounds()).kwargs(purpose, dsn)
     )
 
 

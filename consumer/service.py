@@ -82,7 +82,7 @@ async def serve(
         open=False,
         check=AsyncConnectionPool.check_connection,
         name="mana-ai-work",
-        kwargs=settings.bounds().kwargs("pool"),
+        kwargs=settings.bounds().kwargs("pool", settings.database_url),
     )
     try:
         await pool.open(wait=True, timeout=15)

@@ -131,6 +131,11 @@ def test_keepalives_declare_a_silent_peer_dead_within_the_peer_timeout(timeout: 
     assert params["keepalives"] == 1 and params["tcp_user_timeout"] == int(timeout * 1000)
     assert params["application_name"] == "mana-ai-consumer work"
     assert f"-c tcp_keepalives_idle={idle}" in params["options"]
+    # The URL's own options stay; no statement timeout of ours when it is 0.
+    dsn = "host=h options='-c search_path=app'"
+    options = Bounds(statement_timeout=0).kwargs(None, dsn)["options"]
+    assert options.startswith("-c search_path=app -c tcp_keepalives_idle=")
+    assert "statement_timeout" not in options
 
 
 async def test_a_statement_on_a_stalled_connection_is_severed_at_its_deadline(db: str) -> None:
