@@ -12,7 +12,6 @@ import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
 import urllib.error
 import urllib.request
@@ -40,7 +39,8 @@ from consumer.scheduler import Scheduler
 from consumer.service import _decide_while_leading, serve
 from consumer.sql import load
 from consumer.status import collect
-from tests.logtools import actual_snapshots, agent, expected_snapshots, mission
+from tests.faultkit import WriteStorm, assert_nothing_lost
+from tests.logtools import actual_snapshots, agent, mission
 from tests.planner_stub import PlannerStub
 
 pytestmark = pytest.mark.anyio
@@ -78,10 +78,6 @@ async def wait_until(check: Callable[[], bool], within: float = 15.0, what: str 
             raise AssertionError(f"not reached within {within:g} s: {what}")
         await anyio.sleep(0.02)
     return time.monotonic() - started
-
-
-def converged(dsn: str) -> bool:
-    return actual_snapshots(dsn) == expected_snapshots(dsn)
 
 
 def lock_holders(dsn: str) -> list[tuple[int, bool]]:
@@ -277,7 +273,7 @@ async def test_a_deposed_leader_stops_deciding_and_stands_by(db: str) -> None:
                 assert sorted(a.ran + b.ran) == ["m0", "m1"]  # each decided once
                 assert [granted for _, granted in lock_holders(db)].count(True) == 1
                 tg.cancel_scope.cancel()
-    assert converged(db)
+    assert_nothing_lost(db)
 
 
 # --------------------------------------------------------------------------- failover
@@ -318,36 +314,6 @@ def stop(proc: subprocess.Popen[str]) -> str:
     return out or ""
 
 
-class Writer:
-    """A writer thread in mana-sync's shape: one row per transaction, until stopped."""
-
-    def __init__(self, dsn: str) -> None:
-        self.dsn, self.count = dsn, 0
-        self.errors: list[BaseException] = []
-        self._stop = threading.Event()
-        self.thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        try:
-            with psycopg.connect(self.dsn, autocommit=True) as conn:
-                while not self._stop.is_set():
-                    # Paused missions: rows to project, nothing to decide.
-                    mission(conn, f"w{self.count % 17}", state="paused", n=self.count)
-                    self.count += 1
-                    time.sleep(0.005)
-        except BaseException as exc:  # noqa: BLE001 - reported by the test
-            self.errors.append(exc)
-
-    def __enter__(self) -> Writer:
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self.thread.join(10)
-        assert not self.errors, self.errors
-
-
 async def test_sigkilled_leader_the_standby_decides_within_5_s(db: str) -> None:
     ports = [free_port(), free_port()]
     with PlannerStub() as stub:
@@ -357,7 +323,7 @@ async def test_sigkilled_leader_the_standby_decides_within_5_s(db: str) -> None:
             await wait_until(lambda: role_of(ports[0]) == "leader", 30, "first process leads")
             procs.append(spawn(db, ports[1], stub))
             await wait_until(lambda: role_of(ports[1]) == "standby", 30, "second stands by")
-            with psycopg.connect(db, autocommit=True) as log, Writer(db) as writer:
+            with psycopg.connect(db, autocommit=True) as log, WriteStorm(db) as storm:
                 mission(log, "before", state="active", objective="obj-before", nextRunAt=at(-1))
                 await wait_until(lambda: planned(stub, "obj-before") == 1, 10, "leader runs")
                 await anyio.sleep(0.3)  # the writer keeps writing
@@ -367,9 +333,9 @@ async def test_sigkilled_leader_the_standby_decides_within_5_s(db: str) -> None:
                 await wait_until(lambda: planned(stub, "obj-after") >= 1, 15, "standby runs")
                 failover = time.monotonic() - killed
                 await anyio.sleep(0.5)
-            assert writer.count > 50
+            assert storm.rows > 50
             assert role_of(ports[1]) == "leader"
-            await wait_until(lambda: converged(db), 15, "no row lost")
+            await anyio.to_thread.run_sync(assert_nothing_lost, db)
             await anyio.sleep(1.0)  # room for a wrong second run to show
             assert planned(stub, "obj-before") == 1 and planned(stub, "obj-after") == 1
             assert failover < FAILOVER_BOUND_S, f"failover took {failover:.2f} s"
@@ -404,6 +370,7 @@ async def test_agent_paused_while_down_is_not_run_after_the_restart(db: str) -> 
             await anyio.sleep(1.0)
             tg.cancel_scope.cancel()
         assert planned(stub, "obj-paused") == 0
+    assert_nothing_lost(db)
 
 
 # --------------------------------------------------------------------------- half-open
@@ -509,6 +476,6 @@ async def test_a_connection_that_stops_answering_turns_healthz_503_then_recovers
             await wait_until(lambda: ("u1", "stalled") in actual_snapshots(db)["missions"], 10)
             mission(log, "after", state="active")
             await wait_until(lambda: ("u1", "after") in actual_snapshots(db)["missions"], 10)
-        assert converged(db)
+        await anyio.to_thread.run_sync(assert_nothing_lost, db)
         print(f"half-open: 503 after {noticed:.1f} s; healthy {recovered:.1f} s after resume")
         tg.cancel_scope.cancel()
