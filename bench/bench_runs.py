@@ -16,13 +16,17 @@ Process counts are interleaved over --rounds rounds (1, 2, 4, 1, 2, 4, ...), and
 are reported with the ratio to one process, measured side by side in the same run.
 
     python -m bench.bench_runs [--missions 240] [--max-runs 4] [--delay 0.2] [--rounds 2]
-                               [--processes 1,2,4] [--database-url URL] [--quick]
+                               [--processes 1,2,4] [--profile DIR] [--database-url URL]
+                               [--quick]
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
+import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -30,6 +34,7 @@ import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import msgspec
 import psycopg
 
 from bench.common import (
@@ -52,6 +57,136 @@ KEY = "bench-key"
 INSERT = """INSERT INTO public.sync_changes
     (id, app_id, table_name, record_id, user_id, op, data, field_meta, client_id)
     VALUES (%s, 'ai', 'aiMissions', %s, %s, 'insert', %s::jsonb, '{}'::jsonb, 'bench')"""
+
+
+# --------------------------------------------------------------------------- CPU per run
+
+TICK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+
+def proc_cpu(pid: int, children: bool = False) -> float | None:
+    """CPU seconds (user + system) of a live process from /proc; with `children`, plus its
+    reaped children's (a postmaster's exited backends). None where /proc cannot tell."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    # fields[0] is field 3 (state): utime = field 14, stime 15, cutime 16, cstime 17.
+    ticks = int(fields[11]) + int(fields[12])
+    if children:
+        ticks += int(fields[13]) + int(fields[14])
+    return ticks / TICK
+
+
+def proc_ppid(pid: int) -> int | None:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return int(f.read().rsplit(")", 1)[1].split()[1])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def machine_busy() -> float | None:
+    """CPU seconds the whole machine spent busy so far (every process, everyone's)."""
+    try:
+        with open("/proc/stat") as f:
+            cpu = [int(x) for x in f.readline().split()[1:]]
+    except (OSError, ValueError):
+        return None
+    idle = cpu[3] + (cpu[4] if len(cpu) > 4 else 0)
+    return (sum(cpu[:8]) - idle) / TICK
+
+
+class CpuSample(msgspec.Struct):
+    at: float
+    consumers: list[float | None]
+    backends: dict[int, float]  # the consumers' server processes, by pid
+    server: float | None  # the postmaster and every child, exited ones included
+    bench: float  # this process: the stub planner's threads and the polling
+    bench_backend: float  # the server process of the bench's own connection
+    machine: float | None
+
+
+def sample_cpu(conn: psycopg.Connection, procs: list[subprocess.Popen],
+               postmaster: int | None) -> CpuSample:
+    rows = conn.execute(
+        """SELECT pid FROM pg_stat_activity
+           WHERE datname = current_database() AND application_name LIKE 'mana-ai%%'"""
+    ).fetchall()
+    backends = {pid: c for (pid,) in rows if (c := proc_cpu(pid)) is not None}
+    server_cpu = None
+    if postmaster is not None and (own := proc_cpu(postmaster, children=True)) is not None:
+        server_cpu = own
+        for entry in os.listdir("/proc"):
+            if entry.isdigit() and proc_ppid(int(entry)) == postmaster:
+                server_cpu += proc_cpu(int(entry)) or 0.0
+    own = conn.execute("SELECT pg_backend_pid()").fetchone()
+    t = os.times()
+    return CpuSample(time.monotonic(), [proc_cpu(p.pid) for p in procs], backends,
+                     server_cpu, t.user + t.system,
+                     (proc_cpu(own[0]) or 0.0) if own else 0.0, machine_busy())
+
+
+def cpu_split(a: CpuSample, b: CpuSample, runs: int) -> dict[str, float]:
+    """CPU milliseconds per run between two samples, by where it was spent."""
+    consumers = sum((y or 0.0) - (x or 0.0) for x, y in zip(a.consumers, b.consumers,
+                                                              strict=True))
+    backends = sum(c - a.backends.get(pid, 0.0) for pid, c in b.backends.items())
+    out = {
+        "consumer processes": consumers,
+        "their server backends": backends,
+        "other server processes": (
+            b.server - a.server - backends - (b.bench_backend - a.bench_backend)
+            if a.server is not None and b.server is not None else math.nan),
+        "bench (stub planner, polling + its backend)": (
+            b.bench - a.bench + b.bench_backend - a.bench_backend),
+    }
+    out["total"] = sum(v for v in out.values() if not math.isnan(v))
+    if a.machine is not None and b.machine is not None:
+        out["whole machine (everyone)"] = b.machine - a.machine
+    return {k: v * 1e3 / runs for k, v in out.items()} | {"window_s": b.at - a.at}
+
+
+def py_spy() -> str | None:
+    """py-spy, if installed (not a dependency: `pip install py-spy` to profile)."""
+    beside = os.path.join(os.path.dirname(sys.executable), "py-spy")
+    return beside if os.access(beside, os.X_OK) else shutil.which("py-spy")
+
+
+def start_profiles(procs: list[subprocess.Popen], out: str | None,
+                   tag: str) -> list[subprocess.Popen]:
+    """py-spy sampling each consumer (collapsed stacks, idle waits left out) until stopped."""
+    spy = py_spy() if out else None
+    if out is None:
+        return []
+    if spy is None:
+        raise SystemExit("--profile needs py-spy (pip install py-spy)")
+    os.makedirs(out, exist_ok=True)
+    cmd = [spy, "record", "--format", "raw", "--rate", "250", "--nolineno"]
+    command(["py-spy", *cmd[1:], "--pid", "PID", "--output", "FILE"])
+    return [subprocess.Popen([*cmd, "--pid", str(p.pid), "--output",
+                              os.path.join(out, f"{tag}-consumer{i}.txt")],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            for i, p in enumerate(procs)]
+
+
+def stop_profiles(spies: list[subprocess.Popen]) -> None:
+    for s in spies:
+        s.send_signal(signal.SIGINT)
+    for s in spies:
+        try:
+            s.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            s.kill()
+
+
+def postmaster_pid(conn: psycopg.Connection) -> int | None:
+    """The server's postmaster, when it runs on this machine (else no server split)."""
+    row = conn.execute("SELECT pg_backend_pid()").fetchone()
+    if row is None or proc_cpu(row[0]) is None:
+        return None
+    return proc_ppid(row[0])
 
 
 def start(dsn: str, stub: PlannerStub, processes: int, max_runs: int) -> list[subprocess.Popen]:
@@ -96,8 +231,12 @@ def write(conn: psycopg.Connection, prefix: str, due: list[datetime]) -> None:
             for i, at in enumerate(due)])
 
 
-def one_round(srv: Any, template: str, processes: int, args: Any) -> dict[str, Any]:
-    with PlannerStub(json.dumps({"summary": "ok", "steps": []}), delay=args.delay) as stub, \
+def one_round(srv: Any, template: str, processes: int, args: Any,
+              tag: str = "") -> dict[str, Any]:
+    # Keep-alive, as a real endpoint: a connection per request would bill the runs for TCP
+    # set-up and teardown that production does not pay.
+    with PlannerStub(json.dumps({"summary": "ok", "steps": []}), delay=args.delay,
+                     keep_alive=True) as stub, \
             srv.scratch(template, tag="runs") as dsn:
         procs = start(dsn, stub, processes, args.max_runs)
         try:
@@ -108,9 +247,17 @@ def one_round(srv: Any, template: str, processes: int, args: Any) -> dict[str, A
                 time.sleep(2.0)
 
                 n = args.missions
-                write(conn, "thr", [datetime.now(UTC) - timedelta(seconds=1)] * n)
-                wait(conn, "SELECT count(*) FROM mana_ai.dispatch_ledger WHERE state = 'done'",
-                     None, n, 600)
+                postmaster = postmaster_pid(conn)
+                spies = start_profiles(procs, args.profile, tag)
+                try:
+                    before = sample_cpu(conn, procs, postmaster)
+                    write(conn, "thr", [datetime.now(UTC) - timedelta(seconds=1)] * n)
+                    wait(conn,
+                         "SELECT count(*) FROM mana_ai.dispatch_ledger WHERE state = 'done'",
+                         None, n, 600)
+                    cpu = cpu_split(before, sample_cpu(conn, procs, postmaster), n)
+                finally:
+                    stop_profiles(spies)
                 span, owners = conn.execute(
                     """SELECT extract(epoch FROM max(finished_at) - min(decided_at)),
                               count(DISTINCT lease_owner)
@@ -136,7 +283,7 @@ def one_round(srv: Any, template: str, processes: int, args: Any) -> dict[str, A
     return {
         "processes": processes, "runs_per_s": n / float(span) if span else float("nan"),
         "owners": owners, "latency_s": lat, "iterations": iterations[0] if iterations else 0,
-        "expected": n + m, "requests": len(stub.requests),
+        "expected": n + m, "requests": len(stub.requests), "cpu_ms_per_run": cpu,
     }
 
 
@@ -148,6 +295,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--delay", type=float, default=0.2, help="stub planner answer time (s)")
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--processes", default="1,2,4")
+    parser.add_argument("--profile", metavar="DIR",
+                        help="sample each consumer with py-spy during the throughput phase "
+                        "(collapsed stacks per round and process in DIR; skews the timings)")
     args = parser.parse_args(argv)
     if args.quick:
         args.missions, args.latency, args.rounds = 60, 10, 1
@@ -160,7 +310,7 @@ def main(argv: list[str] | None = None) -> int:
         try:
             for r in range(args.rounds):
                 for p in counts:
-                    res = one_round(srv, template, p, args)
+                    res = one_round(srv, template, p, args, tag=f"r{r + 1}-p{p}")
                     print(f"   round {r + 1}, {p} process(es): {res['runs_per_s']:.1f} runs/s, "
                           f"{res['owners']} ran some", flush=True)
                     results.append(res)
@@ -181,6 +331,17 @@ def main(argv: list[str] | None = None) -> int:
         f"--max-runs {args.max_runs}; median of {args.rounds} round(s)",
         ["", "runs/s", f"x {counts[0]} proc", "processes that ran", "due->write-back p50 ms",
          "p99 ms"], rows)
+    keys = list(results[0]["cpu_ms_per_run"]) if results else []
+    keys = [k for k in keys if k != "window_s"]
+    print_table(
+        "CPU ms per run over the throughput phase (median of rounds; /proc utime+stime)",
+        ["", *[f"{p} proc" for p in counts]],
+        [(k, *[median([x["cpu_ms_per_run"][k] for x in results if x["processes"] == p])
+               for p in counts]) for k in keys])
+    note("consumer processes: the `consumer run` pids; their server backends: server "
+         "processes of connections named mana-ai*; other server processes: the postmaster "
+         "and its other children (WAL writer, checkpointer, autovacuum, exited backends); "
+         "whole machine: every process on it, other people's work included")
     note("throughput: first claim to last done, from the ledger; latency: write-back row's "
          "created_at - nextRunAt over the staggered phase (the planner's answer time included)")
     note("2 cores shared by every process and PostgreSQL: beyond ~2 processes the machine, not "

@@ -70,7 +70,11 @@ class PlannerStub:
         delay: float = 0.0,
         usage: dict[str, Any] | None = None,
         raw: str | None = None,
+        keep_alive: bool = False,
     ) -> None:
+        # keep_alive: answer HTTP/1.1 and keep connections open, as a real endpoint does (the
+        # run benchmark); off by default, so every test connection closes with its answer.
+        self.keep_alive = keep_alive
         self.content = content
         self.status = status
         self.delay = delay
@@ -116,6 +120,8 @@ class PlannerStub:
         stub = self
 
         class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1" if stub.keep_alive else "HTTP/1.0"
+
             def do_POST(self) -> None:  # noqa: N802 - http.server's naming
                 length = int(self.headers.get("Content-Length") or 0)
                 raw = self.rfile.read(length)
