@@ -202,6 +202,30 @@ async def mark_done(
     return cur.rowcount == 1
 
 
+async def mark_done_with_clocks(
+    conn: psycopg.AsyncConnection,
+    job: Job,
+    outcome: str,
+    iteration_id: str | None,
+    *,
+    agent_id: str | None,
+    tokens: int,
+) -> tuple[bool, bytes | None]:
+    """The write-back's first statement, inside its transaction: `done` (as mark_done), the
+    agent's tokens counted once it is done, and the mission's encoded field clocks (None when
+    the projection has none). (False, _) when the lease was lost: roll back."""
+    cur = await conn.execute(
+        load("ledger_done_clocks"),
+        {**job.key_params(), "outcome": outcome, "iteration_id": iteration_id,
+         "agent_id": agent_id, "tokens": tokens},
+    )
+    row = await cur.fetchone()
+    if row is None:
+        return False, None
+    done, clocks = row
+    return bool(done), (bytes(clocks) if clocks is not None else None)
+
+
 async def mark_retry(
     conn: psycopg.AsyncConnection,
     job: Job,

@@ -51,7 +51,6 @@ from typing import Any
 import msgspec
 import psycopg
 from opentelemetry import trace
-from psycopg import sql
 from psycopg_pool import AsyncConnectionPool
 
 from . import ledger, metrics, shutdown
@@ -167,16 +166,21 @@ def insert_params(wb: WriteBack, change_id: str) -> dict[str, Any]:
     }
 
 
+def clocks_of(encoded: bytes | None, fields: tuple[str, ...]) -> list[int | None]:
+    """The clocks (us) of `fields` in a mission's encoded clock state; None when unknown."""
+    if encoded is None:
+        return [None] * len(fields)
+    state = decode_state(encoded)
+    return [field_clock(state, f) for f in fields]
+
+
 async def field_clocks(
     conn: psycopg.AsyncConnection, user_id: str, mission_id: str, fields: tuple[str, ...]
 ) -> list[int | None]:
     """The projection's current clocks (us) of the mission's `fields`; None when unknown."""
     cur = await conn.execute(load("mission_clocks"), {"user_id": user_id, "mission_id": mission_id})
     row = await cur.fetchone()
-    if row is None:
-        return [None] * len(fields)
-    state = decode_state(bytes(row[0]))
-    return [field_clock(state, f) for f in fields]
+    return clocks_of(bytes(row[0]) if row is not None else None, fields)
 
 
 async def insert_as_writer(conn: psycopg.AsyncConnection, wb: WriteBack, change_id: str) -> None:
@@ -184,8 +188,7 @@ async def insert_as_writer(conn: psycopg.AsyncConnection, wb: WriteBack, change_
     role and the user last until it ends, and nothing after this in it runs as the consumer."""
     if not wb.user_id or not wb.user_id.strip():
         raise ValueError("refusing a write-back with an empty user id")
-    await conn.execute(sql.SQL("SET LOCAL ROLE {}").format(sql.Identifier(WRITE_ROLE)))
-    await conn.execute("SELECT set_config('app.current_user_id', %s, true)", (wb.user_id,))
+    await conn.execute(load("writeback_as"), {"role": WRITE_ROLE, "user_id": wb.user_id})
     await conn.execute(load("writeback_insert"), insert_params(wb, change_id))
 
 
@@ -287,12 +290,15 @@ class Runner:
         # (consumer/shutdown.py): it commits the iteration and `done` together, or neither.
         with self.tracer.start_as_current_span("runner.writeback"), shutdown.finishing():
             async with self.pool.connection() as conn, conn.transaction():
-                if not await ledger.mark_done(conn, job, OUTCOME_WRITTEN_BACK, iteration_id):
+                # One round trip: done (fenced by the lease), the tokens, the field clocks.
+                done, encoded = await ledger.mark_done_with_clocks(
+                    conn, job, OUTCOME_WRITTEN_BACK, iteration_id,
+                    agent_id=agent_id, tokens=reply.total_tokens,
+                )
+                if not done:
                     raise LeaseLost(f"lease of attempt {job.attempt} lost before write-back")
-                if agent_id is not None and reply.total_tokens > 0:
-                    await ledger.record_usage(conn, user_id, agent_id, reply.total_tokens)
                 fields = ("iterations", "nextRunAt") if next_run else ("iterations",)
-                clocks = await field_clocks(conn, user_id, mission_id, fields)
+                clocks = clocks_of(encoded, fields)
                 stamp = stamp_after(finished_at, clocks)
                 wb = build_writeback(mission, mission_id, user_id, iteration, actor, stamp)
                 if next_run is not None:
