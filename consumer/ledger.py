@@ -32,6 +32,7 @@ Usage. One row per planner call; the budget gate sums the last 24 h per (user, a
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Awaitable, Callable
 from datetime import datetime
 from typing import Any
@@ -115,6 +116,12 @@ def epoch_fence(epoch: int) -> ClaimFence:
     return fence
 
 
+def _one_statement(conn: psycopg.AsyncConnection) -> Any:
+    """A transaction around one statement, unless the connection autocommits (then the
+    statement is its own transaction: no BEGIN and COMMIT round trips)."""
+    return contextlib.nullcontext() if conn.autocommit else conn.transaction()
+
+
 async def claim_many(
     conn: psycopg.AsyncConnection, claims: list[Claim], fence: ClaimFence | None = None
 ) -> set[tuple[str, str, datetime]]:
@@ -156,7 +163,7 @@ async def take(
     """Lease up to `limit` runnable occurrences for `owner` (one committed transaction)."""
     if limit <= 0:
         return []
-    async with conn.transaction():
+    async with _one_statement(conn):
         cur = await conn.execute(
             load("ledger_take"), {"owner": owner, "limit": limit, "lease": lease}
         )
@@ -186,7 +193,7 @@ async def take(
 
 async def renew(conn: psycopg.AsyncConnection, job: Job, lease: float) -> bool:
     """Extend the job's lease; False when it is no longer this attempt's."""
-    async with conn.transaction():
+    async with _one_statement(conn):
         cur = await conn.execute(load("ledger_renew"), {**job.key_params(), "lease": lease})
         return cur.rowcount == 1
 

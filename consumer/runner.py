@@ -288,8 +288,11 @@ class Runner:
 
         # A shutdown lets the write-back transaction finish rather than cut it off mid-query
         # (consumer/shutdown.py): it commits the iteration and `done` together, or neither.
+        # Pipeline mode: BEGIN goes with the first statement, and the role switch, the insert
+        # and COMMIT go together: two round trips in all, the same statements and the same
+        # transaction (an error in any of them rolls it all back and is raised here).
         with self.tracer.start_as_current_span("runner.writeback"), shutdown.finishing():
-            async with self.pool.connection() as conn, conn.transaction():
+            async with self.pool.connection() as conn, conn.pipeline(), conn.transaction():
                 # One round trip: done (fenced by the lease), the tokens, the field clocks.
                 done, encoded = await ledger.mark_done_with_clocks(
                     conn, job, OUTCOME_WRITTEN_BACK, iteration_id,

@@ -34,12 +34,14 @@ import logging
 import os
 import socket
 import uuid
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
 import anyio
 import anyio.abc
+import psycopg
 from opentelemetry import trace
 from opentelemetry.trace import NonRecordingSpan, SpanContext, Status, StatusCode, TraceFlags
 from psycopg_pool import AsyncConnectionPool
@@ -82,6 +84,25 @@ def parent_context(job: Job) -> Any:
     except ValueError:
         return None
     return trace.set_span_in_context(NonRecordingSpan(ctx))
+
+
+@asynccontextmanager
+async def autocommit(pool: AsyncConnectionPool) -> AsyncIterator[psycopg.AsyncConnection]:
+    """A pool connection in autocommit, for the worker's one-statement transactions (take,
+    renew, next wake): each statement commits alone, without BEGIN and COMMIT round trips.
+    It goes back to the pool as the pool gives it out (not autocommit)."""
+    async with pool.connection() as conn:
+        await conn.set_autocommit(True)
+        try:
+            yield conn
+        finally:
+            # Shielded: a cancellation must not hand the connection back in autocommit.
+            with anyio.CancelScope(shield=True):
+                if not conn.closed:
+                    try:
+                        await conn.set_autocommit(False)
+                    except psycopg.Error:
+                        pass  # a broken connection: the pool discards it
 
 
 class RunWorker:
@@ -152,7 +173,7 @@ class RunWorker:
     async def _sleep_seconds(self) -> float:
         if len(self.running) >= self.max_runs:
             return self.poll  # a finishing run pokes
-        async with self.pool.connection() as conn:
+        async with autocommit(self.pool) as conn:
             at = await ledger.next_wake(conn)
         if at is None:
             return self.poll
@@ -163,7 +184,7 @@ class RunWorker:
         free = self.max_runs - len(self.running)
         if free <= 0:
             return []
-        async with self.pool.connection() as conn:
+        async with autocommit(self.pool) as conn:
             jobs = await ledger.take(conn, self.owner, free, self.lease)
         # From here to the runs' start nothing awaits: a cancellation cannot strand a lease.
         for job in jobs:
@@ -279,7 +300,7 @@ class RunWorker:
             await anyio.sleep(self.lease / 3)
             try:
                 with shutdown.finishing():
-                    async with self.pool.connection() as conn:
+                    async with autocommit(self.pool) as conn:
                         ok = await ledger.renew(conn, job, self.lease)
             except Exception:
                 log.warning("renewing the lease of %s failed", job.mission_id, exc_info=True)
