@@ -128,8 +128,9 @@ def main(argv: list[str] | None = None) -> int:
             dsn = srv.dsn_for(name)
             section(f"{args.missions:,} missions, {args.rate} rows/s of ours for "
                     f"{args.seconds} s")
-            loaded = load_snapshots(dsn, args.missions, datetime.now(UTC))
-            note(f"snapshots loaded in {loaded:.0f} s")
+            loaded, indexed = load_snapshots(dsn, args.missions, datetime.now(UTC))
+            note(f"snapshots loaded in {loaded:.0f} s"
+                 + (f", due index filled in {indexed:.0f} s" if indexed is not None else ""))
             res = measure(dsn, exe, args.missions, args.seconds, args.rate)
         finally:
             with contextlib.suppress(Exception):
