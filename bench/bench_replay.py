@@ -18,6 +18,7 @@ import time
 
 import psycopg
 
+from bench.baseline import bench_sql
 from bench.common import (
     Server,
     base_parser,
@@ -46,7 +47,7 @@ def load_log(dsn: str, rows: int) -> float:
         try:
             for start in range(1, rows + 1, LOAD_CHUNK):
                 stop = min(start + LOAD_CHUNK - 1, rows)
-                conn.execute(load("replay_bench_load"), {"start": start, "stop": stop})
+                conn.execute(bench_sql("fixture_replay"), {"start": start, "stop": stop})
                 print(f"   loaded {stop:,} of {rows:,} rows", flush=True)
         finally:
             conn.execute("ALTER TABLE public.sync_changes ENABLE TRIGGER mana_ai_journal")
@@ -58,7 +59,9 @@ def load_log(dsn: str, rows: int) -> float:
 def read_plan(dsn: str) -> str:
     """How the server streams the log for replay (a cursor plans for a fast start)."""
     with psycopg.connect(dsn) as conn:
-        plan = conn.execute("EXPLAIN DECLARE c NO SCROLL CURSOR FOR " + load("log_read")).fetchall()
+        plan = conn.execute(
+            "EXPLAIN DECLARE c NO SCROLL CURSOR FOR " + load("journal/log_read")
+        ).fetchall()
     return plan[0][0].split("  (cost")[0].strip()
 
 

@@ -27,6 +27,7 @@ import psycopg
 from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool
 
+from bench.baseline import bench_sql
 from bench.common import (
     base_parser,
     machine_info,
@@ -75,12 +76,12 @@ def load_snapshots(dsn: str, missions: int, now: datetime) -> tuple[float, float
         for start in range(1, missions + 1, LOAD_CHUNK):
             stop = min(start + LOAD_CHUNK - 1, missions)
             conn.execute(
-                load("due_bench_load"),
+                bench_sql("fixture_due"),
                 {"start": start, "stop": stop, "users": users, "due_every": DUE_EVERY,
                  "now": now},
             )
             print(f"   loaded {stop:,} of {missions:,} missions", flush=True)
-        conn.execute(load("agents_bench_load"), {"users": users})
+        conn.execute(bench_sql("fixture_agents"), {"users": users})
         loaded = time.perf_counter() - started
         indexed: float | None = None
         if has_due_index(conn):
@@ -100,7 +101,7 @@ def load_snapshots(dsn: str, missions: int, now: datetime) -> tuple[float, float
 
 def due_params(now: datetime) -> dict[str, object]:
     """The due query's parameters (the text-window query before the due index had two)."""
-    if "%(now)s" in load("due_missions"):
+    if "%(now)s" in load("snapshots/due_missions"):
         return {"now": now}
     text = (now + timedelta(minutes=1)).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
     return {"exact": text, "wide": text}
@@ -109,7 +110,7 @@ def due_params(now: datetime) -> dict[str, object]:
 def query_plan(dsn: str, now: datetime) -> list[str]:
     with psycopg.connect(dsn) as conn:
         rows = conn.execute(
-            f"EXPLAIN (ANALYZE, BUFFERS, COSTS OFF) {load('due_missions')}",  # type: ignore[arg-type]
+            f"EXPLAIN (ANALYZE, BUFFERS, COSTS OFF) {load('snapshots/due_missions')}",  # type: ignore[arg-type]
             due_params(now),
         ).fetchall()
     return [r[0] for r in rows]
@@ -128,7 +129,7 @@ async def selection(dsn: str, runs: int) -> list[tuple[object, ...]]:
             for i in range(runs + 1):  # the first run warms the caches and is not counted
                 now = datetime.now(UTC)
                 t0 = time.perf_counter()
-                cur = await conn.execute(load("due_missions"), due_params(now))
+                cur = await conn.execute(load("snapshots/due_missions"), due_params(now))
                 candidates = len(await cur.fetchall())
                 t1 = time.perf_counter()
                 found, _ = await sched._select(conn, now)

@@ -40,7 +40,7 @@ class Targets(msgspec.Struct, frozen=True):
     missions: str = "mission_snapshots"
     agents: str = "agent_snapshots"
     clocks: str = "record_clocks"
-    due: str = "mission_due"  # when each mission falls due (due_write.sql)
+    due: str = "mission_due"  # when each mission falls due (snapshots/due_write.tmpl.sql)
 
     def ident(self, table: str) -> sql.Identifier:
         return sql.Identifier(self.schema, table)
@@ -189,7 +189,7 @@ def _merge_each(
 async def _load_states(
     conn: psycopg.AsyncConnection, keys: list[Key], targets: Targets
 ) -> dict[Key, bytes | None]:
-    query = sql.SQL(load("clocks_load")).format(clocks=targets.ident(targets.clocks))
+    query = sql.SQL(load("snapshots/clocks_load.tmpl")).format(clocks=targets.ident(targets.clocks))
     cur = await conn.execute(
         query,
         {
@@ -208,7 +208,7 @@ async def _write(
     result: Applied,
 ) -> None:
     await conn.execute(
-        sql.SQL(load("clocks_upsert")).format(clocks=targets.ident(targets.clocks)),
+        sql.SQL(load("snapshots/clocks_upsert.tmpl")).format(clocks=targets.ident(targets.clocks)),
         {
             "kinds": [k[0] for k, _, _ in changed],
             "users": [k[1] for k, _, _ in changed],
@@ -235,9 +235,9 @@ async def _write(
             if kind == "mission":
                 at = due_instant(record) if record is not None else None
                 due.append((user_id, record_id, at))
-        if due:  # before the snapshots: tables are locked in one order (replay_lock_live.sql)
+        if due:  # before the snapshots: tables are locked in one order (replay/lock_live.tmpl.sql)
             await conn.execute(
-                sql.SQL(load("due_write")).format(due=targets.ident(targets.due)),
+                sql.SQL(load("snapshots/due_write.tmpl")).format(due=targets.ident(targets.due)),
                 {
                     "users": [d[0] for d in due],
                     "missions": [d[1] for d in due],
@@ -247,7 +247,7 @@ async def _write(
         fmt = {"table": targets.ident(table), "key": sql.Identifier(key_column)}
         if upserts:
             cur = await conn.execute(
-                sql.SQL(load("snapshots_upsert")).format(**fmt),
+                sql.SQL(load("snapshots/upsert.tmpl")).format(**fmt),
                 {
                     "users": [u[0] for u in upserts],
                     "records": [u[1] for u in upserts],
@@ -258,7 +258,7 @@ async def _write(
             result.pending_upserts.append(cur)
         if deletes:
             await conn.execute(
-                sql.SQL(load("snapshots_delete")).format(**fmt),
+                sql.SQL(load("snapshots/delete.tmpl")).format(**fmt),
                 {"users": [d[0] for d in deletes], "records": [d[1] for d in deletes]},
             )
 
@@ -278,14 +278,16 @@ async def _quarantine(
         _json.encode({"id": change_id, "xid": xid}).decode() for change_id, xid in missing
     ]
     result.pending_quarantine = await conn.execute(
-        load("quarantine_insert"), {"ids": ids, "reasons": reasons, "raws": raws}
+        load("journal/quarantine_insert"), {"ids": ids, "reasons": reasons, "raws": raws}
     )
 
 
 async def quarantine_from_log(conn: psycopg.AsyncConnection, change_id: str, reason: str) -> bool:
     """Quarantine one row by its id, its raw copy taken from the log on the server (for a
     row that cannot be read or applied even alone). True if it is new in quarantine."""
-    cur = await conn.execute(load("quarantine_from_log"), {"id": change_id, "reason": reason})
+    cur = await conn.execute(
+        load("journal/quarantine_from_log"), {"id": change_id, "reason": reason}
+    )
     fresh = await cur.fetchone() is not None
     if fresh:
         metrics.count_quarantined(reason)

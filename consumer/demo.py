@@ -99,7 +99,7 @@ async def _following(dsn: str) -> None:
         while True:
             if REGISTRY.get_sample_value("mana_ai_listener_connected") == 1:
                 async with await psycopg.AsyncConnection.connect(dsn) as conn:
-                    cur = await conn.execute(load("checkpoint_get"), {"name": CHECKPOINT})
+                    cur = await conn.execute(load("checkpoint/get"), {"name": CHECKPOINT})
                     row = await cur.fetchone()
                 if row and row[2]:
                     return

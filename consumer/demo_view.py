@@ -172,7 +172,7 @@ class Collector(SpanProcessor):
         if waiting:
             ids = list(waiting)
             rows = conn.execute(
-                load("demo_iterations"),
+                load("demo/iterations"),
                 {
                     "users": [waiting[i][0] for i in ids],
                     "missions": [waiting[i][1] for i in ids],
@@ -190,7 +190,7 @@ class Collector(SpanProcessor):
                         f"iteration    {iteration[:8]} back in the snapshot of {mission} "
                         f"({took * 1000:.0f} ms after the write-back)"
                     )
-        quarantine = conn.execute(load("demo_quarantine"), {"limit": KEEP}).fetchall()
+        quarantine = conn.execute(load("demo/quarantine"), {"limit": KEEP}).fetchall()
         with self.lock:
             total = int(quarantine[0][3]) if quarantine else 0
             if total > self.quarantined:

@@ -3,7 +3,7 @@
 Occurrence. A due occurrence is (user, mission, nextRunAt read as a UTC instant): the same
 instant spelt '...00.000Z' by one client and '...00+00:00' by another is one occurrence.
 The instant comes from the package's one parser (decisions.parse_instant); the due query
-compares with the due index's instant (mana_ai.mission_due.due_at), ledger_prune.sql with
+compares with the due index's instant (mana_ai.mission_due.due_at), ledger/prune.sql with
 mana_ai.instant(), its SQL twin.
 
 Lifecycle, one row per occurrence:
@@ -109,7 +109,7 @@ def epoch_fence(epoch: int) -> ClaimFence:
     """A claim fence that refuses the claim (Deposed) once a newer leader took over."""
 
     async def fence(conn: psycopg.AsyncConnection) -> None:
-        cur = await conn.execute(load("ledger_fence"), {"epoch": epoch})
+        cur = await conn.execute(load("ledger/fence"), {"epoch": epoch})
         if await cur.fetchone() is None:
             raise Deposed(f"leader epoch {epoch} is gone: the claim is refused")
 
@@ -132,7 +132,7 @@ async def claim_many(
         if fence is not None:
             await fence(conn)
         cur = await conn.execute(
-            load("ledger_claim"),
+            load("ledger/claim"),
             {
                 "users": [c.occ.user_id for c in claims],
                 "missions": [c.occ.mission_id for c in claims],
@@ -153,7 +153,7 @@ async def live_counts(
     """Queued and running occurrences per (user, agent), across every process."""
     if not users:
         return {}
-    cur = await conn.execute(load("ledger_live"), {"users": sorted(users)})
+    cur = await conn.execute(load("ledger/live"), {"users": sorted(users)})
     return {(u, a): int(n) for u, a, n in await cur.fetchall()}
 
 
@@ -165,7 +165,7 @@ async def take(
         return []
     async with _one_statement(conn):
         cur = await conn.execute(
-            load("ledger_take"), {"owner": owner, "limit": limit, "lease": lease}
+            load("ledger/take"), {"owner": owner, "limit": limit, "lease": lease}
         )
         rows = await cur.fetchall()
     jobs = []
@@ -194,7 +194,7 @@ async def take(
 async def renew(conn: psycopg.AsyncConnection, job: Job, lease: float) -> bool:
     """Extend the job's lease; False when it is no longer this attempt's."""
     async with _one_statement(conn):
-        cur = await conn.execute(load("ledger_renew"), {**job.key_params(), "lease": lease})
+        cur = await conn.execute(load("ledger/renew"), {**job.key_params(), "lease": lease})
         return cur.rowcount == 1
 
 
@@ -203,7 +203,7 @@ async def mark_done(
 ) -> bool:
     """`done`, inside the caller's transaction; False when the lease was lost (roll back)."""
     cur = await conn.execute(
-        load("ledger_done"),
+        load("ledger/done"),
         {**job.key_params(), "outcome": outcome, "iteration_id": iteration_id},
     )
     return cur.rowcount == 1
@@ -222,7 +222,7 @@ async def mark_done_with_clocks(
     agent's tokens counted once it is done, and the mission's encoded field clocks (None when
     the projection has none). (False, _) when the lease was lost: roll back."""
     cur = await conn.execute(
-        load("ledger_done_clocks"),
+        load("ledger/done_clocks"),
         {**job.key_params(), "outcome": outcome, "iteration_id": iteration_id,
          "agent_id": agent_id, "tokens": tokens},
     )
@@ -246,7 +246,7 @@ async def mark_retry(
     """The attempt ended without writing, inside the caller's transaction: back to `claimed`
     after `delay` seconds, or `failed` for good when `final`. False when the lease was lost."""
     cur = await conn.execute(
-        load("ledger_retry"),
+        load("ledger/retry"),
         {
             **job.key_params(),
             "final": final,
@@ -261,7 +261,7 @@ async def mark_retry(
 
 async def next_wake(conn: psycopg.AsyncConnection) -> datetime | None:
     """When the next occurrence becomes runnable, if any is live."""
-    cur = await conn.execute(load("ledger_next_wake"))
+    cur = await conn.execute(load("ledger/next_wake"))
     row = await cur.fetchone()
     return row[0] if row else None
 
@@ -269,7 +269,7 @@ async def next_wake(conn: psycopg.AsyncConnection) -> datetime | None:
 async def prune(conn: psycopg.AsyncConnection, before: datetime) -> int:
     """Drop finished occurrences older than `before` whose mission has moved on."""
     async with conn.transaction():
-        cur = await conn.execute(load("ledger_prune"), {"before": before})
+        cur = await conn.execute(load("ledger/prune"), {"before": before})
         return cur.rowcount
 
 
@@ -281,7 +281,7 @@ async def usage_since(
         return {}
     ordered = sorted(pairs)
     cur = await conn.execute(
-        load("usage_24h"),
+        load("ledger/usage_24h"),
         {"users": [p[0] for p in ordered], "agents": [p[1] for p in ordered], "since": since},
     )
     return {(u, a): int(n) for u, a, n in await cur.fetchall()}
@@ -293,11 +293,12 @@ async def record_usage(
     """Count what a planner call cost the agent (a savepoint in the caller's transaction)."""
     async with conn.transaction():
         await conn.execute(
-            load("usage_record"), {"user_id": user_id, "agent_id": agent_id, "tokens": tokens}
+            load("ledger/usage_record"),
+            {"user_id": user_id, "agent_id": agent_id, "tokens": tokens},
         )
 
 
 async def prune_usage(conn: psycopg.AsyncConnection, before: datetime) -> int:
     async with conn.transaction():
-        cur = await conn.execute(load("usage_prune"), {"before": before})
+        cur = await conn.execute(load("ledger/usage_prune"), {"before": before})
         return cur.rowcount

@@ -33,7 +33,7 @@ import anyio.lowlevel
 import psycopg
 from psycopg import errors as pgerr
 
-from . import metrics, shutdown
+from . import locks, metrics, shutdown
 from .config import Settings, first_line
 from .db import Deadline, aconnect, closing, within
 from .errors import CheckpointConflict, ConfigError, Deposed, PrivilegeError, is_transient
@@ -44,7 +44,6 @@ from .sql import load
 log = logging.getLogger(__name__)
 
 CHANNEL = "mana_ai_changes"
-LEADER_LOCK_KEY = 0x6D616E61_6C64  # "mana" "ld": one applier per database
 FATAL = (ConfigError, CheckpointConflict, PrivilegeError)
 PRUNE_EVERY = 10.0  # seconds between journal prunes
 
@@ -205,7 +204,8 @@ class Follower:
                 last_prune = now
 
     async def _probe(self, conn: psycopg.AsyncConnection, term: Term) -> None:
-        cur = await self._exec(conn, "probe", load("leader_check"), {"epoch": term.epoch})
+        query = load("checkpoint/leader_check")
+        cur = await self._exec(conn, "probe", query, {"epoch": term.epoch})
         row = await cur.fetchone()
         if not (row and row[0]):
             raise Deposed(f"the leader epoch moved past {term.epoch}")
@@ -226,7 +226,7 @@ class Follower:
                         conn,
                         "leader lock",
                         "SELECT pg_advisory_lock(%s)",
-                        (LEADER_LOCK_KEY,),
+                        (locks.LEADER,),
                         extra=self.settings.lock_wait,
                     )
                 break
@@ -241,7 +241,7 @@ class Follower:
             log.info("standby: the leader is gone; taking over")
         # Later statements of this session must not give up on a short lock wait.
         await self._exec(conn, "lock_timeout", "SELECT set_config('lock_timeout', '0', false)")
-        cur = await self._exec(conn, "epoch", load("leader_take"), {"name": CHECKPOINT})
+        cur = await self._exec(conn, "epoch", load("checkpoint/leader_take"), {"name": CHECKPOINT})
         row = await cur.fetchone()
         if row is None or row[0] is None:
             raise ConfigError("mana_ai.checkpoint has no projection row: run `consumer migrate`")

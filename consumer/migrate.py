@@ -13,6 +13,7 @@ import psycopg
 from psycopg import errors as pgerr
 from psycopg import sql
 
+from . import locks
 from .db import connect
 from .errors import ConfigError, PrivilegeError
 from .sql import schema_dir
@@ -20,7 +21,6 @@ from .sql import schema_dir
 log = logging.getLogger(__name__)
 
 # Any constant works; it only has to be the same for every replica of this service.
-ADVISORY_LOCK_KEY = 0x6D616E61_6169  # "mana" "ai"
 _NAME = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
 
 
@@ -74,7 +74,7 @@ def migrate(
     with connect(dsn, autocommit=True) as conn:
         try:
             # Session lock: held across the per-migration transactions below.
-            conn.execute("SELECT pg_advisory_lock(%s)", (ADVISORY_LOCK_KEY,))
+            conn.execute("SELECT pg_advisory_lock(%s)", (locks.MIGRATE,))
             try:
                 if with_sync_schema:
                     with conn.transaction():
@@ -116,7 +116,7 @@ def migrate(
                     if notes is not None:
                         notes.append(message)
             finally:
-                conn.execute("SELECT pg_advisory_unlock(%s)", (ADVISORY_LOCK_KEY,))
+                conn.execute("SELECT pg_advisory_unlock(%s)", (locks.MIGRATE,))
         except pgerr.InsufficientPrivilege as exc:
             raise PrivilegeError(_privilege_message(conn, exc)) from None
     return applied_now

@@ -30,7 +30,7 @@ from contextlib import contextmanager
 import msgspec
 import psycopg
 
-from . import metrics
+from . import locks, metrics
 from .apply import (
     LIVE,
     Applied,
@@ -67,7 +67,7 @@ def snapshot_xmin(snapshot: str) -> int:
 
 
 async def read_checkpoint(conn: psycopg.AsyncConnection, name: str = CHECKPOINT) -> Checkpoint:
-    cur = await conn.execute(load("checkpoint_get"), {"name": name})
+    cur = await conn.execute(load("checkpoint/get"), {"name": name})
     row = await cur.fetchone()
     if row is None:
         raise ConfigError("mana_ai.checkpoint has no projection row: run `consumer migrate`")
@@ -99,7 +99,7 @@ async def advance_checkpoint(
     `epoch`: the leader epoch this process holds; the move is refused once it is stale."""
     with conflicts(cp, name):
         await conn.execute(
-            load("checkpoint_cas"),
+            load("checkpoint/cas"),
             {
                 "name": name,
                 "applied_below": str(applied_below),
@@ -131,7 +131,7 @@ def committed(cp: Checkpoint, applied_below: int, *, bootstrapped: bool = False)
 
 
 class JournalChunk(msgspec.Struct):
-    """One read of journal_read.sql: the statement's snapshot, whether row level security
+    """One read of journal/read.sql: the statement's snapshot, whether row level security
     applies to this role on the log, and the rows. Each row: (xid, change_id, missing,
     user_id, table_name, record_id, op, data, field_meta, created_at, stored clocks,
     created_at text)."""
@@ -146,7 +146,7 @@ async def read_journal(
 ) -> JournalChunk:
     """One chunk of journal rows not visible in `prev`, after the keyset position `after`."""
     cur = await conn.execute(
-        load("journal_read"),
+        load("journal/read"),
         {"prev": prev, "after_xid": after[0], "after_id": after[1], "limit": limit},
     )
     result = await cur.fetchall()
@@ -159,7 +159,7 @@ async def read_journal_row(
     conn: psycopg.AsyncConnection, xid: str, change_id: str
 ) -> JournalChunk:
     """One journal row by its exact key, in the shape of `read_journal`."""
-    cur = await conn.execute(load("journal_one"), {"xid": xid, "change_id": change_id})
+    cur = await conn.execute(load("journal/one"), {"xid": xid, "change_id": change_id})
     result = await cur.fetchall()
     return JournalChunk(
         str(result[0][0]), bool(result[0][1]), [r[2:] for r in result if r[2] is not None]
@@ -202,7 +202,7 @@ def journal_raw(row: tuple) -> RawChange:
 async def refuse_hidden_rows(conn: psycopg.AsyncConnection, what: str) -> None:
     """Raise ConfigError (one line, naming the privilege) when row level security could
     hide rows of the log from this role: a scan would then miss them and still finish."""
-    cur = await conn.execute(load("rls_active"))
+    cur = await conn.execute(load("journal/rls_active"))
     row = await cur.fetchone()
     if row is not None and row[0]:
         raise ConfigError(
@@ -282,7 +282,7 @@ class Projector:
             # finish: refuse before reading, so `bootstrapped` stays false.
             await refuse_hidden_rows(conn, "bootstrap")
             async with conn.cursor(name="mana_ai_bootstrap") as cur:
-                await cur.execute(load("log_read"))
+                await cur.execute(load("journal/log_read"))
                 while rows := await cur.fetchmany(self.batch_size):
                     applied = await apply_isolated(
                         conn,
@@ -409,7 +409,7 @@ class Projector:
                 snapshot_row = await cur.fetchone()
                 assert snapshot_row is not None
                 cur = await conn.execute(
-                    load("journal_keys"),
+                    load("journal/keys"),
                     {"prev": self.prev, "after_xid": after[0], "after_id": after[1],
                      "limit": self.batch_size},
                 )
@@ -452,7 +452,8 @@ class Projector:
         if self.cp is None:
             return 0
         cur = await conn.execute(
-            load("journal_prune"), {"applied_below": str(self.cp.applied_below)}
+            load("journal/prune"),
+            {"applied_below": str(self.cp.applied_below), "replay_lock": locks.REPLAY},
         )
         return cur.rowcount
 

@@ -11,7 +11,7 @@ projector's checkpoint.
 
 Hold. Before S is taken, a row in mana_ai.replay_hold says "keep journal rows with
 xid >= keep_from" (keep_from <= S's xmin). Pruning that respects it
-(journal_prune.sql) cannot delete a row the swap still needs. The hold counts only
+(journal/prune.sql) cannot delete a row the swap still needs. The hold counts only
 while the replay session (holding the replay advisory lock) lives.
 
 Catch-up and swap. Every journal row not visible in S committed after S was read: it is
@@ -56,6 +56,7 @@ from psycopg import errors as pgerr
 from psycopg import sql
 from psycopg.rows import args_row
 
+from . import locks
 from .apply import LIVE, Targets, apply_by_row, apply_rows, isolating
 from .config import first_line
 from .db import CONNECT_TIMEOUT
@@ -83,7 +84,7 @@ RETIRED = Targets(
     due=f"{LIVE.due}_retired",
 )
 # (live, shadow, retired) table names, in the order the projector touches them (see
-# replay_lock_live.sql)
+# replay/lock_live.tmpl.sql)
 TABLES = tuple(
     (getattr(LIVE, t), getattr(SHADOW, t), getattr(RETIRED, t))
     for t in ("clocks", "due", "missions", "agents")
@@ -317,7 +318,7 @@ class _Replay:
                 snapshot = await self._build(ctl)
                 await ctl.execute(
                     _fmt(
-                        "replay_analyze",
+                        "replay/analyze.tmpl",
                         clocks=SHADOW.clocks,
                         missions=SHADOW.missions,
                         due=SHADOW.due,
@@ -340,19 +341,19 @@ class _Replay:
             await ctl.close()
 
     async def _preflight(self, ctl: psycopg.AsyncConnection, verify: bool) -> str | None:
-        hidden, role = await _one(ctl, load("rls_active"))
+        hidden, role = await _one(ctl, load("journal/rls_active"))
         if hidden:
             return (
                 f"rows of public.sync_changes are hidden by row level security from role "
                 f"{role!r}: replay must read every row; the role needs BYPASSRLS "
                 f"(ALTER ROLE {role} BYPASSRLS)"
             )
-        (locked,) = await _one(ctl, load("replay_lock"))
+        (locked,) = await _one(ctl, load("replay/lock"), {"key": locks.REPLAY})
         if not locked:
             return "another replay is running on this database; try again when it ends"
         if not verify:
             cur = await ctl.execute(
-                load("replay_guard"),
+                load("replay/guard"),
                 {"tables": [f"{LIVE.schema}.{live}" for live, _, _ in TABLES]},
             )
             found = await cur.fetchall()
@@ -370,9 +371,9 @@ class _Replay:
         async with ctl.transaction():
             await _drop_leftovers(ctl)
             for live, shadow, _ in TABLES:
-                await ctl.execute(_fmt("replay_shadow_create", live=live, shadow=shadow))
+                await ctl.execute(_fmt("replay/shadow_create.tmpl", live=live, shadow=shadow))
             # Committed before the build snapshot is taken: keep_from <= its xmin.
-            await ctl.execute(load("replay_hold_set"))
+            await ctl.execute(load("replay/hold_set"))
 
     # ----------------------------------------------------------------------- build
 
@@ -387,10 +388,10 @@ class _Replay:
             # in mid-fetch could fail and hide the cause.
             # The first statement fixes the transaction's snapshot: the cursor's.
             (snapshot,) = await _one(reader, "SELECT pg_current_snapshot()::text")
-            (total,) = await _one(reader, load("replay_count"))
+            (total,) = await _one(reader, load("replay/count"))
             self.report(Progress("build", 0, total, time.monotonic() - self.started))
             cur = reader.cursor(name="mana_ai_replay", row_factory=args_row(RawChange))
-            await cur.execute(load("log_read"))
+            await cur.execute(load("journal/log_read"))
             await self._fold(cur, ctl, total)
         finally:
             await reader.close()
@@ -506,7 +507,7 @@ class _Replay:
             "SELECT set_config('lock_timeout', %s, true)", (f"{int(self.lock_timeout * 1000)}ms",)
         )
         await conn.execute(
-            sql.SQL(load("replay_lock_live")).format(
+            sql.SQL(load("replay/lock_live.tmpl")).format(
                 clocks=sql.Identifier(LIVE.schema, LIVE.clocks),
                 missions=sql.Identifier(LIVE.schema, LIVE.missions),
                 due=sql.Identifier(LIVE.schema, LIVE.due),
@@ -548,8 +549,9 @@ class _Replay:
             await self._locked(ctl, "ACCESS EXCLUSIVE")
             _, n = await self._catch_up(ctl, prev)
             await self._take_live_names(ctl)
-            await ctl.execute(load("replay_hold_clear"))
-            await ctl.execute(load("merge_rule_clear"))  # every state rebuilt by this rule
+            await ctl.execute(load("replay/hold_clear"))
+            # every state rebuilt by this rule
+            await ctl.execute(load("snapshots/merge_rule_clear"))
             return n
 
         started = time.monotonic()
@@ -564,7 +566,7 @@ class _Replay:
             async with ctl.transaction():
                 await ctl.execute(
                     _fmt(
-                        "replay_shadow_drop",
+                        "replay/shadow_drop.tmpl",
                         clocks=RETIRED.clocks,
                         missions=RETIRED.missions,
                         due=RETIRED.due,
@@ -577,7 +579,7 @@ class _Replay:
                 first_line(exc),
             )
         missions, agents = await _one(
-            ctl, _fmt("replay_counts", missions=LIVE.missions, agents=LIVE.agents)
+            ctl, _fmt("replay/counts.tmpl", missions=LIVE.missions, agents=LIVE.agents)
         )
         print(
             f"replay: rebuilt {missions:,} missions and {agents:,} agents from "
@@ -599,9 +601,9 @@ class _Replay:
                 "live": sql.Identifier(LIVE.schema, live).as_string(conn),
                 "shadow": sql.Identifier(LIVE.schema, shadow).as_string(conn),
             }
-            cur = await conn.execute(load("replay_carry_over"), names)
+            cur = await conn.execute(load("replay/carry_over"), names)
             carry = [sql.SQL(stmt) for (stmt,) in await cur.fetchall()]
-            cur = await conn.execute(load("replay_renames"), names)
+            cur = await conn.execute(load("replay/renames"), names)
             renames = await cur.fetchall()
             for what, shadow_name, live_name in renames:
                 if shadow_name is None or live_name is None:
@@ -655,11 +657,11 @@ class _Replay:
         async def body(prev: str) -> tuple:
             await self._locked(ctl, "SHARE")
             await self._catch_up(ctl, prev)
-            cur = await ctl.execute(load("checkpoint_get"), {"name": "projection"})
+            cur = await ctl.execute(load("checkpoint/get"), {"name": "projection"})
             cp = await cur.fetchone()
             await ctl.execute(
                 _fmt(
-                    "replay_diff",
+                    "replay/diff.tmpl",
                     live_missions=LIVE.missions,
                     live_agents=LIVE.agents,
                     live_clocks=LIVE.clocks,
@@ -671,11 +673,11 @@ class _Replay:
                 ),
                 {"applied_below": cp[0] if cp else "0"},
             )
-            summary = await _one(ctl, load("replay_diff_summary"))
-            cur = await ctl.execute(load("replay_diff_detail"), {"limit": _DETAIL_LIMIT})
+            summary = await _one(ctl, load("replay/diff_summary"))
+            cur = await ctl.execute(load("replay/diff_detail"), {"limit": _DETAIL_LIMIT})
             details = await cur.fetchall()
             counts = await _one(
-                ctl, _fmt("replay_counts", missions=LIVE.missions, agents=LIVE.agents)
+                ctl, _fmt("replay/counts.tmpl", missions=LIVE.missions, agents=LIVE.agents)
             )
             return summary, details, counts
 
@@ -726,14 +728,14 @@ class _Replay:
         async with ctl.transaction():
             await ctl.execute(
                 _fmt(
-                    "replay_shadow_drop",
+                    "replay/shadow_drop.tmpl",
                     clocks=SHADOW.clocks,
                     missions=SHADOW.missions,
                     due=SHADOW.due,
                     agents=SHADOW.agents,
                 )
             )
-            await ctl.execute(load("replay_hold_clear"))
+            await ctl.execute(load("replay/hold_clear"))
 
     async def _abandon(self, ctl: psycopg.AsyncConnection) -> None:
         """On the way out of a failure: close our connection (the server rolls back what
@@ -747,12 +749,12 @@ class _Replay:
                 async with conn:
                     await conn.execute("SELECT set_config('lock_timeout', '5s', false)")
                     try:
-                        await conn.execute(load("replay_lock_wait"))
+                        await conn.execute(load("replay/lock_wait"), {"key": locks.REPLAY})
                     except pgerr.LockNotAvailable:
                         return  # another replay started meanwhile; it owns the leftovers
                     async with conn.transaction():
                         await _drop_leftovers(conn)
-                        await conn.execute(load("replay_hold_clear"))
+                        await conn.execute(load("replay/hold_clear"))
         except BaseException as exc:  # noqa: BLE001 - cleanup must not mask the cause
             log.warning(
                 "replay: could not drop the shadow tables (%s); the next replay drops them",
@@ -765,7 +767,7 @@ async def _drop_leftovers(conn: psycopg.AsyncConnection) -> None:
     for t in (SHADOW, RETIRED):
         await conn.execute(
             _fmt(
-                "replay_shadow_drop",
+                "replay/shadow_drop.tmpl",
                 clocks=t.clocks,
                 missions=t.missions,
                 due=t.due,

@@ -149,7 +149,7 @@ def runnable(mission: dict[str, Any] | None) -> bool:
 
 
 def insert_params(wb: WriteBack, change_id: str) -> dict[str, Any]:
-    """Bound parameters of writeback_insert.sql; jsonb values go as JSON text."""
+    """Bound parameters of ledger/writeback_insert.sql; jsonb values go as JSON text."""
     return {
         "id": change_id,
         "app_id": wb.app_id,
@@ -178,7 +178,9 @@ async def field_clocks(
     conn: psycopg.AsyncConnection, user_id: str, mission_id: str, fields: tuple[str, ...]
 ) -> list[int | None]:
     """The projection's current clocks (us) of the mission's `fields`; None when unknown."""
-    cur = await conn.execute(load("mission_clocks"), {"user_id": user_id, "mission_id": mission_id})
+    cur = await conn.execute(
+        load("snapshots/mission_clocks"), {"user_id": user_id, "mission_id": mission_id}
+    )
     row = await cur.fetchone()
     return clocks_of(bytes(row[0]) if row is not None else None, fields)
 
@@ -188,8 +190,8 @@ async def insert_as_writer(conn: psycopg.AsyncConnection, wb: WriteBack, change_
     role and the user last until it ends, and nothing after this in it runs as the consumer."""
     if not wb.user_id or not wb.user_id.strip():
         raise ValueError("refusing a write-back with an empty user id")
-    await conn.execute(load("writeback_as"), {"role": WRITE_ROLE, "user_id": wb.user_id})
-    await conn.execute(load("writeback_insert"), insert_params(wb, change_id))
+    await conn.execute(load("ledger/writeback_as"), {"role": WRITE_ROLE, "user_id": wb.user_id})
+    await conn.execute(load("ledger/writeback_insert"), insert_params(wb, change_id))
 
 
 async def write_advance(conn: psycopg.AsyncConnection, job: Job, now: datetime) -> str | None:

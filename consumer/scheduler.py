@@ -412,7 +412,7 @@ class Scheduler:
 
     async def _select(self, conn: psycopg.AsyncConnection, now: datetime) -> tuple[list[_Due], int]:
         """Due occurrences, oldest first; also sets next_due. Returns (due, candidates read)."""
-        cur = await conn.execute(load("due_missions"), {"now": now})
+        cur = await conn.execute(load("snapshots/due_missions"), {"now": now})
         rows = await cur.fetchall()
         due: list[_Due] = []
         for user_id, mission_id, next_run_at, body, _ in rows:
@@ -422,7 +422,7 @@ class Scheduler:
             at = due_instant(mission)
             if at is not None and at <= now:
                 due.append(_Due(Occurrence(user_id, mission_id, next_run_at, at), at, mission))
-        cur = await conn.execute(load("due_next"), {"now": now})
+        cur = await conn.execute(load("snapshots/due_next"), {"now": now})
         row = await cur.fetchone()
         self.next_due = row[0] if row is not None else None
         due.sort(key=lambda d: (d.at, d.occ.user_id, d.occ.mission_id))
@@ -436,7 +436,7 @@ class Scheduler:
         from the snapshot's key): one query per pass."""
         if not users:
             return {}
-        cur = await conn.execute(load("agents_load"), {"users": sorted(users)})
+        cur = await conn.execute(load("snapshots/agents"), {"users": sorted(users)})
         agents: dict[tuple[str, str], dict[str, Any]] = {}
         for u, _, body in await cur.fetchall():
             record = _decode.decode(body)

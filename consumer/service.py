@@ -210,7 +210,7 @@ async def _cancel_when_set(event: anyio.Event, scope: anyio.CancelScope) -> None
 async def write_role_ready(pool: AsyncConnectionPool) -> bool:
     """The write role exists and this session may SET ROLE to it."""
     async with pool.connection() as conn:
-        cur = await conn.execute(load("write_role_ready"), {"role": WRITE_ROLE})
+        cur = await conn.execute(load("ledger/write_role_ready"), {"role": WRITE_ROLE})
         row = await cur.fetchone()
     return bool(row and row[0])
 

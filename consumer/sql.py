@@ -1,4 +1,14 @@
-"""SQL lives in .sql files under schema/; this loads them by name."""
+"""SQL lives in .sql files under schema/; this loads them by name.
+
+schema/migrations/        versioned migrations, applied in order by `consumer migrate`
+schema/queries/<group>/   one statement per file, grouped by the tables they serve
+                          (journal, checkpoint, snapshots, ledger, replay, status, demo)
+schema/sync_changes.sql   mana-sync's table, for tests, the demo and fresh databases
+
+A query takes bound parameters only (%(name)s). A file named *.tmpl.sql is a template
+instead: it has {placeholders} for identifiers (which tables), filled with psycopg.sql
+(`sql.SQL(load("<group>/<name>.tmpl")).format(...)`); values still go as parameters.
+Benchmark-only SQL lives in bench/sql/, outside the package."""
 
 from __future__ import annotations
 
@@ -22,7 +32,5 @@ def schema_dir() -> Path:
 
 @cache
 def load(name: str) -> str:
-    """Text of schema/queries/<name>.sql (or schema/<name>.sql when given with a slash)."""
-    base = schema_dir()
-    path = base / f"{name}.sql" if "/" in name else base / "queries" / f"{name}.sql"
-    return path.read_text()
+    """Text of schema/queries/<group>/<name>.sql, given as "<group>/<name>"."""
+    return (schema_dir() / "queries" / f"{name}.sql").read_text()

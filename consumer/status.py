@@ -7,6 +7,7 @@ from typing import Any
 
 import psycopg
 
+from . import locks
 from .db import connect
 from .errors import ConfigError
 from .sql import load
@@ -14,14 +15,14 @@ from .sql import load
 
 def collect(dsn: str) -> dict[str, Any]:
     with connect(dsn) as conn:
-        cur = conn.execute(load("status"))
+        cur = conn.execute(load("status/summary"))
         row = cur.fetchone()
         if row is None:
             raise ConfigError("mana_ai.checkpoint has no projection row: run `consumer migrate`")
         names = [d.name for d in cur.description or []]
         status = dict(zip(names, row, strict=True))
         status.update(_leadership(conn))
-        cur = conn.execute(load("runs_status"))
+        cur = conn.execute(load("status/runs"))
         runs = cur.fetchone()
         names = [d.name for d in cur.description or []]
         status["runs"] = dict(zip(names, runs, strict=True)) if runs else {}
@@ -31,9 +32,8 @@ def collect(dsn: str) -> dict[str, Any]:
 
 def _leadership(conn: psycopg.Connection) -> dict[str, Any]:
     """The role of each consumer session: who leads (holds the leader lock), how many wait."""
-    from .listener import LEADER_LOCK_KEY
 
-    cur = conn.execute(load("status_leader"), {"key": LEADER_LOCK_KEY})
+    cur = conn.execute(load("status/leader"), {"key": locks.LEADER})
     row = cur.fetchone()
     names = [d.name for d in cur.description or []]
     found = dict(zip(names, row or (), strict=False))
@@ -48,7 +48,7 @@ def _leadership(conn: psycopg.Connection) -> dict[str, Any]:
 
 def old_rule_states(conn: psycopg.Connection) -> int:
     """How many clock states were written under the old merge rule and wait for a replay."""
-    row = conn.execute(load("merge_rule_pending")).fetchone()
+    row = conn.execute(load("snapshots/merge_rule_pending")).fetchone()
     return 0 if row is None else int(row[0])
 
 

@@ -69,7 +69,7 @@ def expected_snapshots(
     with psycopg.connect(dsn) as conn:
         # The consumer's own read of the log (it keeps a created_at of 'infinity' from
         # failing the driver); the fold below is independent of the stream.
-        rows = conn.execute(load("log_read")).fetchall()
+        rows = conn.execute(load("journal/log_read")).fetchall()
     for row in rows:
         if row[0] in exclude:
             continue

@@ -28,11 +28,12 @@ from hypothesis import strategies as st
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from psycopg_pool import AsyncConnectionPool
 
+from consumer import locks
 from consumer.config import Settings
 from consumer.db import Bounds, Deadline, aconnect, keepalive_split, within
 from consumer.errors import Deposed
 from consumer.health import Health
-from consumer.listener import LEADER_LOCK_KEY, Follower
+from consumer.listener import Follower
 from consumer.planner import PlannerConfig
 from consumer.projection import Projector
 from consumer.scheduler import Scheduler
@@ -88,7 +89,7 @@ def lock_holders(dsn: str) -> list[tuple[int, bool]]:
                WHERE locktype = 'advisory' AND objsubid = 1
                  AND database = (SELECT oid FROM pg_database WHERE datname = current_database())
                  AND ((classid::bigint << 32) | objid::bigint) = %s""",
-            (LEADER_LOCK_KEY,),
+            (locks.LEADER,),
         ).fetchall()
 
 
@@ -168,7 +169,7 @@ async def test_a_statement_on_a_stalled_connection_is_severed_at_its_deadline(db
 
 async def test_a_stale_epoch_cannot_move_the_checkpoint(db: str) -> None:
     async with await aconnect(db, autocommit=True) as work:
-        take = load("leader_take")
+        take = load("checkpoint/leader_take")
         first = await (await work.execute(take, {"name": "projection"})).fetchone()
         assert first is not None
         projector = Projector()
@@ -185,7 +186,7 @@ async def test_a_stale_epoch_cannot_move_the_checkpoint(db: str) -> None:
             mission(log, "after", state="active")
         with pytest.raises(Deposed):
             await projector.catch_up(work)
-        check = load("leader_check")
+        check = load("checkpoint/leader_check")
         stale = await (await work.execute(check, {"epoch": projector.epoch})).fetchone()
         fresh = await (await work.execute(check, {"epoch": int(second[0])})).fetchone()
         assert stale == (False,) and fresh == (True,)

@@ -24,6 +24,8 @@ import psycopg
 import pytest
 from psycopg.conninfo import make_conninfo
 
+from bench.baseline import bench_sql
+from consumer import locks
 from consumer.db import Bounds, aconnect
 from consumer.projection import Projector
 from consumer.replay import (
@@ -363,8 +365,9 @@ def test_journal_hold_keeps_rows_the_swap_needs(db: str) -> None:
         assert projector.cp is not None
         with psycopg.connect(db, autocommit=True) as conn:
             total = conn.execute("SELECT count(*) FROM mana_ai.journal").fetchone()
-            cur = conn.execute(load("journal_prune"),
-                               {"applied_below": str(projector.cp.applied_below)})
+            cur = conn.execute(load("journal/prune"),
+                               {"applied_below": str(projector.cp.applied_below),
+                                "replay_lock": locks.REPLAY})
             pruned.append(cur.rowcount)
             kept = conn.execute("SELECT count(*) FROM mana_ai.journal").fetchone()
         assert total is not None and kept is not None and kept[0] >= 5
@@ -377,8 +380,9 @@ def test_journal_hold_keeps_rows_the_swap_needs(db: str) -> None:
     # Without a hold, the same statement prunes up to the checkpoint.
     with psycopg.connect(db, autocommit=True) as conn:
         assert leftovers(db) == []
-        conn.execute(load("journal_prune"),
-                     {"applied_below": str(projector.cp.applied_below)})  # type: ignore[union-attr]
+        conn.execute(load("journal/prune"),
+                     {"applied_below": str(projector.cp.applied_below),
+                                "replay_lock": locks.REPLAY})  # type: ignore[union-attr]
         left = conn.execute("SELECT count(*) FROM mana_ai.journal WHERE xid < %s::xid8",
                             (str(projector.cp.applied_below),)).fetchone()  # type: ignore[union-attr]
         assert left == (0,)
@@ -393,8 +397,9 @@ def test_a_hold_of_a_dead_session_does_not_pin_the_journal(db: str) -> None:
     projector = project(db)
     assert projector.cp is not None
     with psycopg.connect(db, autocommit=True) as conn:
-        cur = conn.execute(load("journal_prune"),
-                           {"applied_below": str(projector.cp.applied_below)})
+        cur = conn.execute(load("journal/prune"),
+                           {"applied_below": str(projector.cp.applied_below),
+                                "replay_lock": locks.REPLAY})
         assert cur.rowcount == 5
 
 
@@ -601,12 +606,12 @@ def test_read_plan_streams_through_the_record_index(db: str) -> None:
     """Replay's cursor reads the log in index order: no sort of the whole log anywhere."""
     with psycopg.connect(db, autocommit=True) as conn:
         conn.execute("ALTER TABLE public.sync_changes DISABLE TRIGGER mana_ai_journal")
-        conn.execute(load("replay_bench_load"), {"start": 1, "stop": 20000})
+        conn.execute(bench_sql("fixture_replay"), {"start": 1, "stop": 20000})
         conn.execute("ANALYZE public.sync_changes")
         with conn.transaction():
             # Planned as the replay's server-side cursor is: for a fast start.
             plan = "\n".join(r[0] for r in conn.execute(
-                "EXPLAIN DECLARE c NO SCROLL CURSOR FOR " + load("log_read")))
+                "EXPLAIN DECLARE c NO SCROLL CURSOR FOR " + load("journal/log_read")))
     assert "idx_sync_changes_table_record_created" in plan and "Sort" not in plan, plan
 
 

@@ -518,11 +518,11 @@ async def test_write_back_is_inserted_as_the_write_role_that_rls_binds(
                     "WHERE rolname = current_user")
                 assert await cur.fetchone() == (WRITE_ROLE, False, False, False)
                 await conn.execute("SELECT set_config('app.current_user_id', 'u1', true)")
-                await conn.execute(load("writeback_insert"), params)
+                await conn.execute(load("ledger/writeback_insert"), params)
         with pytest.raises(psycopg.errors.InsufficientPrivilege):
             async with conn.transaction():
                 await conn.execute(f"SET LOCAL ROLE {WRITE_ROLE}")
-                await conn.execute(load("writeback_insert"), {**params, "user_id": "u1"})
+                await conn.execute(load("ledger/writeback_insert"), {**params, "user_id": "u1"})
         with pytest.raises(psycopg.errors.InsufficientPrivilege):
             async with conn.transaction():
                 await conn.execute(f"SET LOCAL ROLE {WRITE_ROLE}")

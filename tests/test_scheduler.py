@@ -542,7 +542,7 @@ def test_due_queries_use_the_due_index(db: str) -> None:
     now = datetime.now(UTC)
     with psycopg.connect(db) as conn:
         conn.execute("SET enable_seqscan = off")
-        for name in ("due_missions", "due_next"):
+        for name in ("snapshots/due_missions", "snapshots/due_next"):
             plan = "\n".join(
                 r[0] for r in conn.execute(f"EXPLAIN {load(name)}", {"now": now}).fetchall()  # type: ignore[arg-type]
             )

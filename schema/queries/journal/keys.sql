@@ -1,4 +1,4 @@
--- The keys of one chunk of journal_read.sql (same rows, same order), and nothing the
+-- The keys of one chunk of journal/read.sql (same rows, same order), and nothing the
 -- driver could fail to load: used to go through a chunk row by row when reading or
 -- applying it as a whole failed.
 SELECT j.xid::text, j.change_id::text

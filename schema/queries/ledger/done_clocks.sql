@@ -1,5 +1,5 @@
 -- The runner's write-back, first statement: the occurrence is done if this attempt still
--- holds the lease (as ledger_done.sql), the agent's token usage is counted when it is done
+-- holds the lease (as ledger/done.sql), the agent's token usage is counted when it is done
 -- and %(tokens)s > 0, and the mission's field clocks come back (the write-back stamps its
 -- fields no earlier than these), in one round trip. done is false when the lease was lost:
 -- the caller rolls the transaction back.

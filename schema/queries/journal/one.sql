@@ -1,4 +1,4 @@
--- One journal row by its key, in the shape of journal_read.sql (snapshot, rls, then the
+-- One journal row by its key, in the shape of journal/read.sql (snapshot, rls, then the
 -- row): the row-by-row path reads each key of a failed chunk exactly, so a transaction
 -- committing meanwhile with a smaller xid cannot take a key's place.
 WITH snap AS MATERIALIZED (

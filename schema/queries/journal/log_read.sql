@@ -1,6 +1,6 @@
 -- The whole log of our two tables, record by record, through mana-sync's
 -- (table_name, record_id, created_at) index: used by bootstrap and replay.
--- created_at as in journal_read.sql: NULL outside what a Python datetime holds (the
+-- created_at as in journal/read.sql: NULL outside what a Python datetime holds (the
 -- driver cannot load 'infinity'), with its text last.
 SELECT c.id::text, c.user_id, c.table_name, c.record_id, c.op,
        c.data::text, c.field_meta::text,

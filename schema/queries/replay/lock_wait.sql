@@ -1,3 +1,3 @@
 -- Cleanup after a failed run: wait (up to lock_timeout) for the replay lock, which the
 -- failed run's closed connection releases only once its server process has ended.
-SELECT pg_advisory_lock(1835094640)
+SELECT pg_advisory_lock(%(key)s)  -- consumer.locks.REPLAY

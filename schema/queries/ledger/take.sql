@@ -4,7 +4,7 @@
 -- starts a new attempt under this worker's lease. Returns what the run needs: the
 -- occurrence, the attempt (the lease's fence), the decision's trace, and the mission and
 -- agent as projected now (the agent as the scheduler finds it: by the record's id, with
--- deletedAt absent or null; of two with one id, the greatest key, as agents_load.sql).
+-- deletedAt absent or null; of two with one id, the greatest key, as snapshots/agents.sql).
 WITH c AS (
     SELECT l.user_id, l.mission_id, l.due_at, l.state AS was, l.lease_owner AS old_owner
     FROM mana_ai.dispatch_ledger l
