@@ -53,7 +53,7 @@ import psycopg
 from opentelemetry import trace
 from psycopg_pool import AsyncConnectionPool
 
-from . import ledger, metrics, shutdown
+from . import ledger, metrics, shutdown, snapshots
 from .decisions import is_legacy
 from .iteration import (
     ParseFailure,
@@ -178,11 +178,7 @@ async def field_clocks(
     conn: psycopg.AsyncConnection, user_id: str, mission_id: str, fields: tuple[str, ...]
 ) -> list[int | None]:
     """The projection's current clocks (us) of the mission's `fields`; None when unknown."""
-    cur = await conn.execute(
-        load("snapshots/mission_clocks"), {"user_id": user_id, "mission_id": mission_id}
-    )
-    row = await cur.fetchone()
-    return clocks_of(bytes(row[0]) if row is not None else None, fields)
+    return clocks_of(await snapshots.mission_clocks(conn, user_id, mission_id), fields)
 
 
 async def insert_as_writer(conn: psycopg.AsyncConnection, wb: WriteBack, change_id: str) -> None:

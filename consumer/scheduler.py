@@ -56,13 +56,12 @@ from opentelemetry import trace
 from opentelemetry.trace import Status, StatusCode
 from psycopg_pool import AsyncConnectionPool
 
-from . import ledger, metrics, shutdown
+from . import ledger, metrics, shutdown, snapshots
 from .apply import Applied
 from .decisions import Decision, Verdict, decide, due_instant, is_legacy, js_string
 from .decisions import agent_name as agent_name_of
 from .errors import Deposed
 from .ledger import Occurrence
-from .sql import load
 from .telemetry import tracer as default_tracer
 from .worker import Dispatcher, RunWorker
 
@@ -76,8 +75,6 @@ MAX_BACKOFF = 30.0
 DEFERRED_POLL = 1.0  # seconds between passes while a mission waits for a slot
 PRUNE_FIRST = 60.0  # seconds from the start of a term to its first prune
 LEDGER_KEEP = timedelta(days=7)  # finished occurrences are kept this long for operators
-
-_decode = msgspec.json.Decoder(dict[str, Any])
 
 
 def _utcnow() -> datetime:
@@ -412,19 +409,16 @@ class Scheduler:
 
     async def _select(self, conn: psycopg.AsyncConnection, now: datetime) -> tuple[list[_Due], int]:
         """Due occurrences, oldest first; also sets next_due. Returns (due, candidates read)."""
-        cur = await conn.execute(load("snapshots/due_missions"), {"now": now})
-        rows = await cur.fetchall()
+        rows = await snapshots.due_missions(conn, now)
         due: list[_Due] = []
-        for user_id, mission_id, next_run_at, body, _ in rows:
-            mission = _decode.decode(body)
+        for row in rows:
             # The index and the record agree (both are written in one transaction); reading
             # the record again keeps a hand-edited index from running a mission early.
-            at = due_instant(mission)
+            at = due_instant(row.record)
             if at is not None and at <= now:
-                due.append(_Due(Occurrence(user_id, mission_id, next_run_at, at), at, mission))
-        cur = await conn.execute(load("snapshots/due_next"), {"now": now})
-        row = await cur.fetchone()
-        self.next_due = row[0] if row is not None else None
+                occ = Occurrence(row.user_id, row.mission_id, str(row.next_run_at), at)
+                due.append(_Due(occ, at, row.record))
+        self.next_due = await snapshots.next_due(conn, now)
         due.sort(key=lambda d: (d.at, d.occ.user_id, d.occ.mission_id))
         return due, len(rows)
 
@@ -433,15 +427,12 @@ class Scheduler:
     ) -> dict[tuple[str, str], dict[str, Any]]:
         """The pass's users' agents that upstream would load (``deletedAt`` absent or null),
         keyed by the record's ``id`` as upstream finds them (a data field ``id`` can differ
-        from the snapshot's key): one query per pass."""
-        if not users:
-            return {}
-        cur = await conn.execute(load("snapshots/agents"), {"users": sorted(users)})
-        agents: dict[tuple[str, str], dict[str, Any]] = {}
-        for u, _, body in await cur.fetchall():
-            record = _decode.decode(body)
-            agents[(u, js_string(record.get("id")))] = record
-        return agents
+        from the snapshot's key): one query per pass. Of two with one id the greatest key
+        wins (the rows come in key order)."""
+        return {
+            (a.user_id, js_string(a.record.get("id"))): a.record
+            for a in await snapshots.active_agents(conn, users)
+        }
 
     def _decide(
         self,
