@@ -5,7 +5,7 @@
    every 10th paused, every 200th with a '+02:00' offset), then their due index rows are
    filled by the migration's SQL parser (timed: what the migration's backfill costs).
    Reports the median of several runs of the due query (SQL alone), of the selection
-   (`Scheduler._select`: SQL, parse, next wake-up), one full first pass (decide and claim
+   (`DueSelector.occurrences`: SQL, parse, next wake-up), one full first pass (decide and claim
    every due mission in the ledger; no worker runs them) and the steady pass after that
    (everything claimed).
 2. Lateness: ~200 missions due at staggered times a few seconds out; the scheduler runs
@@ -132,7 +132,7 @@ async def selection(dsn: str, runs: int) -> list[tuple[object, ...]]:
                 cur = await conn.execute(load("snapshots/due_missions"), due_params(now))
                 candidates = len(await cur.fetchall())
                 t1 = time.perf_counter()
-                found, _ = await sched._select(conn, now)
+                found, _ = await sched.selector.occurrences(conn, now)
                 t2 = time.perf_counter()
                 await conn.rollback()
                 due = len(found)

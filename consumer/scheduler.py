@@ -5,11 +5,10 @@ by `max_sleep`), woken early by the projection (`notify_changed`) or by a run th
 finishes. A pass never reads the log: it selects due missions from the snapshots through
 the due index and decides each with `decisions.decide` (docs/architecture.md#decisions).
 
-Due selection. mana_ai.mission_due holds, beside each snapshot that can fall due, its
-nextRunAt parsed to a UTC instant (`decisions.due_instant`; written with the snapshot, see
-apply.py). A pass reads `due_at <= now` and the next `due_at` after now, two range scans
-of one index, so '+02:00', '-10:00' and 'Z' spellings are all found at their instant. The
-record is checked again in Python (`due_instant`) before it is decided.
+Due selection. A pass starts with a `DueSelector` (consumer/due.py): the due occurrences
+read through the due index, the next instant one falls due, and the due users' agents.
+The scheduler reads the gates' ledger state (tokens spent, runs in flight) beside them, in
+the same transaction.
 
 At most once per occurrence. An occurrence is (user, mission, nextRunAt as a UTC instant).
 The `ran` decisions of a pass are recorded in the dispatch ledger as `claimed`, in one
@@ -51,15 +50,15 @@ from typing import Any
 import anyio
 import anyio.abc
 import msgspec
-import psycopg
 from opentelemetry import trace
 from opentelemetry.trace import Status, StatusCode
 from psycopg_pool import AsyncConnectionPool
 
-from . import ledger, metrics, shutdown, snapshots
+from . import ledger, metrics, shutdown
 from .apply import Applied
-from .decisions import Decision, Verdict, decide, due_instant, is_legacy, js_string
+from .decisions import Decision, Verdict, decide
 from .decisions import agent_name as agent_name_of
+from .due import Due, DueSelector, agent_id_of
 from .errors import Deposed
 from .ledger import Occurrence
 from .telemetry import tracer as default_tracer
@@ -128,14 +127,8 @@ class DecisionRecord(msgspec.Struct, frozen=True):
     dispatched: bool  # claimed in the ledger for the run workers
 
 
-class _Due(msgspec.Struct):
-    occ: Occurrence
-    at: datetime
-    mission: dict[str, Any]
-
-
 class _Decided(msgspec.Struct):
-    d: _Due
+    d: Due
     verdict: Verdict
     agent: dict[str, Any] | None
     agent_id: str | None
@@ -192,7 +185,7 @@ class Scheduler:
             on_claimed = self.worker.poke
         self.on_claimed = on_claimed
         self.in_flight = InFlight()  # the last pass's counts
-        self.next_due: datetime | None = None  # the next due instant after the last pass
+        self.selector = DueSelector()
         self._tg: anyio.abc.TaskGroup | None = None
         self._wake: anyio.Event | None = None  # created inside the loop (needs a running loop)
         self._pending = False  # a wake arrived since the current pass started
@@ -207,6 +200,11 @@ class Scheduler:
         self.leading: Callable[[], bool] = lambda: True
         self.epoch: int | None = None
         self.on_pass: Callable[[], None] = lambda: None  # a pass completed (health heartbeat)
+
+    @property
+    def next_due(self) -> datetime | None:
+        """The next due instant after the last pass (None: nothing will fall due)."""
+        return self.selector.next_due
 
     # ------------------------------------------------------------------ wake-ups
 
@@ -306,15 +304,12 @@ class Scheduler:
             raise Deposed("not the leader")
         async with self.pool.connection() as conn:
             async with conn.transaction():
-                due, candidates = await self._select(conn, now)
+                selected = await self.selector.select(conn, now)
+                due, agents = selected.due, selected.agents
                 users = {d.occ.user_id for d in due}
-                agents = await self._agents(conn, users)
-                pairs = {
-                    (d.occ.user_id, aid)
-                    for d in due
-                    if (aid := _agent_id(d.mission)) is not None and (d.occ.user_id, aid) in agents
-                }
-                usage = await ledger.usage_since(conn, pairs, now - BUDGET_WINDOW)
+                usage = await ledger.usage_since(
+                    conn, selected.agent_pairs(), now - BUDGET_WINDOW
+                )
                 self.in_flight = InFlight(await ledger.live_counts(conn, users))
             decided = [x for d in due if (x := self._decide(d, agents, usage)) is not None]
             ran = [x for x in decided if x.verdict.decision is Decision.RAN]
@@ -356,7 +351,7 @@ class Scheduler:
             k: v for k, v in self._last.items() if k in still_due and k.key not in won
         }
 
-        span.set_attribute("scheduler.candidates", candidates)
+        span.set_attribute("scheduler.candidates", selected.candidates)
         span.set_attribute("scheduler.due", len(due))
         span.set_attribute("scheduler.emitted", sum(r.emitted for r in records))
         span.set_attribute("scheduler.dispatched", sum(r.dispatched for r in records))
@@ -407,43 +402,16 @@ class Scheduler:
             self._poke()
         return records
 
-    async def _select(self, conn: psycopg.AsyncConnection, now: datetime) -> tuple[list[_Due], int]:
-        """Due occurrences, oldest first; also sets next_due. Returns (due, candidates read)."""
-        rows = await snapshots.due_missions(conn, now)
-        due: list[_Due] = []
-        for row in rows:
-            # The index and the record agree (both are written in one transaction); reading
-            # the record again keeps a hand-edited index from running a mission early.
-            at = due_instant(row.record)
-            if at is not None and at <= now:
-                occ = Occurrence(row.user_id, row.mission_id, str(row.next_run_at), at)
-                due.append(_Due(occ, at, row.record))
-        self.next_due = await snapshots.next_due(conn, now)
-        due.sort(key=lambda d: (d.at, d.occ.user_id, d.occ.mission_id))
-        return due, len(rows)
-
-    async def _agents(
-        self, conn: psycopg.AsyncConnection, users: set[str]
-    ) -> dict[tuple[str, str], dict[str, Any]]:
-        """The pass's users' agents that upstream would load (``deletedAt`` absent or null),
-        keyed by the record's ``id`` as upstream finds them (a data field ``id`` can differ
-        from the snapshot's key): one query per pass. Of two with one id the greatest key
-        wins (the rows come in key order)."""
-        return {
-            (a.user_id, js_string(a.record.get("id"))): a.record
-            for a in await snapshots.active_agents(conn, users)
-        }
-
     def _decide(
         self,
-        d: _Due,
+        d: Due,
         agents: dict[tuple[str, str], dict[str, Any]],
         usage: dict[tuple[str, str], int],
     ) -> _Decided | None:
         """Decide one due occurrence (no I/O). A `ran` takes its agent's slot at once, so the
         next decision of this pass sees it; the pass frees it again if the claim is lost."""
         occ, mission = d.occ, d.mission
-        agent_id = _agent_id(mission)
+        agent_id = agent_id_of(mission)
         agent = agents.get((occ.user_id, agent_id)) if agent_id is not None else None
         if agent_id is None:
             agent_name: str | None = LEGACY_AGENT_NAME
@@ -584,8 +552,3 @@ def _attributes(occ: Occurrence, agent_id: str | None, agent_name: str | None) -
         attrs["agent.name"] = agent_name
     return attrs
 
-
-def _agent_id(mission: dict[str, Any]) -> str | None:
-    """The mission's agentId, or None for a legacy mission (no non-empty string)."""
-    value = mission.get("agentId")
-    return None if is_legacy(mission) or type(value) is not str else value
