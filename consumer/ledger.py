@@ -32,7 +32,6 @@ Usage. One row per planner call; the budget gate sums the last 24 h per (user, a
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Awaitable, Callable
 from datetime import datetime
 from typing import Any
@@ -42,6 +41,7 @@ import psycopg
 
 from .errors import Deposed
 from .sql import load
+from .txn import one_statement
 
 STATE_CLAIMED = "claimed"
 STATE_RUNNING = "running"
@@ -116,12 +116,6 @@ def epoch_fence(epoch: int) -> ClaimFence:
     return fence
 
 
-def _one_statement(conn: psycopg.AsyncConnection) -> Any:
-    """A transaction around one statement, unless the connection autocommits (then the
-    statement is its own transaction: no BEGIN and COMMIT round trips)."""
-    return contextlib.nullcontext() if conn.autocommit else conn.transaction()
-
-
 async def claim_many(
     conn: psycopg.AsyncConnection, claims: list[Claim], fence: ClaimFence | None = None
 ) -> set[tuple[str, str, datetime]]:
@@ -163,7 +157,7 @@ async def take(
     """Lease up to `limit` runnable occurrences for `owner` (one committed transaction)."""
     if limit <= 0:
         return []
-    async with _one_statement(conn):
+    async with one_statement(conn):
         cur = await conn.execute(
             load("ledger/take"), {"owner": owner, "limit": limit, "lease": lease}
         )
@@ -193,7 +187,7 @@ async def take(
 
 async def renew(conn: psycopg.AsyncConnection, job: Job, lease: float) -> bool:
     """Extend the job's lease; False when it is no longer this attempt's."""
-    async with _one_statement(conn):
+    async with one_statement(conn):
         cur = await conn.execute(load("ledger/renew"), {**job.key_params(), "lease": lease})
         return cur.rowcount == 1
 
