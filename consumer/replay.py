@@ -41,54 +41,45 @@ leaves them, and the next replay drops them before it starts.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 import signal
 import sys
+import threading
 import time
-from collections.abc import Callable
-from typing import Any, TextIO
+from collections.abc import Awaitable, Callable
+from functools import partial
+from typing import TextIO, TypeVar
 
-import msgspec
+import anyio
 import psycopg
+from anyio.streams.memory import MemoryObjectReceiveStream
 from psycopg import errors as pgerr
 from psycopg import sql
-from psycopg.rows import args_row
 
-from . import locks
-from .apply import LIVE, Targets, apply_by_row, apply_rows, isolating
+from . import replay_store as store
+from . import shutdown
+from .apply import LIVE, apply_by_row, apply_rows
 from .config import first_line
 from .db import CONNECT_TIMEOUT
 from .errors import ConfigError
 from .merge import decode_state
 from .model import RawChange
+from .progress import Progress, ProgressFn, ProgressPrinter
 from .projection import NIL_UUID, JournalChunk, journal_raws, missing_rows, read_journal
-from .sql import load
+from .replay_store import RETIRED, SHADOW, Counts, Diff, TableFacts
+from .txn import whole_or_by_row
 
 log = logging.getLogger(__name__)
 
-SHADOW = Targets(
-    schema=LIVE.schema,
-    missions=f"{LIVE.missions}_shadow",
-    agents=f"{LIVE.agents}_shadow",
-    clocks=f"{LIVE.clocks}_shadow",
-    due=f"{LIVE.due}_shadow",
-)
-# Where the swap moves the live tables; dropped after it commits (see _take_live_names).
-RETIRED = Targets(
-    schema=LIVE.schema,
-    missions=f"{LIVE.missions}_retired",
-    agents=f"{LIVE.agents}_retired",
-    clocks=f"{LIVE.clocks}_retired",
-    due=f"{LIVE.due}_retired",
-)
-# (live, shadow, retired) table names, in the order the projector touches them (see
-# replay/lock_live.tmpl.sql)
-TABLES = tuple(
-    (getattr(LIVE, t), getattr(SHADOW, t), getattr(RETIRED, t))
-    for t in ("clocks", "due", "missions", "agents")
-)
+T = TypeVar("T")
+
+# Progress and its printer moved to progress.py; SHADOW and RETIRED to replay_store.py.
+__all__ = [
+    "EXIT_DIFFERS", "EXIT_OK", "EXIT_REFUSED", "EXIT_TERMINATED", "RETIRED", "SHADOW",
+    "Progress", "ProgressFn", "ProgressPrinter", "ReplayError", "clock_differences",
+    "differences_report", "replay", "run_replay", "swap_statements",
+]
 
 EXIT_OK = 0
 EXIT_DIFFERS = 1  # --verify found differences, or the swap could not be done
@@ -97,74 +88,11 @@ EXIT_TERMINATED = 143
 
 _SWAP_ATTEMPTS = 5
 _DETAIL_LIMIT = 10
+_CLEANUP_S = 30  # at most this long for dropping the shadow on the way out of a failure
 
 
 class ReplayError(Exception):
     """The replay cannot finish; the live tables are untouched. One line for the operator."""
-
-
-class Progress(msgspec.Struct, frozen=True):
-    """Where the build stands. `phase`: 'build' while folding the log, 'done' at its end."""
-
-    phase: str
-    done: int
-    total: int
-    elapsed: float
-
-    @property
-    def rate(self) -> float:
-        return self.done / self.elapsed if self.elapsed > 0 else 0.0
-
-    @property
-    def eta(self) -> float | None:
-        rate = self.rate
-        return max(self.total - self.done, 0) / rate if rate > 0 else None
-
-    def line(self) -> str:
-        pct = 100.0 * self.done / self.total if self.total else 100.0
-        eta = self.eta
-        tail = (
-            f"ETA {_clock(eta)}"
-            if self.phase == "build" and eta is not None
-            else (f"in {_clock(self.elapsed)}")
-        )
-        return (
-            f"replay: {self.done:,} of {self.total:,} rows ({min(pct, 100.0):.1f}%), "
-            f"{self.rate:,.0f} rows/s, {tail}"
-        )
-
-
-ProgressFn = Callable[[Progress], None]
-
-
-def _clock(seconds: float) -> str:
-    s = int(seconds + 0.5)
-    if s >= 3600:
-        return f"{s // 3600}:{s // 60 % 60:02d}:{s % 60:02d}"
-    return f"{s // 60}:{s % 60:02d}"
-
-
-class ProgressPrinter:
-    """On a terminal, one line updated in place; otherwise a log line every `interval` s."""
-
-    def __init__(self, stream: TextIO | None = None, *, interval: float = 5.0) -> None:
-        self.stream = stream if stream is not None else sys.stderr
-        self.tty = bool(getattr(self.stream, "isatty", lambda: False)())
-        self.interval = 0.2 if self.tty else interval
-        self._last = float("-inf")
-
-    def __call__(self, p: Progress) -> None:
-        now = time.monotonic()
-        final = p.phase == "done"
-        if not final and now - self._last < self.interval:
-            return
-        self._last = now
-        if self.tty:
-            # \033[K clears what a longer previous line left behind.
-            self.stream.write("\r" + p.line() + "\033[K" + ("\n" if final else ""))
-            self.stream.flush()
-        else:
-            log.info("%s", p.line())
 
 
 # --------------------------------------------------------------------------- entry points
@@ -186,22 +114,63 @@ def run_replay(
     what the swap cannot carry over); 143 terminated by SIGTERM. Ctrl-C raises
     KeyboardInterrupt, an exception from `progress` propagates; either way the shadow is
     dropped first. `progress` gets a `Progress` per batch (default: `ProgressPrinter`)."""
-    try:
-        return asyncio.run(
-            replay(
-                dsn,
-                verify=verify,
-                batch_size=batch_size,
-                progress=progress,
-                max_row_bytes=max_row_bytes,
-                lock_timeout=lock_timeout,
-                out=out,
-                handle_sigterm=True,
-            )
-        )
-    except asyncio.CancelledError:  # SIGTERM (Ctrl-C comes out as KeyboardInterrupt)
+    job = partial(
+        replay,
+        dsn,
+        verify=verify,
+        batch_size=batch_size,
+        progress=progress,
+        max_row_bytes=max_row_bytes,
+        lock_timeout=lock_timeout,
+        out=out,
+    )
+    code = anyio.run(_until_sigterm, job, backend="asyncio")
+    if code is None:
         print("replay: terminated; the live snapshots are untouched", file=sys.stderr)
         return EXIT_TERMINATED
+    return code
+
+
+class Terminated(BaseException):
+    """SIGTERM asked the replay to stop (a BaseException: no handler of errors retries it)."""
+
+
+async def _until_sigterm(job: Callable[..., Awaitable[int]]) -> int | None:
+    """`job(stop=event)`'s result; None when SIGTERM stopped it. The job stops at its next
+    batch boundary once `stop` is set: cancelling it mid-statement instead would cancel
+    psycopg's own cancellation of that statement too (anyio cancels every await in a
+    cancelled scope), which closes the connection with a warning. A job that does not
+    stop within shutdown.GRACE is cancelled all the same. An exception of the job
+    propagates as it is (not wrapped in a group). Signals are watched from the main thread
+    only (tests and the benchmark run replays from others)."""
+    stop = anyio.Event()
+    result: list[int] = []
+    failure: list[BaseException] = []
+
+    async def watch(scope: anyio.CancelScope) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            return
+        with anyio.open_signal_receiver(signal.SIGTERM) as signals:
+            async for _ in signals:
+                stop.set()
+                scope.deadline = anyio.current_time() + shutdown.GRACE
+                return
+
+    async with anyio.create_task_group() as tg:
+        with anyio.CancelScope() as scope:
+            tg.start_soon(watch, scope)
+            try:
+                result.append(await job(stop=stop))
+            except Terminated:
+                pass
+            except anyio.get_cancelled_exc_class():
+                raise  # the scope's own deadline ends here; Ctrl-C goes on up
+            except BaseException as exc:  # noqa: BLE001 - re-raised below, outside the group
+                failure.append(exc)
+        tg.cancel_scope.cancel()
+    if failure:
+        raise failure[0]
+    return result[0] if result else None
 
 
 async def replay(
@@ -213,34 +182,24 @@ async def replay(
     max_row_bytes: int = 1_000_000,
     lock_timeout: float = 5.0,
     out: TextIO | None = None,
-    handle_sigterm: bool = False,
+    stop: anyio.Event | None = None,
 ) -> int:
-    """The replay as a coroutine (tests run it beside a live projector)."""
-    out = out if out is not None else sys.stdout
-    report = progress if progress is not None else ProgressPrinter()
-    if handle_sigterm:
-        _cancel_on_sigterm()
+    """The replay as a coroutine (tests run it beside a live projector). Once `stop` is
+    set, it raises Terminated at its next batch boundary (the shadow dropped first)."""
     job = _Replay(
         dsn,
         batch_size=batch_size,
         max_bytes=max_row_bytes,
         lock_timeout=lock_timeout,
-        report=report,
-        out=out,
+        report=progress if progress is not None else ProgressPrinter(),
+        out=out if out is not None else sys.stdout,
+        stop=stop,
     )
     try:
         return await job.run(verify)
     except (ReplayError, pgerr.InsufficientPrivilege, pgerr.DependentObjectsStillExist) as exc:
         print(f"replay: {first_line(exc)}; the live snapshots are untouched", file=sys.stderr)
         return EXIT_REFUSED if isinstance(exc, pgerr.InsufficientPrivilege) else EXIT_DIFFERS
-
-
-def _cancel_on_sigterm() -> None:
-    task = asyncio.current_task()
-    if task is None:
-        return
-    with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
-        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, task.cancel)
 
 
 async def _connect(dsn: str, *, autocommit: bool = False) -> psycopg.AsyncConnection:
@@ -253,20 +212,66 @@ async def _connect(dsn: str, *, autocommit: bool = False) -> psycopg.AsyncConnec
     return conn
 
 
-async def _one(
-    conn: psycopg.AsyncConnection, query: str | sql.Composed, params: Any = None
-) -> tuple:
-    cur = await conn.execute(query, params)
-    row = await cur.fetchone()
-    assert row is not None
-    return row
+# --------------------------------------------------------------------------- pure parts
 
 
-def _fmt(name: str, **tables: str) -> sql.Composed:
-    """A query file with {placeholders} filled by mana_ai table identifiers."""
-    return sql.SQL(load(name)).format(
-        **{k: sql.Identifier(LIVE.schema, v) for k, v in tables.items()}
-    )
+def swap_statements(
+    tables: list[TableFacts], schema: str = LIVE.schema
+) -> list[sql.SQL | sql.Composed]:
+    """The swap, from the catalog facts of every table: first the live tables and their
+    indexes step aside (renamed to *_retired: index names are unique per schema, so the
+    live names must be free first), then each shadow table gets the live owner and grants,
+    the live name, and its indexes and constraints the live names. Raises ReplayError when
+    a shadow does not match its live table (an index or constraint on one side only)."""
+    retire: list[sql.SQL | sql.Composed] = []
+    steps: list[sql.SQL | sql.Composed] = []
+    for t in tables:
+        for r in t.renames:
+            if r.shadow_name is None or r.live_name is None:
+                raise ReplayError(
+                    f"the shadow of {schema}.{t.live} does not match the live table "
+                    f"({r.kind} {r.live_name or r.shadow_name} on one side only)"
+                )
+        for r in t.renames:
+            if r.kind == "index":
+                assert r.live_name is not None
+                retire.append(
+                    sql.SQL("ALTER INDEX {} RENAME TO {}").format(
+                        sql.Identifier(schema, r.live_name),
+                        # 63 bytes is the longest name: keep the suffix whole.
+                        sql.Identifier(r.live_name[:55] + "_retired"),
+                    )
+                )
+        retire.append(
+            sql.SQL("ALTER TABLE {} RENAME TO {}").format(
+                sql.Identifier(schema, t.live), sql.Identifier(t.retired)
+            )
+        )
+        steps.extend(sql.SQL(stmt) for stmt in t.carry_over)
+        steps.append(
+            sql.SQL("ALTER TABLE {} RENAME TO {}").format(
+                sql.Identifier(schema, t.shadow), sql.Identifier(t.live)
+            )
+        )
+        for r in t.renames:
+            if r.shadow_name == r.live_name:
+                continue
+            assert r.shadow_name is not None and r.live_name is not None
+            if r.kind == "index":
+                steps.append(
+                    sql.SQL("ALTER INDEX {} RENAME TO {}").format(
+                        sql.Identifier(schema, r.shadow_name), sql.Identifier(r.live_name)
+                    )
+                )
+            else:
+                steps.append(
+                    sql.SQL("ALTER TABLE {} RENAME CONSTRAINT {} TO {}").format(
+                        sql.Identifier(schema, t.live),
+                        sql.Identifier(r.shadow_name),
+                        sql.Identifier(r.live_name),
+                    )
+                )
+    return [*retire, *steps]
 
 
 def clock_differences(live: bytes, shadow: bytes) -> list[str]:
@@ -279,6 +284,60 @@ def clock_differences(live: bytes, shadow: bytes) -> list[str]:
         f"({k})" for k in ("deleted", "last_applied_us", "first") if getattr(a, k) != getattr(b, k)
     ]
     return names
+
+
+def differences_report(found: Diff, counts: Counts, log_rows: int) -> list[str]:
+    """What `replay --verify` prints: one line when the live tables equal the fold, else a
+    count and a line per difference found (`found.rows`, '...' when there are more)."""
+    skipped = (
+        f"; {found.inflight} record(s) the live projection is still applying were not compared"
+        if found.inflight
+        else ""
+    )
+    if not found.differ:
+        return [
+            f"replay --verify: the live snapshots equal the log's fold ({counts.missions:,} "
+            f"missions, {counts.agents:,} agents, {log_rows:,} log rows){skipped}"
+        ]
+    lines = [
+        f"replay --verify: {found.differ} record(s) differ from the log's fold "
+        f"({counts.missions:,} missions, {counts.agents:,} agents live){skipped}"
+    ]
+    for row in found.rows:
+        fields = row.fields
+        if row.what == "clock" and row.status == "differs":
+            assert row.live_state is not None and row.shadow_state is not None
+            fields = clock_differences(row.live_state, row.shadow_state)
+        if row.status == "differs":
+            detail = "fields " + ", ".join(fields) if fields else "metadata"
+        elif row.status == "only-live":
+            detail = "in the live table, not in the log's fold"
+        else:
+            detail = "missing from the live table"
+        label = {"snapshot": row.kind, "due": f"{row.kind} due index"}.get(
+            row.what, f"{row.kind} clock"
+        )
+        lines.append(f"  {label} {row.user_id}/{row.record_id}: {detail}")
+    if found.differ > len({(r.kind, r.user_id, r.record_id) for r in found.rows}):
+        lines.append("  ...")
+    return lines
+
+
+def _xmax(snapshot: str) -> int:
+    """The xmax of a pg_snapshot's text form 'xmin:xmax:xip,...'."""
+    return int(snapshot.split(":")[1])
+
+
+def _last_record_start(rows: list[RawChange]) -> int:
+    """Index of the first row of the last record in `rows` (rows are grouped by record)."""
+    last = rows[-1]
+    i = len(rows) - 1
+    while i > 0:
+        prev = rows[i - 1]
+        if prev.record_id != last.record_id or prev.table_name != last.table_name:
+            break
+        i -= 1
+    return i
 
 
 # --------------------------------------------------------------------------- the job
@@ -294,8 +353,10 @@ class _Replay:
         lock_timeout: float,
         report: ProgressFn,
         out: TextIO,
+        stop: anyio.Event | None = None,
     ) -> None:
         self.dsn = dsn
+        self.stop = stop
         self.batch_size = max(1, batch_size)
         self.max_bytes = max_bytes
         self.lock_timeout = lock_timeout
@@ -305,6 +366,14 @@ class _Replay:
         self.synchronous_commit = "on"
         self.rows = 0  # log rows folded by the build
         self.caught_up = 0  # journal rows applied after it
+
+    def _elapsed(self) -> float:
+        return time.monotonic() - self.started
+
+    def _check_stop(self) -> None:
+        """Between pieces of database work: stop here when asked to."""
+        if self.stop is not None and self.stop.is_set():
+            raise Terminated
 
     async def run(self, verify: bool) -> int:
         ctl = await _connect(self.dsn, autocommit=True)
@@ -316,15 +385,7 @@ class _Replay:
             try:
                 await self._prepare(ctl)
                 snapshot = await self._build(ctl)
-                await ctl.execute(
-                    _fmt(
-                        "replay/analyze.tmpl",
-                        clocks=SHADOW.clocks,
-                        missions=SHADOW.missions,
-                        due=SHADOW.due,
-                        agents=SHADOW.agents,
-                    )
-                )
+                await store.analyze(ctl, SHADOW)
                 # Catch up outside the lock until little is left for the locked part.
                 prev = snapshot
                 for _ in range(3):
@@ -333,32 +394,30 @@ class _Replay:
                         break
                 code = await self._verify(ctl, prev) if verify else await self._swap(ctl, prev)
             except BaseException:
-                await self._abandon(ctl)
+                # Failed, stopped or cancelled: the shadow goes before we leave.
+                with anyio.CancelScope(shield=True):
+                    await self._abandon(ctl)
                 raise
             await self._cleanup(ctl)
             return code
         finally:
-            await ctl.close()
+            with anyio.CancelScope(shield=True):
+                await ctl.close()
 
     async def _preflight(self, ctl: psycopg.AsyncConnection, verify: bool) -> str | None:
-        hidden, role = await _one(ctl, load("journal/rls_active"))
-        if hidden:
+        rls = await store.row_security(ctl)
+        if rls.hidden:
             return (
                 f"rows of public.sync_changes are hidden by row level security from role "
-                f"{role!r}: replay must read every row; the role needs BYPASSRLS "
-                f"(ALTER ROLE {role} BYPASSRLS)"
+                f"{rls.role!r}: replay must read every row; the role needs BYPASSRLS "
+                f"(ALTER ROLE {rls.role} BYPASSRLS)"
             )
-        (locked,) = await _one(ctl, load("replay/lock"), {"key": locks.REPLAY})
-        if not locked:
+        if not await store.try_lock(ctl):
             return "another replay is running on this database; try again when it ends"
         if not verify:
-            cur = await ctl.execute(
-                load("replay/guard"),
-                {"tables": [f"{LIVE.schema}.{live}" for live, _, _ in TABLES]},
-            )
-            found = await cur.fetchall()
+            found = await store.swap_blockers(ctl)
             if found:
-                what = ", ".join(f"{t}: {w}" for t, w in found)
+                what = ", ".join(f"{b.table}: {b.what}" for b in found)
                 return f"the swap would not carry over {what}; remove it or replay by hand"
         return None
 
@@ -366,14 +425,13 @@ class _Replay:
         """Drop a killed run's leftovers, create the shadow tables, set the hold."""
         # The shadow is disposable until the swap, whose commit flushes all of it: its
         # batches need not wait for the WAL (the swap restores the server's setting).
-        (self.synchronous_commit,) = await _one(ctl, "SHOW synchronous_commit")
-        await ctl.execute("SELECT set_config('synchronous_commit', 'off', false)")
+        self.synchronous_commit = await store.setting(ctl, "synchronous_commit")
+        await store.set_setting(ctl, "synchronous_commit", "off", local=False)
         async with ctl.transaction():
-            await _drop_leftovers(ctl)
-            for live, shadow, _ in TABLES:
-                await ctl.execute(_fmt("replay/shadow_create.tmpl", live=live, shadow=shadow))
+            await store.drop_leftovers(ctl)
+            await store.create_shadow(ctl)
             # Committed before the build snapshot is taken: keep_from <= its xmin.
-            await ctl.execute(load("replay/hold_set"))
+            await store.set_hold(ctl)
 
     # ----------------------------------------------------------------------- build
 
@@ -381,23 +439,17 @@ class _Replay:
         """Fold every row of the log visible in one snapshot into the shadow; returns it."""
         reader = await _connect(self.dsn)
         try:
-            await reader.set_isolation_level(psycopg.IsolationLevel.REPEATABLE_READ)
-            await reader.set_read_only(True)
             # No transaction()/cursor context managers: after a failure or a cancelled
             # fetch, closing the connection ends it all; a polite ROLLBACK on a connection
             # in mid-fetch could fail and hide the cause.
-            # The first statement fixes the transaction's snapshot: the cursor's.
-            (snapshot,) = await _one(reader, "SELECT pg_current_snapshot()::text")
-            (total,) = await _one(reader, load("replay/count"))
-            self.report(Progress("build", 0, total, time.monotonic() - self.started))
-            cur = reader.cursor(name="mana_ai_replay", row_factory=args_row(RawChange))
-            await cur.execute(load("journal/log_read"))
-            await self._fold(cur, ctl, total)
+            snapshot = await store.begin_log_read(reader)
+            total = await store.log_rows(reader)
+            self.report(Progress("build", 0, total, self._elapsed()))
+            await self._fold(await store.log_cursor(reader), ctl, total)
         finally:
-            await reader.close()
-        self.report(
-            Progress("done", self.rows, max(total, self.rows), time.monotonic() - self.started)
-        )
+            with anyio.CancelScope(shield=True):
+                await reader.close()
+        self.report(Progress("done", self.rows, max(total, self.rows), self._elapsed()))
         return snapshot
 
     async def _fold(
@@ -408,52 +460,70 @@ class _Replay:
     ) -> None:
         """Read chunks (one prefetched while the previous is folded) and apply them cut at
         record boundaries, so a record is usually folded in one batch."""
-        chunks: asyncio.Queue[list[RawChange] | Exception | None] = asyncio.Queue(maxsize=1)
+        send, receive = anyio.create_memory_object_stream[list[RawChange] | Exception | None](1)
+        failure: list[BaseException] = []
+
+        async def fetch() -> list[RawChange]:
+            # Shielded: a fetch cancelled midway would cancel psycopg's cancellation of it
+            # too (see _until_sigterm); when the folder stops, this one fetch ends first.
+            with anyio.CancelScope(shield=True):
+                chunk = await cur.fetchmany(self.batch_size)
+            return chunk
 
         async def read() -> None:
-            try:
-                while chunk := await cur.fetchmany(self.batch_size):
-                    await chunks.put(chunk)
-                await chunks.put(None)
-            except Exception as exc:  # handed to the folder, which raises it
-                await chunks.put(exc)
+            with send:
+                try:
+                    while chunk := await fetch():
+                        await send.send(chunk)
+                    await send.send(None)
+                except Exception as exc:  # handed to the folder, which raises it
+                    await send.send(exc)
 
-        reader = asyncio.create_task(read())
-        try:
-            pending: list[RawChange] = []
-            while (chunk := await chunks.get()) is not None:
-                if isinstance(chunk, Exception):
-                    raise chunk
-                pending.extend(chunk)
-                cut = _last_record_start(pending)
-                if cut == 0:
-                    if len(pending) < 8 * self.batch_size:
-                        continue  # one long record: keep reading it
-                    cut = len(pending)  # a giant record: apply_rows merges it across batches
-                await self._apply(ctl, pending[:cut], total)
-                del pending[:cut]
-            if pending:
-                await self._apply(ctl, pending, total)
-        finally:
-            reader.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await reader
+        with receive:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(read)
+                try:
+                    await self._fold_chunks(receive, ctl, total)
+                except anyio.get_cancelled_exc_class():
+                    raise
+                except BaseException as exc:  # noqa: BLE001 - re-raised below, not in a group
+                    failure.append(exc)
+                tg.cancel_scope.cancel()  # the reader, when the folder stopped early
+        if failure:
+            raise failure[0]
+
+    async def _fold_chunks(
+        self,
+        chunks: MemoryObjectReceiveStream[list[RawChange] | Exception | None],
+        ctl: psycopg.AsyncConnection,
+        total: int,
+    ) -> None:
+        pending: list[RawChange] = []
+        while (chunk := await chunks.receive()) is not None:
+            self._check_stop()
+            if isinstance(chunk, Exception):
+                raise chunk
+            pending.extend(chunk)
+            cut = _last_record_start(pending)
+            if cut == 0:
+                if len(pending) < 8 * self.batch_size:
+                    continue  # one long record: keep reading it
+                cut = len(pending)  # a giant record: apply_rows merges it across batches
+            await self._apply(ctl, pending[:cut], total)
+            del pending[:cut]
+        if pending:
+            await self._apply(ctl, pending, total)
 
     async def _apply(self, ctl: psycopg.AsyncConnection, raws: list[RawChange], total: int) -> None:
-        try:
+        async def attempt(by_row: bool) -> None:
+            apply = apply_by_row if by_row else apply_rows
             async with ctl.transaction():
-                await apply_rows(ctl, raws, max_bytes=self.max_bytes, targets=SHADOW)
-        except Exception as exc:
-            if not isolating(exc):
-                raise
-            # Something a row holds defeats the batch: row by row, the culprit quarantined.
-            log.warning("replay: a batch failed (%s); applying it row by row", exc)
-            async with ctl.transaction():
-                await apply_by_row(ctl, raws, max_bytes=self.max_bytes, targets=SHADOW)
+                await apply(ctl, raws, max_bytes=self.max_bytes, targets=SHADOW)
+
+        await whole_or_by_row(attempt, "replay: a batch", log)
         self.rows += len(raws)
-        self.report(
-            Progress("build", self.rows, max(total, self.rows), time.monotonic() - self.started)
-        )
+        self.report(Progress("build", self.rows, max(total, self.rows), self._elapsed()))
+        self._check_stop()
 
     # ----------------------------------------------------------------------- catch-up
 
@@ -462,16 +532,16 @@ class _Replay:
         in which every visible row is now applied, and the rows read. Inside a caller's
         transaction the chunks are savepoints."""
         pass_snapshot: str | None = None
-        after_xid, after_id = "0", NIL_UUID
+        after = ("0", NIL_UUID)
         total = 0
         while True:
+            self._check_stop()
             try:
-                chunk = await self._chunk(conn, prev, (after_xid, after_id), by_row=False)
-            except Exception as exc:
-                if isinstance(exc, ReplayError) or not isolating(exc):
-                    raise
-                log.warning("replay: a journal chunk failed (%s); applying it row by row", exc)
-                chunk = await self._chunk(conn, prev, (after_xid, after_id), by_row=True)
+                chunk = await whole_or_by_row(
+                    partial(self._chunk, conn, prev, after), "replay: a journal chunk", log
+                )
+            except ConfigError as exc:  # rows hidden by row level security
+                raise ReplayError(str(exc)) from None
             rows = chunk.rows
             pass_snapshot = pass_snapshot or chunk.snapshot
             total += len(rows)
@@ -481,45 +551,33 @@ class _Replay:
             # (under the swap's lock the live projector waits for us).
             if len(rows) < self.batch_size or int(rows[-1][0]) >= _xmax(pass_snapshot):
                 return pass_snapshot, total
-            after_xid, after_id = rows[-1][0], rows[-1][1]
+            after = (rows[-1][0], rows[-1][1])
 
     async def _chunk(
-        self, conn: psycopg.AsyncConnection, prev: str, after: tuple[str, str], *, by_row: bool
+        self, conn: psycopg.AsyncConnection, prev: str, after: tuple[str, str], by_row: bool
     ) -> JournalChunk:
         """Read and apply one chunk of the journal to the shadow (a savepoint inside a
         caller's transaction); `by_row`: each row alone, a failing one quarantined."""
         async with conn.transaction():
             chunk = await read_journal(conn, prev, after, self.batch_size)
-            try:
-                # Rows gone from the log are not in its fold either: passed over here
-                # (the live projection records them in quarantine).
-                missing_rows(chunk, "replay")
-            except ConfigError as exc:
-                raise ReplayError(str(exc)) from None
+            # Rows gone from the log are not in its fold either: passed over here (the
+            # live projection records them in quarantine). Hidden ones raise ConfigError.
+            missing_rows(chunk, "replay")
             apply = apply_by_row if by_row else apply_rows
             await apply(conn, journal_raws(chunk), max_bytes=self.max_bytes, targets=SHADOW)
         return chunk
 
-    async def _locked(self, conn: psycopg.AsyncConnection, mode: str) -> None:
-        """LOCK the live tables inside the caller's transaction, giving up after
-        lock_timeout: a queued ACCESS EXCLUSIVE request would stall everyone behind it."""
-        await conn.execute(
-            "SELECT set_config('lock_timeout', %s, true)", (f"{int(self.lock_timeout * 1000)}ms",)
-        )
-        await conn.execute(
-            sql.SQL(load("replay/lock_live.tmpl")).format(
-                clocks=sql.Identifier(LIVE.schema, LIVE.clocks),
-                missions=sql.Identifier(LIVE.schema, LIVE.missions),
-                due=sql.Identifier(LIVE.schema, LIVE.due),
-                agents=sql.Identifier(LIVE.schema, LIVE.agents),
-                mode=sql.SQL(mode),
-            )
-        )
-
-    async def _retrying(self, conn: psycopg.AsyncConnection, prev: str, what: str, body):
+    async def _retrying(
+        self,
+        conn: psycopg.AsyncConnection,
+        prev: str,
+        what: str,
+        body: Callable[[str], Awaitable[T]],
+    ) -> T:
         """Run `body(prev)` in a transaction that locks the live tables; on a lock timeout,
         catch up without the lock and try again."""
         for attempt in range(1, _SWAP_ATTEMPTS + 1):
+            self._check_stop()
             try:
                 async with conn.transaction():
                     return await body(prev)
@@ -543,15 +601,12 @@ class _Replay:
 
     async def _swap(self, ctl: psycopg.AsyncConnection, prev: str) -> int:
         async def body(prev: str) -> int:
-            await ctl.execute(
-                "SELECT set_config('synchronous_commit', %s, true)", (self.synchronous_commit,)
-            )
-            await self._locked(ctl, "ACCESS EXCLUSIVE")
+            await store.set_setting(ctl, "synchronous_commit", self.synchronous_commit, local=True)
+            await store.lock_live(ctl, "ACCESS EXCLUSIVE", self.lock_timeout)
             _, n = await self._catch_up(ctl, prev)
-            await self._take_live_names(ctl)
-            await ctl.execute(load("replay/hold_clear"))
-            # every state rebuilt by this rule
-            await ctl.execute(load("snapshots/merge_rule_clear"))
+            await store.run_statements(ctl, swap_statements(await store.table_facts(ctl)))
+            await store.clear_hold(ctl)
+            await store.clear_merge_rule_note(ctl)
             return n
 
         started = time.monotonic()
@@ -559,183 +614,50 @@ class _Replay:
         swap_ms = 1000 * (time.monotonic() - started)
         # Dropping the old tables unlinks their files: after the swap, not under its lock.
         try:
-            await ctl.execute(
-                "SELECT set_config('lock_timeout', %s, false)",
-                (f"{int(self.lock_timeout * 1000)}ms",),
-            )
+            await store.set_lock_timeout(ctl, self.lock_timeout, local=False)
             async with ctl.transaction():
-                await ctl.execute(
-                    _fmt(
-                        "replay/shadow_drop.tmpl",
-                        clocks=RETIRED.clocks,
-                        missions=RETIRED.missions,
-                        due=RETIRED.due,
-                        agents=RETIRED.agents,
-                    )
-                )
+                await store.drop_tables(ctl, RETIRED)
         except psycopg.Error as exc:
             log.warning(
                 "replay: the old tables stay as *_retired (%s); the next replay drops them",
                 first_line(exc),
             )
-        missions, agents = await _one(
-            ctl, _fmt("replay/counts.tmpl", missions=LIVE.missions, agents=LIVE.agents)
-        )
+        counts = await store.counts(ctl)
         print(
-            f"replay: rebuilt {missions:,} missions and {agents:,} agents from "
+            f"replay: rebuilt {counts.missions:,} missions and {counts.agents:,} agents from "
             f"{self.rows:,} log rows (+{self.caught_up:,} caught up from the journal) in "
-            f"{time.monotonic() - self.started:.1f} s; swapped in ({locked_rows:,} rows "
+            f"{self._elapsed():.1f} s; swapped in ({locked_rows:,} rows "
             f"applied under the lock, {swap_ms:.0f} ms)",
             file=self.out,
         )
         return EXIT_OK
 
-    async def _take_live_names(self, conn: psycopg.AsyncConnection) -> None:
-        """In the swap transaction: the live tables and their indexes step aside (renamed
-        to *_retired), the shadow tables, their indexes and constraints take the live
-        names (and the live owner and grants)."""
-        retire: list[sql.Composed] = []
-        steps: list[sql.Composed | sql.SQL] = []
-        for live, shadow, retired in TABLES:
-            names = {
-                "live": sql.Identifier(LIVE.schema, live).as_string(conn),
-                "shadow": sql.Identifier(LIVE.schema, shadow).as_string(conn),
-            }
-            cur = await conn.execute(load("replay/carry_over"), names)
-            carry = [sql.SQL(stmt) for (stmt,) in await cur.fetchall()]
-            cur = await conn.execute(load("replay/renames"), names)
-            renames = await cur.fetchall()
-            for what, shadow_name, live_name in renames:
-                if shadow_name is None or live_name is None:
-                    raise ReplayError(
-                        f"the shadow of {LIVE.schema}.{live} does not match the live table "
-                        f"({what} {live_name or shadow_name} on one side only)"
-                    )
-            # Index names are unique per schema: the live ones must be free first.
-            for what, _, live_name in renames:
-                if what == "index":
-                    retire.append(
-                        sql.SQL("ALTER INDEX {} RENAME TO {}").format(
-                            sql.Identifier(LIVE.schema, live_name),
-                            sql.Identifier(live_name[:55] + "_retired"),
-                        )
-                    )
-            retire.append(
-                sql.SQL("ALTER TABLE {} RENAME TO {}").format(
-                    sql.Identifier(LIVE.schema, live), sql.Identifier(retired)
-                )
-            )
-            steps.extend(carry)
-            steps.append(
-                sql.SQL("ALTER TABLE {} RENAME TO {}").format(
-                    sql.Identifier(LIVE.schema, shadow), sql.Identifier(live)
-                )
-            )
-            for what, shadow_name, live_name in renames:
-                if shadow_name == live_name:
-                    continue
-                if what == "index":
-                    steps.append(
-                        sql.SQL("ALTER INDEX {} RENAME TO {}").format(
-                            sql.Identifier(LIVE.schema, shadow_name), sql.Identifier(live_name)
-                        )
-                    )
-                else:
-                    steps.append(
-                        sql.SQL("ALTER TABLE {} RENAME CONSTRAINT {} TO {}").format(
-                            sql.Identifier(LIVE.schema, live),
-                            sql.Identifier(shadow_name),
-                            sql.Identifier(live_name),
-                        )
-                    )
-        for step in [*retire, *steps]:
-            await conn.execute(step)
-
     # ----------------------------------------------------------------------- verify
 
     async def _verify(self, ctl: psycopg.AsyncConnection, prev: str) -> int:
-        async def body(prev: str) -> tuple:
-            await self._locked(ctl, "SHARE")
+        async def body(prev: str) -> tuple[Diff, Counts]:
+            await store.lock_live(ctl, "SHARE", self.lock_timeout)
             await self._catch_up(ctl, prev)
-            cur = await ctl.execute(load("checkpoint/get"), {"name": "projection"})
-            cp = await cur.fetchone()
-            await ctl.execute(
-                _fmt(
-                    "replay/diff.tmpl",
-                    live_missions=LIVE.missions,
-                    live_agents=LIVE.agents,
-                    live_clocks=LIVE.clocks,
-                    live_due=LIVE.due,
-                    shadow_missions=SHADOW.missions,
-                    shadow_agents=SHADOW.agents,
-                    shadow_clocks=SHADOW.clocks,
-                    shadow_due=SHADOW.due,
-                ),
-                {"applied_below": cp[0] if cp else "0"},
-            )
-            summary = await _one(ctl, load("replay/diff_summary"))
-            cur = await ctl.execute(load("replay/diff_detail"), {"limit": _DETAIL_LIMIT})
-            details = await cur.fetchall()
-            counts = await _one(
-                ctl, _fmt("replay/counts.tmpl", missions=LIVE.missions, agents=LIVE.agents)
-            )
-            return summary, details, counts
+            found = await store.diff(ctl, await store.applied_below(ctl), _DETAIL_LIMIT)
+            return found, await store.counts(ctl)
 
         started = time.monotonic()
-        (differ, inflight), details, (missions, agents) = await self._retrying(
-            ctl, prev, "verify", body
-        )
+        found, counts = await self._retrying(ctl, prev, "verify", body)
         log.info(
             "replay --verify: compared under a SHARE lock in %.0f ms",
             1000 * (time.monotonic() - started),
         )
-        skipped = (
-            f"; {inflight} record(s) the live projection is still applying were not compared"
-            if inflight
-            else ""
-        )
-        if not differ:
-            print(
-                f"replay --verify: the live snapshots equal the log's fold ({missions:,} "
-                f"missions, {agents:,} agents, {self.rows:,} log rows){skipped}",
-                file=self.out,
-            )
-            return EXIT_OK
-        print(
-            f"replay --verify: {differ} record(s) differ from the log's fold "
-            f"({missions:,} missions, {agents:,} agents live){skipped}",
-            file=self.out,
-        )
-        for kind, user_id, record_id, what, status, fields, live, shadow in details:
-            if what == "clock" and status == "differs":
-                fields = clock_differences(live, shadow)
-            if status == "differs":
-                detail = "fields " + ", ".join(fields) if fields else "metadata"
-            elif status == "only-live":
-                detail = "in the live table, not in the log's fold"
-            else:
-                detail = "missing from the live table"
-            label = {"snapshot": kind, "due": f"{kind} due index"}.get(what, f"{kind} clock")
-            print(f"  {label} {user_id}/{record_id}: {detail}", file=self.out)
-        if differ > len({(d[0], d[1], d[2]) for d in details}):
-            print("  ...", file=self.out)
-        return EXIT_DIFFERS
+        for line in differences_report(found, counts, self.rows):
+            print(line, file=self.out)
+        return EXIT_DIFFERS if found.differ else EXIT_OK
 
     # ----------------------------------------------------------------------- cleanup
 
     async def _cleanup(self, ctl: psycopg.AsyncConnection) -> None:
         """After a swap the shadow names are gone; after --verify the shadow goes."""
         async with ctl.transaction():
-            await ctl.execute(
-                _fmt(
-                    "replay/shadow_drop.tmpl",
-                    clocks=SHADOW.clocks,
-                    missions=SHADOW.missions,
-                    due=SHADOW.due,
-                    agents=SHADOW.agents,
-                )
-            )
-            await ctl.execute(load("replay/hold_clear"))
+            await store.drop_tables(ctl, SHADOW)
+            await store.clear_hold(ctl)
 
     async def _abandon(self, ctl: psycopg.AsyncConnection) -> None:
         """On the way out of a failure: close our connection (the server rolls back what
@@ -744,50 +666,19 @@ class _Replay:
         with contextlib.suppress(Exception):
             await ctl.close()
         try:
-            async with asyncio.timeout(30):
+            with anyio.fail_after(_CLEANUP_S):
                 conn = await _connect(self.dsn, autocommit=True)
                 async with conn:
-                    await conn.execute("SELECT set_config('lock_timeout', '5s', false)")
+                    await store.set_lock_timeout(conn, 5.0, local=False)
                     try:
-                        await conn.execute(load("replay/lock_wait"), {"key": locks.REPLAY})
+                        await store.wait_lock(conn)
                     except pgerr.LockNotAvailable:
                         return  # another replay started meanwhile; it owns the leftovers
                     async with conn.transaction():
-                        await _drop_leftovers(conn)
-                        await conn.execute(load("replay/hold_clear"))
+                        await store.drop_leftovers(conn)
+                        await store.clear_hold(conn)
         except BaseException as exc:  # noqa: BLE001 - cleanup must not mask the cause
             log.warning(
                 "replay: could not drop the shadow tables (%s); the next replay drops them",
                 first_line(exc),
             )
-
-
-async def _drop_leftovers(conn: psycopg.AsyncConnection) -> None:
-    """The shadow tables, and old tables a swap could not drop (see _swap)."""
-    for t in (SHADOW, RETIRED):
-        await conn.execute(
-            _fmt(
-                "replay/shadow_drop.tmpl",
-                clocks=t.clocks,
-                missions=t.missions,
-                due=t.due,
-                agents=t.agents,
-            )
-        )
-
-
-def _xmax(snapshot: str) -> int:
-    """The xmax of a pg_snapshot's text form 'xmin:xmax:xip,...'."""
-    return int(snapshot.split(":")[1])
-
-
-def _last_record_start(rows: list[RawChange]) -> int:
-    """Index of the first row of the last record in `rows` (rows are grouped by record)."""
-    last = rows[-1]
-    i = len(rows) - 1
-    while i > 0:
-        prev = rows[i - 1]
-        if prev.record_id != last.record_id or prev.table_name != last.table_name:
-            break
-        i -= 1
-    return i

@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import io
 import json
-import logging
 import os
 import random
 import signal
@@ -27,18 +26,10 @@ from psycopg.conninfo import make_conninfo
 from bench.baseline import bench_sql
 from consumer import locks
 from consumer.db import Bounds, aconnect
+from consumer.progress import Progress
 from consumer.projection import Projector
-from consumer.replay import (
-    EXIT_DIFFERS,
-    EXIT_OK,
-    EXIT_REFUSED,
-    EXIT_TERMINATED,
-    RETIRED,
-    SHADOW,
-    Progress,
-    ProgressPrinter,
-    run_replay,
-)
+from consumer.replay import EXIT_DIFFERS, EXIT_OK, EXIT_REFUSED, EXIT_TERMINATED, run_replay
+from consumer.replay_store import RETIRED, SHADOW
 from consumer.sql import load
 from tests.logtools import actual_snapshots, agent, expected_snapshots, mission, write
 from tests.test_migrate import catalog
@@ -613,46 +604,3 @@ def test_read_plan_streams_through_the_record_index(db: str) -> None:
             plan = "\n".join(r[0] for r in conn.execute(
                 "EXPLAIN DECLARE c NO SCROLL CURSOR FOR " + load("journal/log_read")))
     assert "idx_sync_changes_table_record_created" in plan and "Sort" not in plan, plan
-
-
-# --------------------------------------------------------------------------- progress
-
-
-class _Stream(io.StringIO):
-    def __init__(self, tty: bool) -> None:
-        super().__init__()
-        self._tty = tty
-
-    def isatty(self) -> bool:
-        return self._tty
-
-
-def test_progress_on_a_terminal_is_one_updating_line() -> None:
-    stream = _Stream(tty=True)
-    printer = ProgressPrinter(stream)
-    printer(Progress("build", 0, 1000, 0.0))
-    printer(Progress("build", 500, 1000, 1.0))
-    printer(Progress("done", 1000, 1000, 2.0))
-    text = stream.getvalue()
-    assert text.startswith("\r") and text.endswith("\n") and text.count("\n") == 1
-    assert "1,000 of 1,000 rows (100.0%)" in text and "500 rows/s" in text
-
-
-def test_progress_elsewhere_is_a_log_line_every_few_seconds(
-    caplog: pytest.LogCaptureFixture,
-) -> None:
-    printer = ProgressPrinter(_Stream(tty=False), interval=5.0)
-    with caplog.at_level(logging.INFO, logger="consumer.replay"):
-        printer(Progress("build", 10, 1000, 1.0))
-        printer(Progress("build", 20, 1000, 2.0))  # within 5 s: not logged
-        printer(Progress("done", 1000, 1000, 3.0))
-    lines = [r.getMessage() for r in caplog.records]
-    assert len(lines) == 2
-    assert "10 of 1,000 rows" in lines[0] and "ETA" in lines[0]
-    assert "1,000 of 1,000" in lines[1]
-
-
-def test_progress_rate_and_eta() -> None:
-    p = Progress("build", 250, 1000, 5.0)
-    assert p.rate == 50.0 and p.eta == 15.0
-    assert "ETA 0:15" in p.line()
