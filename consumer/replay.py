@@ -36,7 +36,12 @@ have applied those rows yet.
 
 Interruption. The live tables change only in the swap transaction. Ctrl-C, SIGTERM or an
 exception drops the shadow tables and the hold on the way out; a replay killed outright
-leaves them, and the next replay drops them before it starts.
+leaves them, and the next replay drops them before it starts. SIGTERM stops the replay
+at its next batch boundary (a statement that hangs is cancelled after shutdown.GRACE).
+
+Layout. The queries are in replay_store.py (rows as Structs); this module orchestrates.
+swap_statements (the swap, from catalog facts) and differences_report (what --verify
+prints) are pure; progress.py draws the progress.
 """
 
 from __future__ import annotations
