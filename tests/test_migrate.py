@@ -1,16 +1,15 @@
 """Migrations against a real server: exact seed schema, sync_changes facts, idempotence,
-privilege errors and the CLI's one-line failures."""
+privilege errors and `consumer migrate` applying them (the CLI's failures without a server
+are in tests/unit/test_cli.py)."""
 
 from __future__ import annotations
-
-import subprocess
-import sys
 
 import psycopg
 import pytest
 
 from consumer.errors import PrivilegeError
 from consumer.migrate import discover, migrate
+from tests.helpers import run_cli
 
 
 def catalog(dsn: str) -> dict[str, object]:
@@ -222,40 +221,9 @@ def test_missing_trigger_privilege_is_one_clear_line(empty_db: str) -> None:
             admin.execute("DROP ROLE limited_ai")
 
 
-def run_cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "consumer", *args],
-        capture_output=True, text=True, timeout=60, env=env,
-    )
-
-
-def test_cli_unreachable_database_is_one_line_exit_2() -> None:
-    result = run_cli("migrate", "--database-url", "postgresql://nowhere:1/x")
-    assert result.returncode == 2
-    assert len(result.stderr.strip().splitlines()) == 1
-    assert "cannot connect" in result.stderr
-
-
-def test_cli_malformed_and_missing_url_exit_2() -> None:
-    import os
-
-    env = {k: v for k, v in os.environ.items() if k != "SYNC_DATABASE_URL"}
-    result = run_cli("status", "--database-url", "host=x port", env=env)
-    assert result.returncode == 2 and "malformed database URL" in result.stderr
-    result = run_cli("migrate", env=env)
-    assert result.returncode == 2 and "SYNC_DATABASE_URL" in result.stderr
-
-
 def test_cli_migrate_applies_then_reports_up_to_date(empty_db: str) -> None:
     first = run_cli("migrate", "--with-sync-schema", "--database-url", empty_db)
     assert first.returncode == 0, first.stderr
     assert first.stdout.startswith("applied 0001_seed")
     second = run_cli("migrate", "--with-sync-schema", "--database-url", empty_db)
     assert second.returncode == 0 and second.stdout.strip() == "schema is up to date"
-
-
-def test_cli_help_lists_every_subcommand() -> None:
-    result = run_cli("--help")
-    assert result.returncode == 0
-    for name in ("migrate", "run", "replay", "status", "demo", "SYNC_DATABASE_URL"):
-        assert name in result.stdout

@@ -10,9 +10,9 @@ import time
 from datetime import UTC, datetime, timedelta
 
 import psycopg
-from otlp_receiver import otlp_receiver
 
 from tests.logtools import agent, mission
+from tests.otlp_receiver import otlp_receiver
 
 
 def test_decision_spans_reach_an_otlp_receiver(db: str) -> None:

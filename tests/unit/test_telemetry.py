@@ -17,9 +17,9 @@ from opentelemetry.sdk.trace.export import (
     ConsoleSpanExporter,
     SimpleSpanProcessor,
 )
-from otlp_receiver import otlp_receiver
 
 from consumer import telemetry
+from tests.otlp_receiver import otlp_receiver
 
 OTEL_VARS = [
     "OTEL_SERVICE_NAME",
