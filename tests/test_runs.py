@@ -10,6 +10,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -568,10 +569,20 @@ def test_a_killed_process_run_is_taken_over_and_a_committed_one_is_not_rerun(
 
 def test_no_planner_says_so_once_and_claims_nothing(db: str, stub: PlannerStub) -> None:
     seed(db, 2, {"a": 2}, at(-1))
+    lines: list[str] = []
     with consumers(db, None, 1) as (proc,):
-        time.sleep(4.0)  # start, bootstrap, a few passes
+        assert proc.stdout is not None
+        reader = threading.Thread(target=lambda: lines.extend(iter(proc.stdout.readline, "")),
+                                  daemon=True)
+        reader.start()
+        # Until both decisions are logged (a fixed sleep was too short for the process to
+        # even start on a loaded machine), then a few more passes that must decide nothing.
+        wait_for(lambda: "".join(lines).count(": ran, ") >= 2, 30, "both decisions logged")
+        time.sleep(1.5)
         proc.terminate()
-        output, _ = proc.communicate(timeout=15)
+        proc.wait(15)
+        reader.join(15)
+    output = "".join(lines)
     assert output.count("MANA_LLM_URL is not set") == 1, output
     assert output.count(": ran, ") == 2, output  # each due occurrence decided and logged once
     assert ledger(db) == []
