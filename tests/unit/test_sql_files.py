@@ -10,7 +10,7 @@ from consumer.sql import load, schema_dir
 
 QUERIES = schema_dir() / "queries"
 PLACEHOLDER = re.compile(r"(?<![{'])\{[a-z_]+\}(?!')")  # {ident}, not jsonb '{}' literals
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _queries() -> list[Path]:
