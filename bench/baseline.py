@@ -18,18 +18,9 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
-from functools import cache
-from pathlib import Path
 from typing import Any
 
 FIELD_META_KEY = "__fieldMeta"
-_SQL = Path(__file__).resolve().parent / "sql"
-
-
-@cache
-def bench_sql(name: str) -> str:
-    """Text of bench/sql/<name>.sql: benchmark-only SQL, never shipped with the package."""
-    return (_SQL / f"{name}.sql").read_text()
 
 
 def field_meta_time(meta: object) -> str:

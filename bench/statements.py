@@ -1,0 +1,62 @@
+"""Time the statements a consumer connection runs, by kind (a benchmark's breakdown of
+where a pass goes): wrap the connection's execute and label each statement by its start.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import psycopg
+
+STATEMENTS = (
+    ("SELECT pg_current_snapshot", "snapshot"),
+    ("SELECT j.xid", "journal read"),
+    ("SELECT k.kind", "clocks load"),
+    ('INSERT INTO "mana_ai"."record_clocks"', "clocks upsert"),
+    ('INSERT INTO "mana_ai"."mission_snapshots"', "snapshots upsert"),
+    ('INSERT INTO "mana_ai"."agent_snapshots"', "snapshots upsert"),
+    ("DELETE FROM mana_ai.journal", "journal prune"),
+    ("DELETE FROM", "snapshots delete"),
+    ("UPDATE mana_ai.checkpoint", "checkpoint CAS"),
+    ("SELECT applied_below", "checkpoint read"),
+    ("INSERT INTO mana_ai.quarantine", "quarantine"),
+)
+
+
+class StatementTimer:
+    """Wall seconds per kind of statement run through conn.execute (so parameter dumping,
+    the round trip and the server's work; commits and server-side cursor fetches are not
+    statements of the connection and are not counted)."""
+
+    def __init__(self, keep: bool = False) -> None:
+        self.stmt: dict[str, float] = {}
+        self.calls: dict[str, int] = {}
+        self.each: dict[str, list[float]] | None = {} if keep else None
+
+    def instrument(self, conn: psycopg.AsyncConnection) -> None:
+        inner = conn.execute
+
+        async def execute(query: Any, params: Any = None, **kw: Any) -> Any:
+            started = time.perf_counter()
+            try:
+                return await inner(query, params, **kw)
+            finally:
+                elapsed = time.perf_counter() - started
+                label = self.label(query if isinstance(query, str) else query.as_string(conn))
+                self.stmt[label] = self.stmt.get(label, 0.0) + elapsed
+                self.calls[label] = self.calls.get(label, 0) + 1
+                if self.each is not None:
+                    self.each.setdefault(label, []).append(elapsed)
+
+        conn.execute = execute  # type: ignore[method-assign]
+
+    @staticmethod
+    def label(text: str) -> str:
+        body = " ".join(
+            line.strip() for line in text.splitlines()
+            if line.strip() and not line.strip().startswith("--")
+        )
+        if not body:
+            return "pool check (empty query)"
+        return next((lab for pre, lab in STATEMENTS if body.startswith(pre)), "other")
