@@ -39,56 +39,13 @@ from bench.common import (
     server,
     verdict,
 )
+from bench.fixtures import Backlog
 from bench.statements import STATEMENTS, StatementTimer
 
 GOAL_ROWS_PER_S = 15_000.0  # the sweep's journal path at the default batch
 GOAL_GROUPED = 25_000.0  # 200k rows over 20k records (10 rows per record)
 GOAL_SPREAD = 12_000.0  # 200k rows over 200k records (one row per record)
 PARTS = ("shapes", "sweep")
-
-
-class Backlog:
-    def __init__(self, rows: int, records: int, users: int = 1000) -> None:
-        self.rows = rows
-        self.records = records
-        self.missions = records * 4 // 5
-        self.users = users
-
-    @property
-    def expected(self) -> tuple[int, int]:
-        deleted = sum(1 for r in range(self.missions, self.records) if r % 97 == 0)
-        deleted = deleted if self.rows > self.records else 0
-        return self.missions, self.records - self.missions - deleted
-
-    def load(self, dsn: str, chunk: int = 2000) -> None:
-        with psycopg.connect(dsn, autocommit=True) as conn:
-            for lo in range(1, self.rows + 1, chunk):
-                hi = min(lo + chunk - 1, self.rows)
-                with conn.transaction():  # one xid per chunk, like many writers
-                    conn.execute(bench_sql("backlog_load"), {
-                        "lo": lo, "hi": hi, "total": self.rows, "records": self.records,
-                        "missions": self.missions, "users": self.users,
-                    })
-            conn.execute("VACUUM (ANALYZE) public.sync_changes")
-            conn.execute("VACUUM (ANALYZE) mana_ai.journal")
-
-    def describe(self, dsn: str) -> str:
-        with psycopg.connect(dsn) as conn:
-            row = conn.execute(
-                """SELECT count(*), count(DISTINCT (table_name, record_id)),
-                          count(*) FILTER (WHERE table_name = 'agents'),
-                          count(*) FILTER (WHERE op = 'delete'),
-                          avg(octet_length(data::text))::int,
-                          avg(octet_length(field_meta::text))::int,
-                          (SELECT count(*) FROM mana_ai.journal),
-                          (SELECT count(DISTINCT xid) FROM mana_ai.journal),
-                          pg_size_pretty(pg_total_relation_size('public.sync_changes'))
-                   FROM public.sync_changes"""
-            ).fetchone()
-        assert row is not None
-        return (f"{row[0]:,} rows ({row[2]:,} agent rows, {row[3]} deletes) over {row[1]:,} "
-                f"records, {self.users} users; avg data {row[4]} B, field_meta {row[5]} B; "
-                f"journal {row[6]:,} rows in {row[7]} xids; sync_changes {row[8]}")
 
 
 class RunStats(StatementTimer):
@@ -346,7 +303,7 @@ def add_arguments(parser: Any) -> None:
                         "seconds (30)")
     parser.add_argument("--bootstrap-runs", type=int,
                         help="bootstrap-path runs at the middle shape (1, quick 0)")
-    parser.add_argument("--backlog-rows", type=int, help="rows (200000, quick 10000)")
+    parser.add_argument("--backlog-rows", type=int, help="rows (200000, quick 6000)")
     parser.add_argument("--records", type=int, help="sweep: distinct records (rows/10)")
     parser.add_argument("--sweep-runs", type=int, default=1,
                         help="sweep: runs at the batch sizes other than 2000 (1)")
@@ -362,7 +319,7 @@ def add_arguments(parser: Any) -> None:
 
 def finish_args(args: Any) -> Any:
     q = args.quick
-    args.backlog_rows = args.backlog_rows or (10_000 if q else 200_000)
+    args.backlog_rows = args.backlog_rows or (6_000 if q else 200_000)
     rows = args.backlog_rows
     args.records = args.records or max(rows // 10, 10)
     args.shapes = _ints(args.shapes, [max(rows // 10, 1), rows] if q

@@ -271,7 +271,8 @@ async def _floor(dsn: str, n: int = 500) -> tuple[float, float]:
     return 1e6 * percentile(trips, 50), 1e6 * percentile(commits, 50)
 
 
-def bench_latency(srv: Server, template: str, *, runs: int, rate: float, seconds: float
+def bench_latency(srv: Server, template: str, *, runs: int, rate: float, seconds: float,
+                  floor_trips: int = 500,
                   ) -> list[dict[str, Any]]:
     section(f"1. commit-to-snapshot latency: {rate:g} missions/s for {seconds:g} s "
             f"(+0.5 s warm-up), {runs} run(s)")
@@ -328,7 +329,7 @@ def bench_latency(srv: Server, template: str, *, runs: int, rate: float, seconds
     note(f"row: data {r0['data_bytes']} B, field_meta {r0['meta_bytes']} B (object stamps); "
          "writer txn = BEGIN; set_config; INSERT; COMMIT")
     with srv.scratch(template, "floor") as dsn:
-        trip, commit = anyio.run(_floor, dsn, backend="asyncio")
+        trip, commit = anyio.run(_floor, dsn, floor_trips, backend="asyncio")
     note(f"floor on this machine: one async round trip (SELECT 1) p50 {trip:.0f} us; "
          f"BEGIN + 1-row INSERT + durable COMMIT p50 {commit:.0f} us")
     if med["rate"] < 0.9 * rate:
@@ -372,7 +373,8 @@ def finish_args(args: Any) -> Any:
 def run(srv: Server, template: str, args: Any) -> None:
     latency: dict[str, list[float]] = {}
     for rate in args.rates:
-        runs = bench_latency(srv, template, runs=args.runs, rate=rate, seconds=args.seconds)
+        runs = bench_latency(srv, template, runs=args.runs, rate=rate, seconds=args.seconds,
+                             floor_trips=100 if args.quick else 500)
         latency[f"{rate:g}"] = [round(x, 3) for r in runs for x in r["latencies"]]
         record(f"latency_runs_{rate:g}", [
             {k: v for k, v in r.items() if k != "latencies"} for r in runs])

@@ -7,7 +7,7 @@ of our rows at a steady rate with pgbench (-R) while sampling the process's resi
 (/proc/<pid>/status) every 0.2 s. Reports RSS when ready, peak (VmHWM) and steady (median
 of the second half of the traffic).
 
-    python -m bench.bench_memory [--quick] [--missions 1000000] [--seconds 30] [--rate 500]
+    python -m bench.bench_memory [--quick] [--missions 1000000] [--seconds 20] [--rate 500]
 """
 
 from __future__ import annotations
@@ -25,7 +25,6 @@ from typing import Any
 import psycopg
 
 from bench.bench_cost import Consumer, pgbench_cmd, write_scripts
-from bench.bench_scheduler import load_snapshots
 from bench.common import (
     base_parser,
     command,
@@ -39,6 +38,7 @@ from bench.common import (
     server,
     verdict,
 )
+from bench.fixtures import describe_due_fill, load_snapshots
 
 GOAL_MIB = 150 * 1000 * 1000 / 2**20  # 150 MB
 
@@ -110,12 +110,12 @@ def measure(dsn: str, exe: str, missions: int, seconds: int, rate: int) -> dict[
 
 def main(argv: list[str] | None = None) -> int:
     parser = base_parser("RSS of `consumer run` beside many missions, under traffic.")
-    parser.add_argument("--missions", type=int, help="mission snapshots (1000000; quick 50000)")
-    parser.add_argument("--seconds", type=int, help="seconds of traffic (30; quick 5)")
+    parser.add_argument("--missions", type=int, help="mission snapshots (1000000; quick 20000)")
+    parser.add_argument("--seconds", type=int, help="seconds of traffic (20; quick 3)")
     parser.add_argument("--rate", type=int, default=500, help="rows of ours per second (500)")
     args = parser.parse_args(list(argv or []))
-    args.missions = args.missions or (50_000 if args.quick else 1_000_000)
-    args.seconds = args.seconds or (5 if args.quick else 30)
+    args.missions = args.missions or (20_000 if args.quick else 1_000_000)
+    args.seconds = args.seconds or (3 if args.quick else 20)
     print("# bench_memory: RSS of `consumer run` beside many missions (issue 11)\n", flush=True)
     exe = pg_bin("pgbench")
     if exe is None:
@@ -128,9 +128,9 @@ def main(argv: list[str] | None = None) -> int:
             dsn = srv.dsn_for(name)
             section(f"{args.missions:,} missions, {args.rate} rows/s of ours for "
                     f"{args.seconds} s")
-            loaded, indexed = load_snapshots(dsn, args.missions, datetime.now(UTC))
-            note(f"snapshots loaded in {loaded:.0f} s"
-                 + (f", due index filled in {indexed:.0f} s" if indexed is not None else ""))
+            filled = load_snapshots(dsn, args.missions, datetime.now(UTC))
+            note(f"snapshots loaded in {filled.loaded_s:.0f} s; "
+                 + describe_due_fill(filled, args.missions))
             res = measure(dsn, exe, args.missions, args.seconds, args.rate)
         finally:
             with contextlib.suppress(Exception):

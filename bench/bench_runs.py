@@ -15,7 +15,7 @@ every request after --delay seconds (200 ms). Then:
 Process counts are interleaved over --rounds rounds (1, 2, 4, 1, 2, 4, ...), and medians
 are reported with the ratio to one process, measured side by side in the same run.
 
-    python -m bench.bench_runs [--missions 240] [--max-runs 4] [--delay 0.2] [--rounds 2]
+    python -m bench.bench_runs [--missions 160] [--max-runs 4] [--delay 0.2] [--rounds 2]
                                [--processes 1,2,4] [--profile DIR] [--database-url URL]
                                [--quick]
 """
@@ -288,19 +288,21 @@ def one_round(srv: Any, template: str, processes: int, args: Any,
 
 def main(argv: list[str] | None = None) -> int:
     parser = base_parser(__doc__ or "")
-    parser.add_argument("--missions", type=int, default=240)
-    parser.add_argument("--latency", type=int, default=40, help="missions of the latency phase")
+    parser.add_argument("--missions", type=int, default=160,
+                        help="missions of the throughput phase (160: 8 s at one process)")
+    parser.add_argument("--latency", type=int, default=30, help="missions of the latency phase")
     parser.add_argument("--max-runs", type=int, default=4)
     parser.add_argument("--delay", type=float, default=0.2, help="stub planner answer time (s)")
     parser.add_argument("--rounds", type=int, default=2)
-    parser.add_argument("--processes", default="1,2,4")
+    parser.add_argument("--processes", help="process counts, comma list (1,2,4; quick 1,2)")
     parser.add_argument("--profile", metavar="DIR",
                         help="sample each consumer with py-spy during the throughput phase "
                         "(collapsed stacks per round and process in DIR; skews the timings)")
     args = parser.parse_args(argv)
     if args.quick:
-        args.missions, args.latency, args.rounds = 60, 10, 1
-    counts = [int(x) for x in args.processes.split(",")]
+        args.missions, args.latency, args.rounds = 40, 8, 1
+    processes = args.processes or ("1,2" if args.quick else "1,2,4")
+    counts = [int(x) for x in processes.split(",")]
     section("runs: throughput over processes, nextRunAt -> write-back")
     with server(args.database_url) as srv:
         print_table("machine", ["", ""], machine_info(srv))

@@ -15,7 +15,7 @@ goes first: our pass (Projector.catch_up on one connection, as the live consumer
 tick. The first round is a warm-up. At the end of each size, both sides' records must
 agree (upstream's __fieldMeta aside).
 
-    python -m bench.bench_tick [--quick] [--sizes 10000,100000,1000000] [--rounds 7]
+    python -m bench.bench_tick [--quick] [--sizes 10000,100000,1000000] [--rounds 5]
 """
 
 from __future__ import annotations
@@ -46,6 +46,7 @@ from bench.common import (
     server,
     verdict,
 )
+from bench.fixtures import indexes_dropped
 
 KINDS = (("missions", "aiMissions", False), ("agents", "agents", True))
 
@@ -122,16 +123,6 @@ async def tick(conns: tuple[psycopg.AsyncConnection, psycopg.AsyncConnection]
 # --------------------------------------------------------------------------- data
 
 
-COPY_SQL = """
-INSERT INTO public.sync_changes
-    (app_id, table_name, record_id, user_id, op, data, field_meta, client_id, created_at)
-SELECT app_id, table_name, record_id || %(suffix)s, user_id, op, data, field_meta,
-       'bench-copy', created_at + %(shift)s * interval '1 hour'
-FROM (SELECT * FROM public.sync_changes WHERE client_id = 'bench-loader'
-      ORDER BY created_at LIMIT %(n)s) AS base
-"""
-
-
 def load_log(dsn: str, start: int, stop: int, chunk: int = 5000, base: int = 10_000) -> None:
     """Log rows start..stop (10 per record, no deletes) with the journal trigger off: our
     side is rebuilt by replay afterwards, which is faster than following the journal.
@@ -141,21 +132,23 @@ def load_log(dsn: str, start: int, stop: int, chunk: int = 5000, base: int = 10_
     with psycopg.connect(dsn, autocommit=True) as conn:
         conn.execute("ALTER TABLE public.sync_changes DISABLE TRIGGER mana_ai_journal")
         try:
-            made = start - 1
-            while made < min(stop, base):
-                hi = min(made + chunk, stop, base)
-                records = max(min(stop, base) // 10, 10)
-                conn.execute(bench_sql("backlog_load"), {
-                    "lo": made + 1, "hi": hi,
-                    # No delete rows: the last round of deletes starts past `total`.
-                    "total": 10 * stop + records, "records": records,
-                    "missions": records * 4 // 5, "users": 1000,
-                })
-                made = hi
-            while made < stop:
-                n = min(stop - made, base)
-                conn.execute(COPY_SQL, {"suffix": f"-c{made}", "shift": made // base, "n": n})
-                made += n
+            with indexes_dropped(conn, "public.sync_changes"):
+                made = start - 1
+                while made < min(stop, base):
+                    hi = min(made + chunk, stop, base)
+                    records = max(min(stop, base) // 10, 10)
+                    conn.execute(bench_sql("fixture_backlog"), {
+                        "lo": made + 1, "hi": hi,
+                        # No delete rows: the last round of deletes starts past `total`.
+                        "total": 10 * stop + records, "records": records,
+                        "missions": records * 4 // 5, "users": 1000,
+                    })
+                    made = hi
+                while made < stop:
+                    n = min(stop - made, base)
+                    conn.execute(bench_sql("tick_copy"),
+                                 {"suffix": f"-c{made}", "shift": made // base, "n": n})
+                    made += n
         finally:
             conn.execute("ALTER TABLE public.sync_changes ENABLE TRIGGER mana_ai_journal")
         conn.execute("VACUUM (ANALYZE) public.sync_changes")
@@ -280,12 +273,12 @@ def parse_args(argv: list[str]) -> Any:
     parser = base_parser("Upstream's polling tick against our pass, on the same new rows.")
     parser.add_argument("--sizes", help="log sizes, comma list (10000,100000,1000000; "
                         "quick 2000,20000)")
-    parser.add_argument("--rounds", type=int, help="measured rounds per size (7, quick 2)")
+    parser.add_argument("--rounds", type=int, help="measured rounds per size (5, quick 2)")
     parser.add_argument("--new-rows", type=int, default=100, help="new rows per round (100)")
     args = parser.parse_args(argv)
     default = "2000,20000" if args.quick else "10000,100000,1000000"
     args.sizes = sorted(int(x) for x in (args.sizes or default).split(",") if x.strip())
-    args.rounds = args.rounds or (2 if args.quick else 7)
+    args.rounds = args.rounds or (2 if args.quick else 5)
     return args
 
 

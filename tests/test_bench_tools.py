@@ -269,5 +269,5 @@ def test_report_shows_time_per_module_against_its_share() -> None:
 def test_benchmark_sql_files_are_found() -> None:
     from bench.common import bench_sql
 
-    assert "generate_series" in bench_sql("backlog_load")
+    assert "generate_series" in bench_sql("fixture_backlog")
     assert "CREATE FUNCTION" in bench_sql("trigger_diagnostics")
