@@ -125,7 +125,7 @@ def describe_due_fill(load: SnapshotLoad, missions: int) -> str:
 
 
 class Backlog:
-    """A synthetic catch-up backlog (bench/sql/backlog_load.sql): `rows` log rows over
+    """A synthetic catch-up backlog (bench/sql/fixture_backlog.sql): `rows` log rows over
     `records` records (4 in 5 missions), `users` users, through the journal trigger."""
 
     def __init__(self, rows: int, records: int, users: int = 1000) -> None:
