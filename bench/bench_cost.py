@@ -53,6 +53,7 @@ from bench.common import (
     server,
     verdict,
 )
+from bench.procs import ConsumerProcess, proc_cpu
 from bench.writes import ROW_DATA, ROW_META, Listener
 
 GOAL_LISTENER_10 = 0.95  # throughput with the listener, 10 % ours, against no trigger
@@ -116,36 +117,29 @@ def triggers(dsn: str, on: bool) -> None:
                      "TRIGGER USER")
 
 
-def proc_cpu(pid: int) -> float:
+def _cpu(pid: int) -> float:
     """User + system CPU seconds of a process (Linux /proc); NaN when unreadable."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-    except (OSError, IndexError, ValueError):
-        return float("nan")
+    seconds = proc_cpu(pid)
+    return float("nan") if seconds is None else seconds
 
 
-class Consumer:
-    """`consumer run [--no-scheduler]` as a child process, as an operator would start it."""
+class Consumer(ConsumerProcess):
+    """`consumer run [--no-scheduler]` as a child process, as an operator would start it;
+    started, it has applied a row committed after its start."""
 
     def __init__(self, dsn: str, scheduler: bool = False) -> None:
-        self.dsn = dsn
-        self.scheduler = scheduler
-        self.proc: subprocess.Popen[bytes] | None = None
+        args = ["run", *([] if scheduler else ["--no-scheduler"]), "--metrics-port", "0"]
+        super().__init__(dsn, command=args, env={"OTEL_METRICS_EXPORTER": "none"})
         self.backends: list[int] = []
 
-    def start(self) -> None:
+    def start(self) -> Consumer:
         from consumer.db import APPLICATION_NAME
 
         with psycopg.connect(self.dsn, autocommit=True) as conn:
             # The clone's log is empty: nothing predates the trigger.
             conn.execute("UPDATE mana_ai.checkpoint SET bootstrapped = true")
-        env = {**os.environ, "OTEL_TRACES_EXPORTER": "none", "OTEL_METRICS_EXPORTER": "none"}
-        args = ["run", *([] if self.scheduler else ["--no-scheduler"]), "--metrics-port", "0"]
-        cmd = [sys.executable, "-m", "consumer", *args, "--database-url", self.dsn]
-        command(["consumer", *args, "--database-url", "URL"])
-        self.proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL,
-                                     stderr=subprocess.PIPE)
+        command(["consumer", *self.args, "--database-url", "URL"])
+        super().start()
         # Ready when a row of ours committed now reaches its snapshot.
         triggers(self.dsn, True)
         deadline = time.monotonic() + 30
@@ -157,31 +151,19 @@ class Consumer:
                            '{"state": "paused"}', '{}', 'bench')""")
             while not conn.execute("SELECT 1 FROM mana_ai.mission_snapshots "
                                    "WHERE mission_id = 'ready'").fetchone():
-                if self.proc.poll() is not None or time.monotonic() > deadline:
-                    err = self.proc.stderr.read().decode() if self.proc.stderr else ""
-                    raise RuntimeError(f"consumer did not start: {err[-2000:]}")
+                if not self.alive() or time.monotonic() > deadline:
+                    raise RuntimeError(f"consumer did not start: {self.output()[-2000:]}")
                 time.sleep(0.05)
             # Its connections are named "<APPLICATION_NAME> <purpose>".
             self.backends = [r[0] for r in conn.execute(
                 "SELECT pid FROM pg_stat_activity WHERE application_name = %s "
                 "OR application_name LIKE %s",
                 (APPLICATION_NAME, APPLICATION_NAME + " %")).fetchall()]
+        return self
 
     def cpu(self) -> tuple[float, float]:
         """CPU seconds so far of the consumer process, and of its database backends."""
-        assert self.proc is not None
-        return proc_cpu(self.proc.pid), sum(proc_cpu(p) for p in self.backends)
-
-    def stop(self) -> None:
-        if self.proc is None:
-            return
-        self.proc.terminate()
-        try:
-            self.proc.wait(10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(5)
-        self.proc = None
+        return _cpu(self.pid), sum(_cpu(p) for p in self.backends)
 
 
 def run_block(srv: Server, template: str, exe: str, writers: int, mix: int, arms: list[str],

@@ -13,11 +13,8 @@ may decide.
 from __future__ import annotations
 
 import json
-import os
 import signal
 import socket
-import subprocess
-import sys
 import threading
 import time
 import urllib.error
@@ -41,6 +38,7 @@ from bench.common import (
     server,
     verdict,
 )
+from bench.procs import ConsumerProcess
 
 GOAL_S = 5.0
 INSERT = """INSERT INTO public.sync_changes
@@ -59,25 +57,17 @@ def _write(conn: psycopg.Connection, mission_id: str, **fields: object) -> None:
     conn.execute(INSERT, (str(uuid.uuid4()), mission_id, json.dumps(fields)))
 
 
-class Replica:
+class Replica(ConsumerProcess):
     """One `consumer run` process; its output lines are kept with their arrival time."""
 
     def __init__(self, dsn: str) -> None:
         self.port = _free_port()
-        cmd = [sys.executable, "-m", "consumer", "run", "--metrics-port", str(self.port),
-               "--max-sleep", "5"]
         command(["consumer", "run", "--metrics-port", "PORT", "--max-sleep", "5"])
-        env = {**os.environ, "OTEL_TRACES_EXPORTER": "none", "SYNC_DATABASE_URL": dsn}
-        env.pop("MANA_LLM_URL", None)  # decisions only: the planner is not what we time
-        self.proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE,
-                                     stderr=subprocess.STDOUT, text=True)
-        self.lines: list[tuple[float, str]] = []
-        threading.Thread(target=self._read, daemon=True).start()
-
-    def _read(self) -> None:
-        assert self.proc.stdout is not None
-        for line in self.proc.stdout:
-            self.lines.append((time.monotonic(), line))
+        # Decisions only (no MANA_LLM_URL): the planner is not what we time.
+        super().__init__(dsn, command=("run", "--metrics-port", str(self.port),
+                                       "--max-sleep", "5"),
+                         env={"MANA_LLM_URL": None}, lines=True)
+        self.start()
 
     def role(self) -> str | None:
         url = f"http://127.0.0.1:{self.port}/healthz"
@@ -90,17 +80,7 @@ class Replica:
             return None
 
     def decided_at(self, mission_id: str) -> float | None:
-        needle = f"mission {mission_id} of"
-        return next((t for t, line in list(self.lines) if needle in line), None)
-
-    def stop(self, sig: int = signal.SIGTERM) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(sig)
-        try:
-            self.proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
+        return self.line_at(f"mission {mission_id} of")
 
 
 def _wait(check: Callable[[], bool], within: float, what: str) -> None:
@@ -139,6 +119,7 @@ def trials(dsn: str, count: int) -> list[float]:
             for i in range(count):
                 time.sleep(1.0)  # traffic between trials
                 mission_id = f"failover-{i}"
+                assert leader.proc is not None
                 leader.proc.send_signal(signal.SIGKILL)
                 killed = time.monotonic()
                 _write(conn, mission_id, state="active", objective="bench", nextRunAt=due)

@@ -13,9 +13,6 @@ Needs the embedded server (it restarts it); with --database-url it reports nothi
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 import threading
 import time
 import uuid
@@ -35,6 +32,7 @@ from bench.common import (
     section,
     server,
 )
+from bench.procs import FOLLOW, ConsumerProcess
 
 INSERT = """INSERT INTO public.sync_changes
     (id, app_id, table_name, record_id, user_id, op, data, field_meta, client_id)
@@ -88,10 +86,8 @@ class Writer(threading.Thread):
 
 
 def trials(srv: Server, dsn: str, count: int) -> list[float]:
-    cmd = [sys.executable, "-m", "consumer", "run", "--no-scheduler", "--metrics-port", "0"]
-    command(["consumer", "run", "--no-scheduler", "--metrics-port", "0"])
-    env = {**os.environ, "OTEL_TRACES_EXPORTER": "none", "SYNC_DATABASE_URL": dsn}
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    command(["consumer", *FOLLOW])
+    proc = ConsumerProcess(dsn).start()
     writer = Writer(dsn)
     results: list[float] = []
     try:
@@ -100,7 +96,7 @@ def trials(srv: Server, dsn: str, count: int) -> list[float]:
         writer.start()
         for i in range(count):
             time.sleep(1.0)  # traffic between trials
-            srv.embedded.restart()  # type: ignore[attr-defined]  # returns once it accepts
+            srv.restart()  # returns once it accepts connections
             up = time.monotonic()
             probe = f"probe-{i}"
             _write(dsn, probe, i)
@@ -108,16 +104,12 @@ def trials(srv: Server, dsn: str, count: int) -> list[float]:
             took = time.monotonic() - up
             results.append(took)
             print(f"   trial {i + 1}: {took * 1000:.0f} ms", flush=True)
-            if proc.poll() is not None:
-                raise RuntimeError(f"the consumer exited with {proc.returncode}")
+            if not proc.alive():
+                raise RuntimeError(f"the consumer exited:\n{proc.output()[-2000:]}")
     finally:
         writer.stopping.set()
         writer.join(10)
-        proc.terminate()
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        proc.stop()
     note(f"{writer.rows:,} rows written during the trials")
     return results
 

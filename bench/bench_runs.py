@@ -50,6 +50,7 @@ from bench.common import (
     server,
     verdict,
 )
+from bench.procs import TICK, ConsumerProcess, proc_cpu, proc_ppid
 from consumer.iteration import iso_ms
 from tests.planner_stub import PlannerStub
 
@@ -60,32 +61,6 @@ INSERT = """INSERT INTO public.sync_changes
 
 
 # --------------------------------------------------------------------------- CPU per run
-
-TICK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
-
-
-def proc_cpu(pid: int, children: bool = False) -> float | None:
-    """CPU seconds (user + system) of a live process from /proc; with `children`, plus its
-    reaped children's (a postmaster's exited backends). None where /proc cannot tell."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-    except (OSError, IndexError):
-        return None
-    # fields[0] is field 3 (state): utime = field 14, stime 15, cutime 16, cstime 17.
-    ticks = int(fields[11]) + int(fields[12])
-    if children:
-        ticks += int(fields[13]) + int(fields[14])
-    return ticks / TICK
-
-
-def proc_ppid(pid: int) -> int | None:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return int(f.read().rsplit(")", 1)[1].split()[1])
-    except (OSError, IndexError, ValueError):
-        return None
-
 
 def machine_busy() -> float | None:
     """CPU seconds the whole machine spent busy so far (every process, everyone's)."""
@@ -108,7 +83,7 @@ class CpuSample(msgspec.Struct):
     machine: float | None
 
 
-def sample_cpu(conn: psycopg.Connection, procs: list[subprocess.Popen],
+def sample_cpu(conn: psycopg.Connection, procs: list[ConsumerProcess],
                postmaster: int | None) -> CpuSample:
     rows = conn.execute(
         """SELECT pid FROM pg_stat_activity
@@ -154,7 +129,7 @@ def py_spy() -> str | None:
     return beside if os.access(beside, os.X_OK) else shutil.which("py-spy")
 
 
-def start_profiles(procs: list[subprocess.Popen], out: str | None,
+def start_profiles(procs: list[ConsumerProcess], out: str | None,
                    tag: str) -> list[subprocess.Popen]:
     """py-spy sampling each consumer (collapsed stacks, idle waits left out) until stopped."""
     spy = py_spy() if out else None
@@ -189,26 +164,21 @@ def postmaster_pid(conn: psycopg.Connection) -> int | None:
     return proc_ppid(row[0])
 
 
-def start(dsn: str, stub: PlannerStub, processes: int, max_runs: int) -> list[subprocess.Popen]:
-    env = {**os.environ, "SYNC_DATABASE_URL": dsn, "OTEL_TRACES_EXPORTER": "none",
-           "MANA_LLM_URL": stub.url, "MANA_LLM_API_KEY": KEY, "MANA_LLM_TIMEOUT": "30",
+def start(dsn: str, stub: PlannerStub, processes: int, max_runs: int) -> list[ConsumerProcess]:
+    args = ["run", "--metrics-port", "0", "--max-runs", str(max_runs), "--run-poll", "0.2"]
+    command(["consumer", *args])
+    env = {"MANA_LLM_URL": stub.url, "MANA_LLM_API_KEY": KEY, "MANA_LLM_TIMEOUT": "30",
            "LOG_LEVEL": "WARNING"}
-    cmd = [sys.executable, "-m", "consumer", "run", "--metrics-port", "0",
-           "--max-runs", str(max_runs), "--run-poll", "0.2"]
-    command(["consumer", *cmd[3:]])
-    return [subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                             text=True) for _ in range(processes)]
+    return [ConsumerProcess(dsn, command=args, env=env).start() for _ in range(processes)]
 
 
-def stop(procs: list[subprocess.Popen]) -> None:
+def stop(procs: list[ConsumerProcess]) -> None:
     for p in procs:
-        p.terminate()
+        if p.alive():
+            assert p.proc is not None
+            p.proc.terminate()
     for p in procs:
-        try:
-            p.communicate(timeout=20)
-        except subprocess.TimeoutExpired:
-            p.kill()
-            p.communicate()
+        p.stop(timeout=20)
 
 
 def wait(conn: psycopg.Connection, query: str, params: Any, target: int, within: float) -> None:

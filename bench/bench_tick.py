@@ -22,12 +22,14 @@ from __future__ import annotations
 
 import contextlib
 import random
+import re
 import sys
 from datetime import UTC, datetime
 from typing import Any
 
 import anyio
 import psycopg
+from psycopg import sql
 from psycopg.types.json import Jsonb
 
 from bench.baseline import Row as FoldRow
@@ -47,6 +49,7 @@ from bench.common import (
     verdict,
 )
 from bench.fixtures import indexes_dropped
+from consumer.sql import schema_dir
 
 KINDS = (("missions", "aiMissions", False), ("agents", "agents", True))
 
@@ -66,12 +69,30 @@ SELECT (SELECT count(*) FROM mana_ai.mission_snapshots o
 
 # --------------------------------------------------------------------------- the tick
 
+SNAPSHOTS = {"missions": ("mission_snapshots", "mission_id"),
+             "agents": ("agent_snapshots", "agent_id")}
+
+
+def tick_schema() -> str:
+    """The baseline's own snapshot tables, beside ours in the same database: the seed's
+    migration itself (so its due query has the seed's indexes), in schema bench_tick."""
+    seed = (schema_dir() / "migrations" / "0001_seed.sql").read_text()
+    return re.sub(r"\bmana_ai\b", "bench_tick", seed)
+
+
+def stale_query(kind: str) -> sql.Composed:
+    """Step 1 of the tick for one of its tables (missions, agents)."""
+    table, key = SNAPSHOTS[kind]
+    return sql.SQL(bench_sql("tick_stale.tmpl")).format(
+        snapshots=sql.Identifier("bench_tick", table), key=sql.Identifier(key))
+
+
 
 async def _refresh(conn: psycopg.AsyncConnection, kind: str, table: str, agent: bool,
                    stats: dict[str, float]) -> None:
     """One of upstream's two refreshes (missions or agents) on its own connection."""
     with Stopwatch() as sw:
-        cur = await conn.execute(bench_sql(f"tick_stale_{kind}"))
+        cur = await conn.execute(stale_query(kind), {"table_name": table})
         stale = await cur.fetchall()
     stats[f"find_{kind}_ms"] = 1000 * sw.seconds
     stats[f"pairs_{kind}"] = len(stale)
@@ -253,7 +274,8 @@ def run_size(dsn: str, loaded: int, size: int, rounds: int, new_rows: int
     result = anyio.run(_rounds, dsn, rounds, new_rows, size, backend="asyncio")
     with psycopg.connect(dsn) as conn:
         row = conn.execute(AGREE_SQL).fetchone()
-        plan = conn.execute("EXPLAIN " + bench_sql("tick_stale_missions")).fetchall()
+        plan = conn.execute(sql.SQL("EXPLAIN ") + stale_query("missions"),
+                            {"table_name": "aiMissions"}).fetchall()
         counts = conn.execute(
             """SELECT (SELECT count(*) FROM public.sync_changes),
                       (SELECT count(*) FROM mana_ai.mission_snapshots),
@@ -337,7 +359,7 @@ def _measure(srv: Server, args: Any) -> list[dict[str, Any]]:
     dsn = srv.dsn_for(name)
     try:
         with psycopg.connect(dsn, autocommit=True) as conn:
-            conn.execute(bench_sql("tick_schema"))
+            conn.execute(tick_schema())
         loaded = 0
         for size in args.sizes:
             section(f"{size:,} log rows")

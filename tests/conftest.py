@@ -11,13 +11,10 @@ import os
 import uuid
 from collections.abc import Iterator
 
-import psycopg
 import pytest
 from hypothesis import HealthCheck, settings
-from psycopg import sql
-from psycopg.conninfo import make_conninfo
 
-from consumer.migrate import migrate
+from bench.server import Server, start_embedded
 
 TEMPLATE = "mana_ai_template"
 
@@ -42,90 +39,53 @@ def _docker_answers() -> bool:
         return False
 
 
-class Server:
-    """Where the session's PostgreSQL is, and how to restart it (embedded only)."""
-
-    def __init__(self, dsn: str, embedded=None) -> None:
-        self.dsn = dsn
-        self.embedded = embedded
-
-    def dsn_for(self, dbname: str) -> str:
-        return make_conninfo(self.dsn, dbname=dbname)
+class PgServer(Server):
+    """The server helper the benchmarks use too (bench/server.py); a restart skips the test
+    where the server is not ours to restart."""
 
     def restart(self) -> None:
         if self.embedded is None:
             pytest.skip("server restart needs the embedded server")
-        self.embedded.restart()
+        super().restart()
 
 
 @pytest.fixture(scope="session")
-def pg_server() -> Iterator[Server]:
+def pg_server() -> Iterator[PgServer]:
     env_dsn = os.environ.get("TEST_DATABASE_URL")
     if env_dsn or os.environ.get("PGHOST") or os.environ.get("PGDATABASE"):
-        yield Server(env_dsn or "")
+        yield PgServer(env_dsn or "")
         return
     if _docker_answers():
         from testcontainers.postgres import PostgresContainer
 
         with PostgresContainer("postgres:18", driver=None) as container:
-            yield Server(container.get_connection_url())
+            yield PgServer(container.get_connection_url())
         return
-    from consumer.embedded import EmbeddedServer
-
-    server = EmbeddedServer()
+    # Durability is not what tests measure: fsync off keeps them fast on shared disks.
+    embedded = start_embedded(durable=False).embedded
     try:
-        with psycopg.connect(server.dsn, autocommit=True) as conn:
-            # Durability is not what tests measure; this keeps them fast on shared disks.
-            conn.execute("ALTER SYSTEM SET fsync = off")
-            conn.execute("ALTER SYSTEM SET synchronous_commit = off")
-            conn.execute("ALTER SYSTEM SET full_page_writes = off")
-            conn.execute("SELECT pg_reload_conf()")
-        yield Server(server.dsn, embedded=server)
+        yield PgServer(embedded.dsn, embedded=embedded)
     finally:
-        server.stop()
-
-
-def _recreate(admin: psycopg.Connection, name: str, template: str | None = None) -> None:
-    admin.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
-    if template:
-        admin.execute(
-            sql.SQL("CREATE DATABASE {} TEMPLATE {}").format(
-                sql.Identifier(name), sql.Identifier(template)
-            )
-        )
-    else:
-        admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+        embedded.stop()
 
 
 @pytest.fixture(scope="session")
-def template_db(pg_server: Server) -> str:
-    with psycopg.connect(pg_server.dsn, autocommit=True) as admin:
-        _recreate(admin, TEMPLATE)
-    migrate(pg_server.dsn_for(TEMPLATE), with_sync_schema=True)
+def template_db(pg_server: PgServer) -> str:
+    pg_server.migrated_template(name=TEMPLATE)
     return TEMPLATE
 
 
 @pytest.fixture
-def empty_db(pg_server: Server) -> Iterator[str]:
+def empty_db(pg_server: PgServer) -> Iterator[str]:
     """A fresh database with nothing in it; yields its DSN."""
     name = f"t_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(pg_server.dsn, autocommit=True) as admin:
-        _recreate(admin, name)
-    yield pg_server.dsn_for(name)
-    with psycopg.connect(pg_server.dsn, autocommit=True) as admin:
-        admin.execute(
-            sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
-        )
+    yield pg_server.create_database(name)
+    pg_server.drop_database(name)
 
 
 @pytest.fixture
-def db(pg_server: Server, template_db: str) -> Iterator[str]:
+def db(pg_server: PgServer, template_db: str) -> Iterator[str]:
     """A fresh, migrated database (sync_changes included); yields its DSN."""
     name = f"t_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(pg_server.dsn, autocommit=True) as admin:
-        _recreate(admin, name, template=template_db)
-    yield pg_server.dsn_for(name)
-    with psycopg.connect(pg_server.dsn, autocommit=True) as admin:
-        admin.execute(
-            sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
-        )
+    yield pg_server.create_database(name, template=template_db)
+    pg_server.drop_database(name)

@@ -9,12 +9,9 @@ A scenario reads: start a storm, hurt the consumer or the server, stop the storm
 from __future__ import annotations
 
 import json
-import os
 import random
-import signal
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 import urllib.error
@@ -25,6 +22,9 @@ from datetime import UTC, datetime
 from typing import Any
 
 import psycopg
+
+# The consumer child process is the benchmarks' too (bench/procs.py).
+from bench.procs import ConsumerProcess, consumer_env  # noqa: F401 - the scenarios' kit
 
 # How the consumer's sessions show in pg_stat_activity.application_name (see consumer.db).
 from consumer.db import APPLICATION_NAME
@@ -189,13 +189,6 @@ def wait_converged(dsn: str, within: float = 30.0) -> float:
         raise AssertionError(f"{exc}:\n{fold_difference(dsn)}") from None
 
 
-def consumer_env(dsn: str | None = None) -> dict[str, str]:
-    env = {**os.environ, "OTEL_TRACES_EXPORTER": "none"}
-    if dsn is not None:
-        env["SYNC_DATABASE_URL"] = dsn
-    return env
-
-
 def replay_verify(dsn: str, args: Sequence[str] = (), timeout: float = 120) -> str:
     """Run `consumer replay --verify [args]`; assert exit 0 (live snapshots equal the
     log's fold as replay computes it). Returns its output. Give it the --max-row-bytes the
@@ -253,49 +246,6 @@ def sessions(dsn: str, application_name: str) -> int:
             (application_name,),
         ).fetchone()
     return int(row[0]) if row else 0
-
-
-class ConsumerProcess:
-    """`consumer run --no-scheduler` in a subprocess; output goes to a file so a killed
-    process leaves its last words. Use as a context manager: it is killed on exit."""
-
-    def __init__(self, dsn: str, args: Sequence[str] = ()) -> None:
-        self.dsn = dsn
-        self.args = ["run", "--no-scheduler", "--metrics-port", "0", *args]
-        self.proc: subprocess.Popen[bytes] | None = None
-        self.started = 0.0
-        self._log = tempfile.TemporaryFile()
-
-    def start(self) -> ConsumerProcess:
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "consumer", *self.args],
-            env=consumer_env(self.dsn),
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-        )
-        self.started = time.monotonic()
-        return self
-
-    def alive(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
-
-    def kill(self, sig: int = signal.SIGKILL) -> int | None:
-        assert self.proc is not None
-        if self.proc.poll() is None:
-            self.proc.send_signal(sig)
-        return self.proc.wait(15)
-
-    def output(self) -> str:
-        """Everything the process (and its predecessors in this object) printed."""
-        self._log.seek(0)
-        return self._log.read().decode(errors="replace")
-
-    def __enter__(self) -> ConsumerProcess:
-        return self if self.alive() else self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.kill()
 
 
 def http_get(url: str, timeout: float = 5) -> tuple[int, bytes]:
