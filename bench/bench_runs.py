@@ -50,8 +50,8 @@ from bench.common import (
     server,
     verdict,
 )
+from bench.fixtures import due_mission
 from bench.procs import TICK, ConsumerProcess, proc_cpu, proc_ppid
-from consumer.iteration import iso_ms
 from tests.planner_stub import PlannerStub
 
 KEY = "bench-key"
@@ -196,8 +196,7 @@ def write(conn: psycopg.Connection, prefix: str, due: list[datetime]) -> None:
     with conn.transaction():
         conn.cursor().executemany(INSERT, [
             (str(uuid.uuid4()), f"{prefix}-{i:04d}", f"user-{i % 7}",
-             json.dumps({"title": f"{prefix} {i}", "state": "active",
-                         "objective": "benchmark", "nextRunAt": iso_ms(at)}))
+             json.dumps(due_mission(f"{prefix}-{i:04d}", at)))
             for i, at in enumerate(due)])
 
 

@@ -39,7 +39,13 @@ from bench.common import (
     server,
     verdict,
 )
-from bench.fixtures import DUE_EVERY, describe_due_fill, has_due_index, load_snapshots
+from bench.fixtures import (
+    DUE_EVERY,
+    describe_due_fill,
+    due_mission,
+    has_due_index,
+    load_snapshots,
+)
 from consumer import metrics
 from consumer.apply import Applied
 from consumer.decisions import Decision
@@ -144,16 +150,9 @@ async def lateness(
                     (user,),
                 )
                 for i, (mission_id, at) in enumerate(due_at.items()):
-                    spelled = (
-                        at.astimezone(OFFSETS[i % len(OFFSETS)]).isoformat(
-                            timespec="milliseconds")
-                        if offsets
-                        else at.strftime("%Y-%m-%dT%H:%M:%S.") + f"{at.microsecond // 1000:03d}Z"
-                    )
-                    record = {"id": mission_id, "state": "active", "title": mission_id,
-                              "nextRunAt": spelled}
-                    if i % 2:  # half with an agent, half legacy
-                        record["agentId"] = "bench-a1"
+                    record = due_mission(
+                        mission_id, at, offset=OFFSETS[i % len(OFFSETS)] if offsets else None,
+                        agent_id="bench-a1" if i % 2 else None)  # half with an agent
                     conn.execute(
                         """INSERT INTO mana_ai.mission_snapshots (user_id, mission_id, record)
                            VALUES (%s, %s, %s::jsonb)""",

@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import time
 from collections.abc import Iterator
-from datetime import datetime
+from datetime import UTC, datetime, tzinfo
 
 import msgspec
 import psycopg
@@ -49,6 +49,23 @@ def indexes_dropped(conn: psycopg.Connection, table: str) -> Iterator[None]:
 
 
 # --------------------------------------------------------------------------- snapshots
+
+
+def due_mission(mission_id: str, at: datetime, *, offset: tzinfo | None = None,
+                agent_id: str | None = None) -> dict[str, object]:
+    """An active mission's record due at `at`: nextRunAt in UTC with 'Z' and milliseconds
+    (as the web app writes it), or at `offset`. The runs benchmark writes it to the log,
+    the scheduler's straight into the snapshots."""
+    if offset is None:
+        utc = at.astimezone(UTC)
+        spelled = utc.strftime("%Y-%m-%dT%H:%M:%S.") + f"{utc.microsecond // 1000:03d}Z"
+    else:
+        spelled = at.astimezone(offset).isoformat(timespec="milliseconds")
+    record: dict[str, object] = {"id": mission_id, "title": mission_id, "state": "active",
+                                 "objective": "benchmark", "nextRunAt": spelled}
+    if agent_id is not None:
+        record["agentId"] = agent_id
+    return record
 
 
 class SnapshotLoad(msgspec.Struct):

@@ -271,3 +271,31 @@ def test_benchmark_sql_files_are_found() -> None:
 
     assert "generate_series" in bench_sql("fixture_backlog")
     assert "CREATE FUNCTION" in bench_sql("trigger_diagnostics")
+
+
+def test_due_mission_spells_next_run_at_as_the_app_does() -> None:
+    from datetime import timezone
+
+    from bench.fixtures import due_mission
+
+    due = datetime(2026, 1, 1, 10, 0, 0, 123456, tzinfo=UTC)
+    assert due_mission("m1", due)["nextRunAt"] == "2026-01-01T10:00:00.123Z"
+    plus2 = due_mission("m1", due, offset=timezone(timedelta(hours=2)), agent_id="a1")
+    assert plus2["nextRunAt"] == "2026-01-01T12:00:00.123+02:00" and plus2["agentId"] == "a1"
+    assert "agentId" not in due_mission("m1", due)
+
+
+def test_indexes_dropped_for_a_load_come_back_the_same(db: str) -> None:
+    import psycopg
+
+    from bench.fixtures import indexes_dropped
+
+    query = """SELECT indexname, indexdef FROM pg_indexes
+               WHERE schemaname = 'public' AND tablename = 'sync_changes' ORDER BY 1"""
+    with psycopg.connect(db, autocommit=True) as conn:
+        before = conn.execute(query).fetchall()
+        with indexes_dropped(conn, "public.sync_changes"):
+            during = conn.execute(query).fetchall()
+        assert conn.execute(query).fetchall() == before
+    assert len(during) == 1 and during[0][0] == "sync_changes_pkey"  # the constraint's stays
+    assert len(before) > 1
