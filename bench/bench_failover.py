@@ -163,7 +163,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = base_parser(__doc__ or "")
     parser.add_argument("--trials", type=int, default=10, help="trials (10)")
     args = parser.parse_args(argv)
-    count = min(args.trials, 2) if args.quick else args.trials
+    count = min(args.trials, 1) if args.quick else args.trials
     with server(args.database_url) as srv:
         print_table("machine", ["", ""], machine_info(srv))
         return run(srv, count)

@@ -67,13 +67,14 @@ class Sampler(threading.Thread):
             self.stop.wait(self.every)
 
 
-def measure(dsn: str, exe: str, missions: int, seconds: int, rate: int) -> dict[str, Any]:
+def measure(dsn: str, exe: str, missions: int, seconds: int, rate: int,
+            settle: float = 2.0) -> dict[str, Any]:
     consumer = Consumer(dsn, scheduler=True)
     consumer.start()
     assert consumer.proc is not None
     pid = consumer.proc.pid
     try:
-        time.sleep(2.0)  # the scheduler's first pass over the due missions
+        time.sleep(settle)  # the scheduler's first pass over the due missions
         ready = status_kib(pid, "VmRSS") / 1024
         sampler = Sampler(pid)
         with tempfile.TemporaryDirectory() as tmp:
@@ -131,7 +132,8 @@ def main(argv: list[str] | None = None) -> int:
             filled = load_snapshots(dsn, args.missions, datetime.now(UTC))
             note(f"snapshots loaded in {filled.loaded_s:.0f} s; "
                  + describe_due_fill(filled, args.missions))
-            res = measure(dsn, exe, args.missions, args.seconds, args.rate)
+            res = measure(dsn, exe, args.missions, args.seconds, args.rate,
+                          settle=1.0 if args.quick else 2.0)
         finally:
             with contextlib.suppress(Exception):
                 srv.drop_database(name)

@@ -212,7 +212,7 @@ def one_round(srv: Any, template: str, processes: int, args: Any,
                 # Up: the leader projected a probe, and every process has its connections.
                 write(conn, "probe", [datetime.now(UTC) + timedelta(days=1)])
                 wait(conn, "SELECT count(*) FROM mana_ai.mission_snapshots", None, 1, 60)
-                time.sleep(2.0)
+                time.sleep(1.0 if args.quick else 2.0)
 
                 n = args.missions
                 postmaster = postmaster_pid(conn)
@@ -232,7 +232,7 @@ def one_round(srv: Any, template: str, processes: int, args: Any,
                        FROM mana_ai.dispatch_ledger""").fetchone() or (None, 0)
 
                 m = args.latency
-                base = datetime.now(UTC) + timedelta(seconds=3)
+                base = datetime.now(UTC) + timedelta(seconds=2 if args.quick else 3)
                 write(conn, "lat", [base + timedelta(seconds=0.1 * i) for i in range(m)])
                 wait(conn, "SELECT count(*) FROM mana_ai.dispatch_ledger WHERE state = 'done'",
                      None, n + m, 120)

@@ -96,14 +96,15 @@ def load_snapshots(dsn: str, missions: int, now: datetime,
     users = max(1, missions // MISSIONS_PER_USER)
     started = time.perf_counter()
     with psycopg.connect(dsn, autocommit=True) as conn:
-        for start in range(1, missions + 1, LOAD_CHUNK):
-            stop = min(start + LOAD_CHUNK - 1, missions)
-            conn.execute(
-                bench_sql("fixture_due"),
-                {"start": start, "stop": stop, "users": users, "due_every": DUE_EVERY,
-                 "now": now},
-            )
-            print(f"   loaded {stop:,} of {missions:,} missions", flush=True)
+        with indexes_dropped(conn, "mana_ai.mission_snapshots"):
+            for start in range(1, missions + 1, LOAD_CHUNK):
+                stop = min(start + LOAD_CHUNK - 1, missions)
+                conn.execute(
+                    bench_sql("fixture_due"),
+                    {"start": start, "stop": stop, "users": users, "due_every": DUE_EVERY,
+                     "now": now},
+                )
+                print(f"   loaded {stop:,} of {missions:,} missions", flush=True)
         conn.execute(bench_sql("fixture_agents"), {"users": users})
         out = SnapshotLoad(loaded_s=time.perf_counter() - started)
         if has_due_index(conn):
