@@ -3,7 +3,8 @@
 1. Due selection with N mission snapshots (default 1M) of which 1 in 1000 are due: the
    snapshots are bulk-loaded with generate_series (the rest are due over the next 30 days,
    every 10th paused, every 200th with a '+02:00' offset), then their due index rows are
-   filled by the migration's SQL parser (timed: what the migration's backfill costs).
+   filled: a tenth (at most 100,000) by the migration's SQL parser, timed and extrapolated
+   (what the migration's backfill costs), the rest by a cast that must agree with it.
    Reports the median of several runs of the due query (SQL alone), of the selection
    (`DueSelector.occurrences`: SQL, parse, next wake-up), one full first pass (decide and claim
    every due mission in the ledger; no worker runs them) and the steady pass after that
