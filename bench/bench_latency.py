@@ -63,6 +63,8 @@ def _writer(dsn: str, prefix: str, rate: float, count: int, warmup: int, pipe: A
             # Commits slower than the pace (a busy disk) would stretch the run without
             # bound: stop at twice the planned span; the report flags the rate reached.
             stop_at = t0 + 2 * (warmup + count) * interval + 1.0
+            # The warm-up is its span, not its rows: behind the pace, rows still get measured.
+            warm_until = t0 + warmup * interval
             for i in range(warmup + count):
                 if time.monotonic() > stop_at:
                     break
@@ -81,7 +83,7 @@ def _writer(dsn: str, prefix: str, rate: float, count: int, warmup: int, pipe: A
                     )
                     conn.execute(INSERT_MISSION, (mission_id, user, data, meta))
                 done = time.monotonic()
-                if i >= warmup:
+                if begun >= warm_until:
                     committed.append((mission_id, done))
                     txn_us.append((done - begun) * 1e6)
             pipe.send(("ok", committed, txn_us, len(data) if count else 0, len(meta)))
