@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 from collections import defaultdict
 from collections.abc import Sequence
-from datetime import UTC, datetime, timedelta
+from datetime import datetime
 from typing import Any
 
 import msgspec
@@ -20,6 +20,7 @@ from psycopg import sql
 from . import metrics
 from .decisions import due_instant
 from .errors import CheckpointConflict, ConfigError, Deposed, is_transient
+from .instants import EPOCH, from_us
 from .merge import RecordState, agent_visible, apply_change, decode_state, encode_state, materialize
 from .model import Change, RawChange
 from .sql import load
@@ -27,7 +28,6 @@ from .validate import Rejected, validate
 
 log = logging.getLogger(__name__)
 
-EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _json = msgspec.json.Encoder()
 
 Key = tuple[str, str, str]  # (kind, user_id, record_id)
@@ -90,7 +90,7 @@ class Applied(msgspec.Struct):
 
 
 def _us_to_dt(us: int | None) -> datetime:
-    return EPOCH if us is None else EPOCH + timedelta(microseconds=us)
+    return EPOCH if us is None else from_us(us)
 
 
 def _visible(kind: str, record: dict[str, Any] | None) -> bool:

@@ -8,16 +8,14 @@ from __future__ import annotations
 
 import math
 import re
-from datetime import UTC, datetime, timedelta
+from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
 import msgspec
 
-# One instant parser for the package (merge owns it; it is pure and cached).
-from .merge import _parse_instant as _instant_us
-
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+# The package's one instant parser (the merge's too): "due" and "newer" read instants alike.
+from .instants import parse_instant
 
 
 class Decision(StrEnum):
@@ -183,24 +181,6 @@ def decide(
             f"used {tokens_used_24h} of {js_string(limits.max_tokens_per_day)} tokens in 24h",
         )
     return Verdict(Decision.RAN, f"agent {state or 'active'}: all gates passed")
-
-
-def parse_instant(value: Any) -> datetime | None:
-    """An ISO-8601 instant ('Z' or an offset, any fractional digits) as an aware UTC datetime.
-
-    Anything that is not a parseable string gives None, and so does an instant outside the
-    years 1..9999 once read as UTC; a value without an offset is read as UTC. Delegates to
-    the merge's parser so that "due" and "newer" read instants alike.
-    """
-    if not isinstance(value, str) or not value:
-        return None
-    us = _instant_us(value)
-    if us is None:
-        return None
-    try:
-        return _EPOCH + timedelta(microseconds=us)
-    except OverflowError:  # e.g. '9999-12-31T23:00:00-02:00' is in the year 10000 in UTC
-        return None
 
 
 # The nextRunAt spellings a mission can be due at: extended ISO-8601, a date alone, or a

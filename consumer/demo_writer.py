@@ -40,10 +40,12 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from typing import Any
 
 import psycopg
+
+from .instants import iso, utcnow
 
 log = logging.getLogger("consumer.demo")
 
@@ -55,10 +57,6 @@ BAD_PREFIX = "bad-"  # record ids of the rows meant for quarantine
 EVERY_MINUTES = 0.1
 
 OnCommit = Callable[[str, str, str], None]  # (table, user, record id) after COMMIT
-
-
-def iso(dt: datetime) -> str:
-    return dt.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 class Writer:
@@ -101,7 +99,7 @@ class Writer:
         op: str = "update",
     ) -> None:
         """One change as mana-sync writes it: a transaction scoped to the user."""
-        at = iso(datetime.now(UTC) + DEVICES[device])
+        at = iso(utcnow() + DEVICES[device])
         meta = {
             k: {"at": at, "actor": {"kind": "user", "principalId": user}, "origin": "user"}
             for k in (data or {})
@@ -164,7 +162,7 @@ class Writer:
             "title": title,
             "objective": f"{title}: der Plan fuer heute",
             "state": "active",
-            "nextRunAt": iso(datetime.now(UTC) + timedelta(seconds=due_in)),
+            "nextRunAt": iso(utcnow() + timedelta(seconds=due_in)),
             "iterations": [],
         }
         if agent is not None:

@@ -8,12 +8,13 @@ Pure: the caller passes ids and times; nothing here reads a clock or touches the
 from __future__ import annotations
 
 import re
-from datetime import UTC, datetime, timedelta
+from datetime import datetime
 from typing import Any
 
 import msgspec
 
 from .decisions import agent_name
+from .instants import from_us, iso
 
 LEGACY_PRINCIPAL = "legacy:ai-default"
 LEGACY_DISPLAY_NAME = "Mana"
@@ -64,18 +65,6 @@ def parse_planner_reply(content: str) -> PlannerAnswer:
         raise ParseFailure(f"reply is not valid JSON: {exc}") from exc
 
 
-def iso_ms(dt: datetime) -> str:
-    """JS `toISOString()`: UTC, milliseconds (truncated, as JS does), 'Z'."""
-    if dt.tzinfo is None:
-        # A naive time is ambiguous; in a pure module that is a caller bug, not a guess.
-        raise ValueError("datetime must be timezone-aware")
-    u = dt.astimezone(UTC)
-    return (
-        f"{u.year:04d}-{u.month:02d}-{u.day:02d}T{u.hour:02d}:{u.minute:02d}:{u.second:02d}"
-        f".{u.microsecond // 1000:03d}Z"
-    )
-
-
 def build_iteration(
     answer: PlannerAnswer, iteration_id: str, started_at: datetime, finished_at: datetime
 ) -> dict[str, Any]:
@@ -90,8 +79,8 @@ def build_iteration(
     ]
     return {
         "id": iteration_id,
-        "startedAt": iso_ms(started_at),
-        "finishedAt": iso_ms(finished_at),
+        "startedAt": iso(started_at),
+        "finishedAt": iso(finished_at),
         "plan": plan,
         "summary": answer.summary,
         # Nothing to review means nothing to approve: the iteration is done as it stands.
@@ -164,7 +153,7 @@ def stamp_after(now: datetime, current: list[int | None]) -> datetime:
     newest = max((c for c in current if c is not None), default=None)
     if newest is None:
         return now
-    ahead = datetime(1970, 1, 1, tzinfo=UTC) + timedelta(microseconds=newest + 1000)
+    ahead = from_us(newest + 1000)
     return max(now, ahead)
 
 
@@ -184,7 +173,7 @@ def build_writeback(
         user_id=user_id,
         record_id=record_id,
         data={"iterations": iterations},
-        field_meta={"iterations": iso_ms(stamp)},
+        field_meta={"iterations": iso(stamp)},
         actor=actor,
     )
 
@@ -193,8 +182,8 @@ def with_next_run(wb: WriteBack, next_run: datetime, stamp: datetime) -> WriteBa
     """The write-back row also moving nextRunAt (same row)."""
     return msgspec.structs.replace(
         wb,
-        data={**wb.data, "nextRunAt": iso_ms(next_run)},
-        field_meta={**wb.field_meta, "nextRunAt": iso_ms(stamp)},
+        data={**wb.data, "nextRunAt": iso(next_run)},
+        field_meta={**wb.field_meta, "nextRunAt": iso(stamp)},
     )
 
 
@@ -205,7 +194,7 @@ def build_advance(record_id: str, user_id: str, next_run: datetime, stamp: datet
     return WriteBack(
         user_id=user_id,
         record_id=record_id,
-        data={"nextRunAt": iso_ms(next_run)},
-        field_meta={"nextRunAt": iso_ms(stamp)},
+        data={"nextRunAt": iso(next_run)},
+        field_meta={"nextRunAt": iso(stamp)},
         actor=dict(SYSTEM_ACTOR),
     )

@@ -2,7 +2,7 @@
 
 Occurrence. A due occurrence is (user, mission, nextRunAt read as a UTC instant): the same
 instant spelt '...00.000Z' by one client and '...00+00:00' by another is one occurrence.
-The instant comes from the package's one parser (decisions.parse_instant); the due query
+The instant comes from the package's one parser (instants.parse_instant); the due query
 compares with the due index's instant (mana_ai.mission_due.due_at), ledger/prune.sql with
 mana_ai.instant(), its SQL twin.
 

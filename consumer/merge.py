@@ -41,14 +41,12 @@ its ``created_at``) until ``consumer replay`` rebuilds them.
 
 from __future__ import annotations
 
-import functools
-import re
 from collections.abc import Iterable
-from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import msgspec
 
+from .instants import parse_us, to_us
 from .model import Change
 
 __all__ = [
@@ -66,9 +64,6 @@ __all__ = [
     "materialize",
     "parse_stamp",
 ]
-
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-_US = timedelta(microseconds=1)
 
 
 class Cell(msgspec.Struct, array_like=True):
@@ -109,48 +104,7 @@ def is_legacy(state: RecordState) -> bool:
     )
 
 
-# --------------------------------------------------------------------------- instants
-
-_LONG_FRACTION = re.compile(r"([.,]\d{6})\d+")
-
-
-@functools.lru_cache(maxsize=16384)
-def _parse_instant(text: str) -> int | None:
-    """ISO-8601 date-time -> integer microseconds since epoch, or None if it does not parse.
-
-    Accepts 'T' or ' ' between date and time, 'Z' or any numeric offset, 0..6 fractional
-    digits (more are truncated to microseconds). A naive value (no offset) is read as UTC:
-    mana-sync's clients write UTC (JS ``toISOString``), and a missing offset is far more
-    likely an omitted 'Z' than a local time. Cached: one write usually stamps every field
-    with the same string, and re-delivered rows repeat them.
-    """
-    try:
-        dt = datetime.fromisoformat(text)
-    except ValueError:
-        # Fallbacks for spellings fromisoformat rejects: surrounding blanks, lower-case
-        # 'z', more than 6 fractional digits (older 3.11 patch releases).
-        s = _LONG_FRACTION.sub(r"\1", text.strip())
-        if s[-1:] == "z":
-            s = s[:-1] + "Z"
-        if s == text:
-            return None
-        try:
-            dt = datetime.fromisoformat(s)
-        except ValueError:
-            return None
-    if dt.tzinfo is None:
-        dt = dt.replace(tzinfo=UTC)
-    try:
-        return (dt - _EPOCH) // _US
-    except (OverflowError, ValueError):  # pragma: no cover - offsets keep us in range
-        return None
-
-
-def _us(dt: datetime) -> int:
-    """A datetime -> integer microseconds since epoch (naive read as UTC)."""
-    if dt.tzinfo is None:
-        dt = dt.replace(tzinfo=UTC)
-    return (dt - _EPOCH) // _US
+# --------------------------------------------------------------------------- stamps
 
 
 def parse_stamp(value: Any) -> int | None:
@@ -161,11 +115,11 @@ def parse_stamp(value: Any) -> int | None:
     not parse) is "no stamp".
     """
     if type(value) is str:
-        return _parse_instant(value)
+        return parse_us(value)
     if type(value) is dict:
         at = value.get("at")
         if type(at) is str:
-            return _parse_instant(at)
+            return parse_us(at)
     return None
 
 
@@ -184,7 +138,7 @@ def _stamps(meta: dict[str, Any], names: Iterable[str], created: int) -> tuple[l
             if type(m) is dict:
                 m = m.get("at")
             if type(m) is str:
-                parsed = _parse_instant(m)
+                parsed = parse_us(m)
                 if parsed is None:
                     bad += 1
                 else:
@@ -214,7 +168,7 @@ def apply_change(state: RecordState, change: Change) -> int:
     (plain, or an object's "at") but did not parse; those fields use ``created_at``.
     A missing stamp, or one of another type, is "no stamp" and not counted.
     """
-    created = _us(change.created_at)
+    created = to_us(change.created_at)
     last = state.last_applied_us
     legacy = last is not None and is_legacy(state)
     if last is None or created > last:

@@ -45,7 +45,7 @@ import logging
 import math
 import uuid
 from collections.abc import Callable
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 import msgspec
@@ -55,6 +55,7 @@ from psycopg_pool import AsyncConnectionPool
 
 from . import ledger, metrics, shutdown, snapshots
 from .decisions import is_legacy
+from .instants import utcnow
 from .iteration import (
     ParseFailure,
     WriteBack,
@@ -108,10 +109,6 @@ class RunFailed(Exception):
 
 class LeaseLost(Exception):
     """The attempt's lease went to another process: its write-back was rolled back."""
-
-
-def _utcnow() -> datetime:
-    return datetime.now(UTC)
 
 
 def interval_minutes(cadence: Any) -> float | None:
@@ -221,7 +218,7 @@ class Runner:
         planner: PlannerClient,
         *,
         tracer: trace.Tracer | None = None,
-        clock: Callable[[], datetime] = _utcnow,
+        clock: Callable[[], datetime] = utcnow,
     ) -> None:
         self.pool = pool
         self.planner = planner

@@ -44,7 +44,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 import anyio
@@ -60,6 +60,7 @@ from .decisions import Decision, Verdict, decide
 from .decisions import agent_name as agent_name_of
 from .due import Due, DueSelector, agent_id_of
 from .errors import Deposed
+from .instants import iso, utcnow
 from .ledger import Occurrence
 from .telemetry import tracer as default_tracer
 from .worker import Dispatcher, RunWorker
@@ -74,15 +75,6 @@ MAX_BACKOFF = 30.0
 DEFERRED_POLL = 1.0  # seconds between passes while a mission waits for a slot
 PRUNE_FIRST = 60.0  # seconds from the start of a term to its first prune
 LEDGER_KEEP = timedelta(days=7)  # finished occurrences are kept this long for operators
-
-
-def _utcnow() -> datetime:
-    return datetime.now(UTC)
-
-
-def utc_text(at: datetime) -> str:
-    """An instant as the ISO text mana's clients write (UTC, 'Z'), 6 fractional digits."""
-    return at.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 class InFlight:
@@ -165,7 +157,7 @@ class Scheduler:
         claim_fence: ledger.ClaimFence | None = None,
         prune_every: float = 3600.0,
         worker_options: dict[str, Any] | None = None,
-        clock: Callable[[], datetime] = _utcnow,
+        clock: Callable[[], datetime] = utcnow,
     ) -> None:
         if max_sleep <= 0:
             raise ValueError("max_sleep must be positive")
@@ -357,7 +349,7 @@ class Scheduler:
         span.set_attribute("scheduler.dispatched", sum(r.dispatched for r in records))
         span.set_attribute("scheduler.in_flight", self.in_flight.total())
         if self.next_due is not None:
-            span.set_attribute("scheduler.next_due", utc_text(self.next_due))
+            span.set_attribute("scheduler.next_due", iso(self.next_due, digits=6))
         return records
 
     def _settle(

@@ -36,7 +36,7 @@ import socket
 import uuid
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any, Protocol
 
 import anyio
@@ -47,6 +47,7 @@ from opentelemetry.trace import NonRecordingSpan, SpanContext, Status, StatusCod
 from psycopg_pool import AsyncConnectionPool
 
 from . import ledger, metrics, shutdown
+from .instants import utcnow
 from .ledger import Job
 from .runner import LeaseLost, RunFailed, write_advance
 from .telemetry import tracer as default_tracer
@@ -120,7 +121,7 @@ class RunWorker:
         poll: float = 1.0,
         tracer: trace.Tracer | None = None,
         on_finished: Callable[[str, str | None], None] | None = None,
-        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        clock: Callable[[], datetime] = utcnow,
     ) -> None:
         if max_runs < 1 or attempts < 1 or lease <= 0 or poll <= 0:
             raise ValueError("max_runs and attempts must be >= 1, lease and poll positive")

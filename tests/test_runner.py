@@ -17,7 +17,8 @@ from psycopg_pool import AsyncConnectionPool
 
 from consumer import metrics
 from consumer.db import aconnect
-from consumer.iteration import WriteBack, iso_ms
+from consumer.instants import iso
+from consumer.iteration import WriteBack
 from consumer.ledger import Job
 from consumer.migrate import WRITE_ROLE
 from consumer.planner import (
@@ -201,7 +202,7 @@ async def test_agent_mission_is_planned_and_written_back(
     (row,) = written(db)
     iteration_id = row["data"]["iterations"][-1]["id"]
     assert str(uuid.UUID(iteration_id)) == iteration_id
-    started, finished = iso_ms(T0), iso_ms(T0 + timedelta(seconds=2))
+    started, finished = iso(T0), iso(T0 + timedelta(seconds=2))
     assert row["data"] == {"iterations": [OLD_ITERATION, {
         "id": iteration_id,
         "startedAt": started,
@@ -437,8 +438,8 @@ async def test_an_interval_cadence_advances_next_run_at(
               AGENT)
     (row,) = written(db)
     finished = T0 + timedelta(seconds=2)
-    assert row["data"]["nextRunAt"] == iso_ms(finished + timedelta(minutes=30))
-    assert row["field_meta"] == {"iterations": iso_ms(finished), "nextRunAt": iso_ms(finished)}
+    assert row["data"]["nextRunAt"] == iso(finished + timedelta(minutes=30))
+    assert row["field_meta"] == {"iterations": iso(finished), "nextRunAt": iso(finished)}
 
 
 @pytest.mark.anyio
@@ -480,7 +481,7 @@ def _snapshot(dsn: str, mission_id: str) -> dict[str, Any]:
 async def test_end_to_end_a_due_mission_is_planned_once_and_projected(
     db: str, pool: AsyncConnectionPool, stub: PlannerStub, planner: Planner
 ) -> None:
-    due = iso_ms(datetime.now(UTC) - timedelta(seconds=5))
+    due = iso(datetime.now(UTC) - timedelta(seconds=5))
     provider, exporter = in_memory_provider()
     t = tracer(provider)
     scheduler = Scheduler(pool, tracer=t, max_sleep=60,

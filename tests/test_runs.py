@@ -27,9 +27,8 @@ from psycopg_pool import AsyncConnectionPool
 
 from consumer import metrics
 from consumer.db import aconnect
-from consumer.decisions import parse_instant
 from consumer.errors import Deposed
-from consumer.iteration import iso_ms
+from consumer.instants import iso, parse_instant
 from consumer.migrate import WRITE_ROLE, ensure_write_role
 from consumer.planner import Planner, PlannerConfig
 from consumer.projection import Projector
@@ -46,7 +45,7 @@ FAST = {"backoff": 0.2, "attempts": 3, "lease": 5.0, "poll": 0.05}
 
 
 def at(seconds: float) -> str:
-    return iso_ms(datetime.now(UTC) + timedelta(seconds=seconds))
+    return iso(datetime.now(UTC) + timedelta(seconds=seconds))
 
 
 def snapshot(dsn: str, mission_id: str) -> dict[str, Any]:

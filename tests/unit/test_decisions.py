@@ -20,7 +20,6 @@ from consumer.decisions import (
     due_instant,
     is_due,
     is_legacy,
-    parse_instant,
 )
 from tests import upstream_oracle as oracle
 
@@ -272,27 +271,6 @@ def test_agent_gate_inputs() -> None:
 NOW = datetime(2026, 11, 26, 8, 0, tzinfo=UTC)
 
 
-@pytest.mark.parametrize(
-    ("text", "expected"),
-    [
-        ("2026-11-26T08:00:00Z", NOW),
-        ("2026-11-26T08:00:00.000Z", NOW),
-        ("2026-11-26T08:00:00.000000+00:00", NOW),
-        ("2026-11-26T10:00:00+02:00", NOW),
-        ("2026-11-26T08:00:00.123456789Z", NOW + timedelta(microseconds=123456)),
-        ("2026-11-26T08:00:00", NOW),  # no offset: read as UTC
-        ("2026-11-26 08:00:00z", NOW),
-    ],
-)
-def test_parse_instant(text: str, expected: datetime) -> None:
-    assert parse_instant(text) == expected
-
-
-@pytest.mark.parametrize("value", [None, "", "tomorrow", 1764144000000, "2026-13-01T00:00:00Z"])
-def test_parse_instant_rejects(value: Any) -> None:
-    assert parse_instant(value) is None
-
-
 def test_is_due() -> None:
     due = {"state": "active", "nextRunAt": "2026-11-26T08:00:00Z"}
     assert is_due(due, NOW)
@@ -352,10 +330,6 @@ def test_a_null_or_absent_deleted_at_leaves_the_mission_due() -> None:
 )
 def test_due_instant_reads_offsets_as_instants(text: str, expected: datetime | None) -> None:
     assert due_instant({"state": "active", "nextRunAt": text}) == expected
-
-
-def test_parse_instant_out_of_range_is_none() -> None:
-    assert parse_instant("9999-12-31T23:00:00-02:00") is None
 
 
 # --- agent readers: upstream's toServerAgent ----------------------------------------------------

@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import msgspec
@@ -11,6 +11,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from consumer.instants import iso
 from consumer.iteration import (
     ParseFailure,
     PlannerAnswer,
@@ -20,7 +21,6 @@ from consumer.iteration import (
     build_advance,
     build_iteration,
     build_writeback,
-    iso_ms,
     parse_planner_reply,
     rationale_of,
     stamp_after,
@@ -113,24 +113,6 @@ def test_default_containers_are_not_shared() -> None:
     a.params["k"] = 1
     assert b.params == {}
     assert PlannerAnswer("x").steps == []
-
-
-# --- iso_ms ---------------------------------------------------------------------------------
-
-
-def test_iso_ms_matches_js_to_iso_string() -> None:
-    assert iso_ms(T0) == "2026-11-26T08:29:06.123Z"  # truncated, like JS Date (ms precision)
-    assert iso_ms(datetime(2026, 1, 1, tzinfo=UTC)) == "2026-01-01T00:00:00.000Z"
-    plus2 = timezone(timedelta(hours=2))
-    assert iso_ms(datetime(2026, 1, 1, 1, 0, 0, 999999, tzinfo=plus2)) == (
-        "2025-12-31T23:00:00.999Z"
-    )
-    assert iso_ms(datetime(999, 1, 2, tzinfo=UTC)) == "0999-01-02T00:00:00.000Z"
-
-
-def test_iso_ms_rejects_naive() -> None:
-    with pytest.raises(ValueError):
-        iso_ms(datetime(2026, 1, 1))
 
 
 # --- iteration ------------------------------------------------------------------------------
@@ -297,7 +279,7 @@ def test_stamp_after_is_never_earlier_than_now_nor_a_clock(
     clocks = [_US_NOW + ahead_us, *others]
     stamp = stamp_after(NOW, clocks)
     assert stamp >= NOW
-    written = iso_ms(stamp)  # as it goes into field_meta: milliseconds
+    written = iso(stamp)  # as it goes into field_meta: milliseconds
     parsed = datetime.fromisoformat(written.replace("Z", "+00:00"))
     us = (parsed - datetime(1970, 1, 1, tzinfo=UTC)) // timedelta(microseconds=1)
     assert all(us > c for c in clocks if c is not None and c >= _US_NOW), (written, clocks)
