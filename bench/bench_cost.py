@@ -154,11 +154,11 @@ class Consumer(ConsumerProcess):
                 if not self.alive() or time.monotonic() > deadline:
                     raise RuntimeError(f"consumer did not start: {self.output()[-2000:]}")
                 time.sleep(0.05)
-            # Its connections are named "<APPLICATION_NAME> <purpose>".
+            # Its connections are named "<APPLICATION_NAME>/<role>".
             self.backends = [r[0] for r in conn.execute(
                 "SELECT pid FROM pg_stat_activity WHERE application_name = %s "
                 "OR application_name LIKE %s",
-                (APPLICATION_NAME, APPLICATION_NAME + " %")).fetchall()]
+                (APPLICATION_NAME, APPLICATION_NAME + "/%")).fetchall()]
         return self
 
     def cpu(self) -> tuple[float, float]:

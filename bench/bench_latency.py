@@ -23,7 +23,6 @@ from typing import Any
 
 import anyio
 import psycopg
-from psycopg_pool import AsyncConnectionPool
 
 from bench.common import (
     Server,
@@ -139,9 +138,8 @@ class _Seen:
 async def _latency_once(
     dsn: str, *, rate: float, seconds: float, warmup_s: float, run: int
 ) -> dict[str, Any]:
-    from consumer import listener
     from consumer.config import Settings
-    from consumer.db import APPLICATION_NAME, CONNECT_TIMEOUT
+    from consumer.db import Connector
     from consumer.health import Health
     from consumer.listener import Follower
     from consumer.projection import Projector
@@ -154,15 +152,11 @@ async def _latency_once(
     async def configure(conn: psycopg.AsyncConnection) -> None:
         timer.instrument(conn)
 
-    # What consumer.service.serve builds, minus the scheduler and the HTTP server (plus a
-    # configure hook that times the statements of the work connections).
-    pool = AsyncConnectionPool(
-        dsn, min_size=1, max_size=4, open=False,
-        check=AsyncConnectionPool.check_connection, name="bench-work",
-        kwargs={"application_name": APPLICATION_NAME, "connect_timeout": CONNECT_TIMEOUT},
-        configure=configure,
-    )
-    await pool.open(wait=True, timeout=15)
+    # What consumer.service.serve builds, minus the scheduler and the HTTP server, from
+    # the service's connector plus a configure hook that times the statements of every
+    # connection it opens (the follower's work connection too: in pipeline mode a
+    # statement's time is only its queueing; the pass total is what counts).
+    connector = Connector(dsn, settings.bounds(), configure=configure)
     # One Python writer paces 500/s well but cannot reach 2,000/s here: beyond 500/s the
     # rate is split over writers of up to 1,000/s each, started together.
     n_writers = 1 if rate <= 500 else math.ceil(rate / 1000)
@@ -176,22 +170,12 @@ async def _latency_once(
                     daemon=True)
         for k, (_parent, child) in enumerate(pipes)
     ]
-    async with pool:
+    async with connector.open_pool("runner", max_size=6):
         projector = Projector(
             batch_size=settings.batch_size, max_row_bytes=settings.max_row_bytes, on_applied=seen
         )
-        follower = Follower(settings, projector, health)
+        follower = Follower(settings, projector, health, connector)
         seen.wrap(follower, projector)
-        # The Follower opens its own work connection: time its statements too. In pipeline
-        # mode a statement's time is only its queueing; the pass total is what counts.
-        inner_connect = listener.aconnect
-
-        async def aconnect(*args: Any, **kwargs: Any) -> psycopg.AsyncConnection:
-            conn = await inner_connect(*args, **kwargs)
-            timer.instrument(conn)
-            return conn
-
-        listener.aconnect = aconnect  # type: ignore[assignment]
         async with anyio.create_task_group() as tg:
             tg.start_soon(follower.run)
             with anyio.fail_after(30):
@@ -226,7 +210,6 @@ async def _latency_once(
                 await anyio.sleep(0.02)
             passes = seen.passes - passes_before
             tg.cancel_scope.cancel()
-        listener.aconnect = inner_connect  # type: ignore[assignment]
     done = [(m, t) for m, t in committed if m in seen.at]
     latencies = [(seen.at[m] - t) * 1000 for m, t in done]
     doorbell = [(seen.marks_of[m][0] - t) * 1000 for m, t in done]

@@ -26,7 +26,6 @@ from datetime import UTC, datetime, timedelta, timezone
 import anyio
 import psycopg
 from psycopg.types.json import Jsonb
-from psycopg_pool import AsyncConnectionPool
 
 from bench.common import (
     base_parser,
@@ -49,6 +48,7 @@ from bench.fixtures import (
 )
 from consumer import metrics
 from consumer.apply import Applied
+from consumer.db import Bounds, Connector
 from consumer.decisions import Decision
 from consumer.scheduler import Scheduler
 from consumer.sql import load
@@ -85,7 +85,7 @@ async def selection(dsn: str, runs: int) -> list[tuple[object, ...]]:
     """Medians of the due query, the selection with its Python side, and one full pass."""
     provider, _ = in_memory_provider()
     rows: list[tuple[object, ...]] = []
-    async with AsyncConnectionPool(dsn, min_size=1, max_size=4, open=False) as pool:
+    async with Connector(dsn, Bounds()).open_pool("bench", max_size=4) as pool:
         await pool.open(wait=True)
         sched = Scheduler(pool, tracer=tracer(provider))
         sql_times, select_times = [], []
@@ -137,7 +137,7 @@ async def lateness(
     due_at = {f"late-{i}": now + timedelta(seconds=lead + spread * i / count)
               for i in range(count)}
     ticks_before = metrics.REGISTRY.get_sample_value("mana_ai_ticks_total") or 0.0
-    async with AsyncConnectionPool(dsn, min_size=1, max_size=4, open=False) as pool:
+    async with Connector(dsn, Bounds()).open_pool("bench", max_size=4) as pool:
         await pool.open(wait=True)
         sched = Scheduler(pool, tracer=tracer(provider), max_sleep=60)
         async with anyio.create_task_group() as tg:

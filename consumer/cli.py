@@ -10,7 +10,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from .config import DSN_ENV, Settings, env_float, resolve_dsn
-from .errors import CheckpointConflict, ConfigError, PrivilegeError
+from .errors import CheckpointConflict, ConfigError, PrivilegeError, Unreachable
 
 log = logging.getLogger("consumer")
 
@@ -296,7 +296,7 @@ def cmd_migrate(args: argparse.Namespace) -> int:
     print(f"applied {', '.join(applied)}" if applied else "schema is up to date")
     for note in notes:
         print(note)
-    with connect(dsn) as conn:
+    with connect(dsn, role="migrate") as conn:
         advice = replay_advice(old_rule_states(conn))
     if advice:
         print(advice)
@@ -358,7 +358,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     try:
         return COMMANDS[args.command](args)
-    except (ConfigError, PrivilegeError) as exc:
+    except (ConfigError, PrivilegeError, Unreachable) as exc:
         print(f"consumer {args.command}: {exc}", file=sys.stderr)
         return exc.exit_code
     except NotImplementedError as exc:

@@ -11,7 +11,7 @@ from psycopg.conninfo import conninfo_to_dict
 from .errors import ConfigError
 
 if TYPE_CHECKING:
-    from .db import Bounds
+    from .db import Bounds, Connector
 
 DSN_ENV = "SYNC_DATABASE_URL"
 
@@ -66,6 +66,12 @@ class Settings(msgspec.Struct, kw_only=True):
             peer_timeout=self.peer_timeout,
             statement_timeout=self.statement_timeout,
         )
+
+    def connector(self) -> Connector:
+        """The service's connections: this database, these bounds."""
+        from .db import Connector
+
+        return Connector(self.database_url, self.bounds())
 
     def scheduler_bound(self) -> float:
         """The scheduler sleeps up to max_sleep between passes; a pass gets stall_after."""

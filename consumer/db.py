@@ -1,13 +1,16 @@
-"""Connections: one clear error when the database cannot be reached, every wait bounded
-(connect timeout, TCP keepalives and user timeout on both ends, statement timeout), and
-user-scoped transactions for writes under row level security."""
+"""Connections: the one factory every session of ours comes from (the service, the command
+line tools, the replay, the benchmark and the tests). Every connection is named
+`mana-ai-consumer/<role>` in pg_stat_activity, a database that cannot be reached is one clear
+line (`Unreachable`), every wait is bounded (connect timeout, TCP keepalives and user
+timeout on both ends, statement timeout), and writes under row level security run in
+user-scoped transactions."""
 
 from __future__ import annotations
 
 import math
 import os
 import socket
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any, TypeVar
 
@@ -15,14 +18,30 @@ import anyio
 import msgspec
 import psycopg
 from psycopg.conninfo import conninfo_to_dict
+from psycopg_pool import AsyncConnectionPool
 
 from .config import first_line
-from .errors import ConfigError
+from .errors import Unreachable
 
 CONNECT_TIMEOUT = 10
-# Shown in pg_stat_activity, so operators (and tests) can tell our sessions apart; the
-# service's sessions add their purpose ("mana-ai-consumer listener", "... work", "... pool").
+# Shown in pg_stat_activity as "mana-ai-consumer/<role>", so operators (and tests) can tell
+# our sessions apart and see what each is for.
 APPLICATION_NAME = "mana-ai-consumer"
+# What the connections are for. listener: LISTEN and the leader lock; work: the follower's
+# applies; scheduler and runner: the service's two pools; the rest: one command each.
+ROLES = frozenset(
+    {"listener", "work", "scheduler", "runner", "replay", "migrate", "status", "demo", "bench",
+     "test"}
+)
+POOL_OPEN_TIMEOUT = 15.0  # seconds a pool may take to open its first connections
+
+Configure = Callable[[psycopg.AsyncConnection], Awaitable[None]]
+
+
+def application_name(role: str) -> str:
+    if role not in ROLES:
+        raise ValueError(f"unknown connection role {role!r}")
+    return f"{APPLICATION_NAME}/{role}"
 
 
 class Bounds(msgspec.Struct, frozen=True, kw_only=True):
@@ -34,7 +53,7 @@ class Bounds(msgspec.Struct, frozen=True, kw_only=True):
     peer_timeout: float = 4.0
     statement_timeout: float = 30.0  # 0: no limit
 
-    def kwargs(self, purpose: str | None = None, dsn: str = "") -> dict[str, Any]:
+    def kwargs(self, role: str, dsn: str = "") -> dict[str, Any]:
         """Connection parameters for psycopg (libpq keywords). `dsn`: its own `options`
         are kept (ours follow them, so ours win where both set the same)."""
         idle, interval, count = keepalive_split(self.peer_timeout)
@@ -58,7 +77,7 @@ class Bounds(msgspec.Struct, frozen=True, kw_only=True):
             "keepalives_interval": interval,
             "keepalives_count": count,
             "tcp_user_timeout": user_timeout_ms,
-            "application_name": f"{APPLICATION_NAME} {purpose}" if purpose else APPLICATION_NAME,
+            "application_name": application_name(role),
             "options": f"{theirs} {ours}" if theirs else ours,
         }
 
@@ -73,28 +92,108 @@ def keepalive_split(peer_timeout: float) -> tuple[int, int, int]:
     return idle, interval, count
 
 
-# The command line tools (migrate, status): keepalives and a connect timeout, and no
-# statement timeout of ours (a migration may take long).
+# The command line tools (migrate, status, replay): keepalives and a connect timeout, and no
+# statement timeout of ours (a migration or a replay's build may take long).
 TOOL_BOUNDS = Bounds(connect_timeout=CONNECT_TIMEOUT, peer_timeout=10.0, statement_timeout=0)
 
 
-def connect(dsn: str, *, autocommit: bool = False) -> psycopg.Connection:
-    try:
-        return psycopg.connect(dsn, autocommit=autocommit, **TOOL_BOUNDS.kwargs(None, dsn))
-    except psycopg.OperationalError as exc:
-        raise ConfigError(f"cannot connect to the database: {first_line(exc)}") from None
+def _unreachable(exc: BaseException) -> Unreachable:
+    return Unreachable(f"cannot connect to the database: {first_line(exc)}")
+
+
+class Connector:
+    """Opens our connections to one database, all alike: named by role, bounded by
+    `bounds`, a failure to connect raised as `Unreachable`. `configure` runs on every new
+    async connection (pooled ones too): the benchmark times statements with it."""
+
+    def __init__(
+        self, dsn: str, bounds: Bounds = TOOL_BOUNDS, *, configure: Configure | None = None
+    ) -> None:
+        self.dsn = dsn
+        self.bounds = bounds
+        self.configure = configure
+
+    def kwargs(self, role: str) -> dict[str, Any]:
+        return self.bounds.kwargs(role, self.dsn)
+
+    def connect(self, role: str, *, autocommit: bool = False) -> psycopg.Connection:
+        kwargs = self.kwargs(role)
+        try:
+            return psycopg.connect(self.dsn, autocommit=autocommit, **kwargs)
+        except psycopg.OperationalError as exc:
+            raise _unreachable(exc) from None
+
+    async def aconnect(self, role: str, *, autocommit: bool = False) -> psycopg.AsyncConnection:
+        kwargs = self.kwargs(role)
+        try:
+            conn = await psycopg.AsyncConnection.connect(
+                self.dsn, autocommit=autocommit, **kwargs
+            )
+        except psycopg.OperationalError as exc:
+            raise _unreachable(exc) from None
+        if self.configure is not None:
+            try:
+                await self.configure(conn)
+            except BaseException:
+                await conn.close()
+                raise
+        return conn
+
+    def pool(self, role: str, *, max_size: int, min_size: int = 1) -> AsyncConnectionPool:
+        """A pool of `role` connections, not yet open (`open_pool` opens one)."""
+        return AsyncConnectionPool(
+            self.dsn,
+            min_size=min_size,
+            max_size=max_size,
+            open=False,
+            check=AsyncConnectionPool.check_connection,
+            name=application_name(role),
+            kwargs=self.kwargs(role),
+            configure=self.configure,
+        )
+
+    @asynccontextmanager
+    async def open_pool(
+        self,
+        role: str,
+        *,
+        max_size: int,
+        min_size: int = 1,
+        open_within: float = POOL_OPEN_TIMEOUT,
+    ) -> AsyncIterator[AsyncConnectionPool]:
+        """An open pool, closed on exit. A pool whose first `min_size` connections do not
+        come within `open_within` raises `Unreachable` with libpq's reason."""
+        pool = self.pool(role, max_size=max_size, min_size=min_size)
+        try:
+            await pool.open(wait=True, timeout=open_within)
+        except Exception as exc:
+            await pool.close()
+            raise await self._why(role, exc) from None
+        async with pool:
+            yield pool
+
+    async def _why(self, role: str, exc: Exception) -> Exception:
+        """The pool only says it timed out: one direct attempt tells libpq's reason."""
+        try:
+            conn = await psycopg.AsyncConnection.connect(self.dsn, **self.kwargs(role))
+        except psycopg.OperationalError as direct:
+            return _unreachable(direct)
+        await conn.close()
+        return _unreachable(exc)
+
+
+def connect(
+    dsn: str, *, role: str, autocommit: bool = False, bounds: Bounds = TOOL_BOUNDS
+) -> psycopg.Connection:
+    """One connection (blocking); the command line tools' bounds unless told."""
+    return Connector(dsn, bounds).connect(role, autocommit=autocommit)
 
 
 async def aconnect(
-    dsn: str,
-    *,
-    autocommit: bool = False,
-    bounds: Bounds | None = None,
-    purpose: str | None = None,
+    dsn: str, *, role: str, autocommit: bool = False, bounds: Bounds | None = None
 ) -> psycopg.AsyncConnection:
-    return await psycopg.AsyncConnection.connect(
-        dsn, autocommit=autocommit, **(bounds or Bounds()).kwargs(purpose, dsn)
-    )
+    """One async connection; the service's default bounds unless told."""
+    return await Connector(dsn, bounds or Bounds()).aconnect(role, autocommit=autocommit)
 
 
 T = TypeVar("T")

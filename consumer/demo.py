@@ -25,23 +25,22 @@ import time
 from pathlib import Path
 
 import anyio
-import psycopg
 from psycopg import sql
 from psycopg.conninfo import make_conninfo
 from rich.console import Console
 
 from . import runner, telemetry
 from .config import Settings, env_float
+from .db import aconnect, connect
 from .demo_planner import DemoPlanner
 from .demo_view import Collector, View, plain_summary
 from .demo_writer import EVERY_MINUTES, Writer
 from .errors import ConfigError
-from .listener import FATAL
 from .metrics import REGISTRY
 from .migrate import migrate
 from .planner import PlannerConfig
 from .projection import CHECKPOINT
-from .service import _first_leaf, serve
+from .service import STOPS, _first_leaf, serve
 from .sql import load
 from .status import collect
 
@@ -54,7 +53,7 @@ OTLP_ENDPOINT_ENV = "OTEL_EXPORTER_OTLP_ENDPOINT"
 
 def _writer_role(dsn: str) -> str:
     """mana-sync's stand-in: LOGIN, no BYPASSRLS, so row level security binds its writes."""
-    with psycopg.connect(dsn, autocommit=True) as admin:
+    with connect(dsn, role="demo", autocommit=True) as admin:
         exists = admin.execute(
             "SELECT 1 FROM pg_roles WHERE rolname = %s", (WRITER_ROLE,)
         ).fetchone()
@@ -98,7 +97,7 @@ async def _following(dsn: str) -> None:
     with anyio.move_on_after(15.0):  # a slow start only blurs the first latencies
         while True:
             if REGISTRY.get_sample_value("mana_ai_listener_connected") == 1:
-                async with await psycopg.AsyncConnection.connect(dsn) as conn:
+                async with await aconnect(dsn, role="demo") as conn:
                     cur = await conn.execute(load("checkpoint/get"), {"name": CHECKPOINT})
                     row = await cur.fetchone()
                 if row and row[2]:
@@ -230,7 +229,7 @@ def _demo(dsn: str, seconds: float, *, traces: str | None, live: bool | None) ->
         started = time.monotonic()
         try:
             anyio.run(main, backend="asyncio")
-        except* FATAL as group:  # a one-line error of the consumer, not a traceback
+        except* STOPS as group:  # a one-line error of the consumer, not a traceback
             raise _first_leaf(group) from None
         finally:
             stop_writer.set()

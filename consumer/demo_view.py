@@ -37,6 +37,7 @@ from rich.table import Table
 from rich.text import Text
 
 from .apply import Applied
+from .db import connect
 from .metrics import REGISTRY
 from .sql import load
 
@@ -335,7 +336,7 @@ class View:
 
     def _run(self) -> None:
         try:
-            with psycopg.connect(self.dsn, autocommit=True) as conn:
+            with connect(self.dsn, role="demo", autocommit=True) as conn:
                 if self.live:
                     self._live(conn)
                 else:

@@ -5,7 +5,15 @@ import psycopg
 
 
 class ConfigError(Exception):
-    """Bad or missing configuration, or a database that cannot be reached: exit code 2."""
+    """Bad or missing configuration: exit code 2."""
+
+    exit_code = 2
+
+
+class Unreachable(Exception):
+    """The database cannot be reached (refused, no answer, authentication failed): one line
+    naming libpq's reason, exit code 2 from a command. Transient to a running follower,
+    which reconnects with backoff as it does after any connection loss."""
 
     exit_code = 2
 
@@ -38,7 +46,7 @@ def is_transient(exc: BaseException) -> bool:
     a timestamp of 'infinity', which psycopg reports as DataError without SQLSTATE) or a
     statement the server rejects for what a row holds. Taking those for a lost connection
     would reconnect forever and meet the same row again."""
-    if isinstance(exc, (OSError, TimeoutError)):
+    if isinstance(exc, (OSError, TimeoutError, Unreachable)):
         return True
     if not isinstance(exc, psycopg.Error):
         return False

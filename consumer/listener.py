@@ -35,7 +35,7 @@ from psycopg import errors as pgerr
 
 from . import locks, metrics, shutdown
 from .config import Settings, first_line
-from .db import Deadline, aconnect, closing, within
+from .db import Connector, Deadline, closing, within
 from .errors import CheckpointConflict, ConfigError, Deposed, PrivilegeError, is_transient
 from .health import APPLY, LEADER, STANDBY, Health
 from .projection import CHECKPOINT, Projector
@@ -68,8 +68,15 @@ class Term:
 
 
 class Follower:
-    def __init__(self, settings: Settings, projector: Projector, health: Health) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        projector: Projector,
+        health: Health,
+        connector: Connector | None = None,
+    ) -> None:
         self.settings = settings
+        self.connector = connector or settings.connector()
         self.projector = projector
         self.health = health
         self.term: Term | None = None  # the current term, while this process leads
@@ -142,12 +149,11 @@ class Follower:
             raise TimeoutError(f"{what}: {exc}") from None
 
     async def _session(self) -> None:
-        dsn, bounds = self.settings.database_url, self.settings.bounds()
-        listener = await aconnect(dsn, autocommit=True, bounds=bounds, purpose="listener")
+        listener = await self.connector.aconnect("listener", autocommit=True)
         async with closing(listener) as conn:
             term = await self._become_leader(conn)
             try:
-                work = await aconnect(dsn, autocommit=True, bounds=bounds, purpose="work")
+                work = await self.connector.aconnect("work", autocommit=True)
                 async with closing(work):
                     await self._lead(conn, work, term)
             finally:

@@ -71,7 +71,7 @@ def migrate(
     is appended to `notes` (and logged) as the statement an administrator runs.
     """
     applied_now: list[str] = []
-    with connect(dsn, autocommit=True) as conn:
+    with connect(dsn, role="migrate", autocommit=True) as conn:
         try:
             # Session lock: held across the per-migration transactions below.
             conn.execute("SELECT pg_advisory_lock(%s)", (locks.MIGRATE,))

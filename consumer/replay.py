@@ -66,7 +66,7 @@ from . import replay_store as store
 from . import shutdown
 from .apply import LIVE, apply_by_row, apply_rows
 from .config import first_line
-from .db import CONNECT_TIMEOUT
+from .db import TOOL_BOUNDS, aconnect
 from .errors import ConfigError
 from .merge import decode_state
 from .model import RawChange
@@ -208,13 +208,7 @@ async def replay(
 
 
 async def _connect(dsn: str, *, autocommit: bool = False) -> psycopg.AsyncConnection:
-    try:
-        conn = await psycopg.AsyncConnection.connect(
-            dsn, autocommit=autocommit, connect_timeout=CONNECT_TIMEOUT
-        )
-    except psycopg.OperationalError as exc:
-        raise ConfigError(f"cannot connect to the database: {first_line(exc)}") from None
-    return conn
+    return await aconnect(dsn, role="replay", autocommit=autocommit, bounds=TOOL_BOUNDS)
 
 
 # --------------------------------------------------------------------------- pure parts

@@ -14,8 +14,8 @@ from psycopg_pool import AsyncConnectionPool
 
 from . import metrics, shutdown, telemetry
 from .apply import Applied
-from .config import Settings, first_line
-from .errors import ConfigError
+from .config import Settings
+from .errors import ConfigError, Unreachable
 from .health import SCHEDULER, Health
 from .listener import FATAL, Follower
 from .migrate import migrate
@@ -29,6 +29,10 @@ if TYPE_CHECKING:
     from .scheduler import Scheduler
 
 log = logging.getLogger(__name__)
+
+# What ends the service with one line: the follower's fatal errors, and a database that
+# cannot be reached at the start (the follower itself reconnects after any later loss).
+STOPS = (*FATAL, Unreachable)
 
 
 def run_service(settings: Settings) -> int:
@@ -47,7 +51,7 @@ def run_service(settings: Settings) -> int:
         raise ConfigError(str(exc)) from None
     try:
         anyio.run(lambda: serve(settings, planner_config=planner_config), backend="asyncio")
-    except* FATAL as group:
+    except* STOPS as group:
         raise _first_leaf(group) from None
     finally:
         telemetry.shutdown()
@@ -73,22 +77,21 @@ async def serve(
     after its commit (the demo's view measures commit-to-snapshot latency with it)."""
     shutdown.reset()
     health = Health(lag_threshold_seconds=settings.lag_threshold)
-    pool = AsyncConnectionPool(
-        settings.database_url,
-        min_size=1,
-        # The follower's work connection is its own; the pool serves the scheduler and the
-        # runs, which hold a connection only for their short ledger and write-back statements.
-        max_size=6,
-        open=False,
-        check=AsyncConnectionPool.check_connection,
-        name="mana-ai-work",
-        kwargs=settings.bounds().kwargs("pool", settings.database_url),
-    )
-    try:
-        await pool.open(wait=True, timeout=15)
-    except Exception as exc:
-        raise ConfigError(f"cannot connect to the database: {first_line(exc)}") from None
-    async with pool, AsyncExitStack() as stack:
+    connector = settings.connector()
+    async with AsyncExitStack() as stack:
+        # The follower's connections are its own. The runs and the scheduler each have a
+        # pool and hold a connection only for their short ledger and write-back statements.
+        # The runs' pool opens one connection at once: a database that cannot be reached
+        # stops the start here, in one line.
+        pool = await stack.enter_async_context(connector.open_pool("runner", max_size=6))
+        # Only the leader decides: a standby's scheduler pool stays empty.
+        decide_pool = (
+            await stack.enter_async_context(
+                connector.open_pool("scheduler", min_size=0, max_size=2)
+            )
+            if settings.scheduler
+            else None
+        )
         if dispatcher is None and planner_config is not None:
             planner = await stack.enter_async_context(Planner(planner_config))
             dispatcher = Runner(pool, planner, tracer=telemetry.tracer())
@@ -97,7 +100,7 @@ async def serve(
             max_row_bytes=settings.max_row_bytes,
             on_applied=on_applied,
         )
-        follower = Follower(settings, projector, health)
+        follower = Follower(settings, projector, health, connector)
         worker = None
         if dispatcher is not None and settings.scheduler:
             if await write_role_ready(pool):
@@ -132,8 +135,9 @@ async def serve(
                 from .scheduler import Scheduler
 
                 def make_scheduler() -> Scheduler:
+                    assert decide_pool is not None
                     scheduler = Scheduler(
-                        pool,
+                        decide_pool,
                         tracer=telemetry.tracer(),
                         max_sleep=settings.max_sleep,
                         # No planner: decide and trace, claim nothing.

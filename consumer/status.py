@@ -14,7 +14,7 @@ from .sql import load
 
 
 def collect(dsn: str) -> dict[str, Any]:
-    with connect(dsn) as conn:
+    with connect(dsn, role="status") as conn:
         cur = conn.execute(load("status/summary"))
         row = cur.fetchone()
         if row is None:

@@ -27,11 +27,11 @@ import psycopg
 from bench.procs import ConsumerProcess, consumer_env  # noqa: F401 - the scenarios' kit
 
 # How the consumer's sessions show in pg_stat_activity.application_name (see consumer.db).
-from consumer.db import APPLICATION_NAME
+from consumer.db import application_name
 from tests.logtools import INSERT, actual_snapshots, expected_snapshots
 
-LISTENER_APP = f"{APPLICATION_NAME} listener"
-WORK_APP = f"{APPLICATION_NAME} work"
+LISTENER_APP = application_name("listener")
+WORK_APP = application_name("work")
 
 
 def wait_until(check: Callable[[], bool], within: float, what: str = "condition") -> float:

@@ -30,7 +30,15 @@ from psycopg_pool import AsyncConnectionPool
 
 from consumer import locks
 from consumer.config import Settings
-from consumer.db import Bounds, Deadline, aconnect, keepalive_split, within
+from consumer.db import (
+    Bounds,
+    Connector,
+    Deadline,
+    aconnect,
+    application_name,
+    keepalive_split,
+    within,
+)
 from consumer.errors import Deposed
 from consumer.health import Health
 from consumer.listener import Follower
@@ -126,11 +134,11 @@ def test_keepalives_declare_a_silent_peer_dead_within_the_peer_timeout(timeout: 
     assert idle + interval * count == max(3, round(timeout))
     params = Bounds(peer_timeout=timeout).kwargs("work")
     assert params["keepalives"] == 1 and params["tcp_user_timeout"] == int(timeout * 1000)
-    assert params["application_name"] == "mana-ai-consumer work"
+    assert params["application_name"] == application_name("work") == "mana-ai-consumer/work"
     assert f"-c tcp_keepalives_idle={idle}" in params["options"]
     # The URL's own options stay; no statement timeout of ours when it is 0.
     dsn = "host=h options='-c search_path=app'"
-    options = Bounds(statement_timeout=0).kwargs(None, dsn)["options"]
+    options = Bounds(statement_timeout=0).kwargs("test", dsn)["options"]
     assert options.startswith("-c search_path=app -c tcp_keepalives_idle=")
     assert "statement_timeout" not in options
 
@@ -140,7 +148,7 @@ async def test_a_statement_on_a_stalled_connection_is_severed_at_its_deadline(db
     async with anyio.create_task_group() as tg:
         port = await tg.start(proxy.serve)
         dsn = make_conninfo(db, host="127.0.0.1", port=port)
-        async with await aconnect(dsn, autocommit=True) as conn:
+        async with await aconnect(dsn, role="test", autocommit=True) as conn:
             row = await (await conn.execute("SHOW statement_timeout")).fetchone()
             assert row == ("30s",)  # the server side of the bounds arrived
             proxy.pause()
@@ -151,7 +159,7 @@ async def test_a_statement_on_a_stalled_connection_is_severed_at_its_deadline(db
             assert conn.closed or conn.broken
             proxy.resume()
         # A slow chunk that keeps committing is not cut off: progress moves the deadline.
-        async with await aconnect(db, autocommit=True) as conn:
+        async with await aconnect(db, role="test", autocommit=True) as conn:
             deadline = Deadline(0.5)
 
             async def steady() -> int:
@@ -168,7 +176,7 @@ async def test_a_statement_on_a_stalled_connection_is_severed_at_its_deadline(db
 
 
 async def test_a_stale_epoch_cannot_move_the_checkpoint(db: str) -> None:
-    async with await aconnect(db, autocommit=True) as work:
+    async with await aconnect(db, role="test", autocommit=True) as work:
         take = load("checkpoint/leader_take")
         first = await (await work.execute(take, {"name": "projection"})).fetchone()
         assert first is not None
@@ -237,7 +245,7 @@ class Replica:
 
 
 async def test_a_deposed_leader_stops_deciding_and_stands_by(db: str) -> None:
-    async with AsyncConnectionPool(db, min_size=1, max_size=4, open=False) as pool:
+    async with Connector(db, Bounds()).open_pool("test", max_size=4) as pool:
         await pool.open(wait=True)
         a, b = Replica(db, pool), Replica(db, pool)
         with psycopg.connect(db, autocommit=True) as log:

@@ -94,9 +94,9 @@ def live_purposes(dsn: str, killed: set[int]) -> set[str]:
         rows = admin.execute(
             """SELECT application_name, pid FROM pg_stat_activity
                WHERE datname = current_database() AND application_name LIKE %s""",
-            (APPLICATION_NAME + " %",),
+            (APPLICATION_NAME + "/%",),
         ).fetchall()
-    return {name.removeprefix(APPLICATION_NAME + " ") for name, pid in rows if pid not in killed}
+    return {name.removeprefix(APPLICATION_NAME + "/") for name, pid in rows if pid not in killed}
 
 
 async def test_follows_new_rows_within_milliseconds(db: str) -> None:

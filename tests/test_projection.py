@@ -20,7 +20,7 @@ pytestmark = pytest.mark.anyio
 
 async def project(dsn: str, **kwargs) -> Projector:
     projector = Projector(**kwargs)
-    async with await aconnect(dsn) as conn:
+    async with await aconnect(dsn, role="test") as conn:
         await projector.bootstrap(conn)
         await projector.catch_up(conn)
     return projector
@@ -52,7 +52,7 @@ async def test_bootstrap_folds_rows_that_predate_the_trigger(db: str) -> None:
 
 async def test_late_commit_is_applied_and_holds_back_only_the_checkpoint(db: str) -> None:
     projector = Projector()
-    async with await aconnect(db) as work:
+    async with await aconnect(db, role="test") as work:
         await projector.bootstrap(work)
         late = psycopg.connect(db)  # a transaction that starts early and commits late
         mission(late, "late", state="active")
@@ -88,7 +88,7 @@ async def test_small_batches_and_restart_converge(db: str) -> None:
 
 
 async def test_checkpoint_compare_and_set_fails_loudly(db: str) -> None:
-    async with await aconnect(db) as a, await aconnect(db) as b:
+    async with await aconnect(db, role="test") as a, await aconnect(db, role="test") as b:
         async with a.transaction():
             cp_a = await read_checkpoint(a)
         async with b.transaction():
@@ -134,7 +134,7 @@ async def test_each_quarantine_cause_and_good_rows_survive(
     assert set(actual_snapshots(db)["missions"]) == {("u1", "good1"), ("u1", "good2")}
     # Read again (a restart): stored once, not twice.
     projector.forget()
-    async with await aconnect(db) as conn:
+    async with await aconnect(db, role="test") as conn:
         await projector.catch_up(conn)
     with psycopg.connect(db) as conn:
         assert conn.execute("SELECT count(*) FROM mana_ai.quarantine").fetchone() == (1,)
@@ -161,7 +161,7 @@ async def test_journal_is_pruned_behind_the_checkpoint(db: str) -> None:
         for i in range(5):
             mission(conn, f"m{i}", state="active")
     projector = await project(db)
-    async with await aconnect(db, autocommit=True) as conn:
+    async with await aconnect(db, role="test", autocommit=True) as conn:
         assert await projector.prune(conn) == 5
     with psycopg.connect(db) as conn:
         assert conn.execute("SELECT count(*) FROM mana_ai.journal").fetchone() == (0,)
@@ -215,7 +215,7 @@ async def test_a_vanished_log_row_is_quarantined_counted_and_passed_over(db: str
     assert set(actual_snapshots(db)["missions"]) == {("u1", "before"), ("u1", "after")}
     assert actual_snapshots(db) == expected_snapshots(db)
     # Read again (a restart between checkpoint and watermark): counted once, not twice.
-    async with await aconnect(db) as conn:
+    async with await aconnect(db, role="test") as conn:
         projector.forget()
         await projector.catch_up(conn)
     assert metrics.QUARANTINED_ROWS.labels(reason="log_row_missing")._value.get() == counted + 2
@@ -239,7 +239,7 @@ async def test_bootstrap_refuses_when_rows_may_be_hidden_and_stays_undone(db: st
         _role_without_bypassrls(admin, role)
     try:
         projector = Projector()
-        async with await aconnect(make_conninfo(db, user=role)) as conn:
+        async with await aconnect(make_conninfo(db, user=role), role="test") as conn:
             with pytest.raises(ConfigError) as refused:
                 await projector.bootstrap(conn)
         line = str(refused.value)
@@ -264,7 +264,7 @@ async def test_rows_hidden_by_rls_stay_a_configuration_error(db: str) -> None:
         _role_without_bypassrls(admin, role)
         admin.execute("UPDATE mana_ai.checkpoint SET bootstrapped = true")
     try:
-        async with await aconnect(make_conninfo(db, user=role)) as conn:
+        async with await aconnect(make_conninfo(db, user=role), role="test") as conn:
             with pytest.raises(ConfigError, match="hidden by row level security.*BYPASSRLS"):
                 await Projector().catch_up(conn)
         assert quarantine(db) == {}  # not mistaken for a vanished row
@@ -302,7 +302,7 @@ async def test_rows_the_driver_or_decoder_cannot_handle_are_quarantined_alone(db
         bad[cid] = "unmergeable"  # jsonb keeps 1e400 as a 401-digit integer
         good.append(mission(conn, "g2", state="active"))
     for batch_size in (2000, 3):
-        async with await aconnect(db) as conn:
+        async with await aconnect(db, role="test") as conn:
             await conn.execute("TRUNCATE mana_ai.quarantine, mana_ai.mission_snapshots")
             await conn.execute("TRUNCATE mana_ai.record_clocks")
             await conn.execute("UPDATE mana_ai.checkpoint SET applied_below = '1'")
@@ -351,7 +351,7 @@ async def test_a_chunk_that_fails_as_a_whole_is_applied_row_by_row(
         conn.execute("UPDATE mana_ai.checkpoint SET bootstrapped = true")  # the journal path
     assert not is_transient(psycopg.DataError("cannot load this value"))
     projector = Projector(batch_size=batch_size)
-    async with await aconnect(db) as conn:
+    async with await aconnect(db, role="test") as conn:
         conn.adapters.register_loader("text", _PoisonLoader)
         await projector.bootstrap(conn)
         await projector.catch_up(conn)

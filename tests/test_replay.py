@@ -47,7 +47,7 @@ def project(dsn: str, projector: Projector | None = None) -> Projector:
     errors: list[BaseException] = []
 
     async def go() -> None:
-        async with await aconnect(dsn) as conn:
+        async with await aconnect(dsn, role="test") as conn:
             await projector.bootstrap(conn)
             await projector.catch_up(conn)
 
@@ -212,7 +212,7 @@ def test_live_projector_keeps_its_prepared_statements_across_the_swap(db: str) -
 
     async def go() -> None:
         projector = Projector()
-        async with await aconnect(db) as conn:
+        async with await aconnect(db, role="test") as conn:
             await projector.bootstrap(conn)
             with psycopg.connect(db, autocommit=True) as writer:
                 for i in range(8):
@@ -258,7 +258,7 @@ async def test_replay_beside_writers_a_live_projector_and_a_reader(db: str) -> N
 
     async def writer() -> None:
         nonlocal written
-        async with await aconnect(db, autocommit=True) as conn:
+        async with await aconnect(db, role="test", autocommit=True) as conn:
             while not stop.is_set():
                 async with conn.transaction():
                     for _ in range(3):
@@ -282,7 +282,7 @@ async def test_replay_beside_writers_a_live_projector_and_a_reader(db: str) -> N
     async def live_projector() -> None:
         nonlocal passes_after_swap
         projector = Projector(batch_size=50)
-        async with await aconnect(db) as conn:
+        async with await aconnect(db, role="test") as conn:
             await projector.bootstrap(conn)
             while not stop.is_set():
                 await projector.catch_up(conn)
@@ -298,7 +298,8 @@ async def test_replay_beside_writers_a_live_projector_and_a_reader(db: str) -> N
     async def reader() -> None:
         # A reader of the snapshots is not one of our service connections: no statement
         # timeout, so a slow swap on a loaded machine makes it wait, as it would in production.
-        async with await aconnect(db, autocommit=True, bounds=Bounds(statement_timeout=0)) as conn:
+        unbounded = Bounds(statement_timeout=0)
+        async with await aconnect(db, role="test", autocommit=True, bounds=unbounded) as conn:
             while not stop.is_set():
                 cur = await conn.execute("SELECT count(*) FROM mana_ai.mission_snapshots")
                 row = await cur.fetchone()

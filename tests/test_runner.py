@@ -16,7 +16,7 @@ from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool
 
 from consumer import metrics
-from consumer.db import aconnect
+from consumer.db import Bounds, Connector, aconnect
 from consumer.instants import iso
 from consumer.iteration import WriteBack
 from consumer.ledger import Job
@@ -138,7 +138,7 @@ async def planner(stub: PlannerStub) -> AsyncIterator[Planner]:
 
 @pytest.fixture
 async def pool(db: str) -> AsyncIterator[AsyncConnectionPool]:
-    async with AsyncConnectionPool(db, min_size=1, max_size=4, open=False) as p:
+    async with Connector(db, Bounds()).open_pool("test", max_size=4) as p:
         await p.open(wait=True)
         yield p
 
@@ -487,7 +487,7 @@ async def test_end_to_end_a_due_mission_is_planned_once_and_projected(
     scheduler = Scheduler(pool, tracer=t, max_sleep=60,
                           dispatcher=Runner(pool, planner, tracer=t))
     projector = Projector(on_applied=scheduler.notify_changed)
-    async with await aconnect(db) as work:
+    async with await aconnect(db, role="test") as work:
         await projector.bootstrap(work)
         with psycopg.connect(db, autocommit=True) as log:
             log_agent(log, "a1", name="Ada", state="active", systemPrompt="Sei knapp.")

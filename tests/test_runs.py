@@ -26,7 +26,7 @@ from hypothesis import strategies as st
 from psycopg_pool import AsyncConnectionPool
 
 from consumer import metrics
-from consumer.db import aconnect
+from consumer.db import Bounds, Connector, aconnect
 from consumer.errors import Deposed
 from consumer.instants import iso, parse_instant
 from consumer.migrate import WRITE_ROLE, ensure_write_role
@@ -126,10 +126,10 @@ def stub() -> Iterator[PlannerStub]:
 @pytest.fixture
 async def env(db: str, stub: PlannerStub) -> AsyncIterator[Env]:
     config = PlannerConfig(base_url=stub.url, api_key=KEY, timeout=2.0)
-    async with AsyncConnectionPool(db, min_size=1, max_size=6, open=False) as pool, \
+    async with Connector(db, Bounds()).open_pool("test", max_size=6) as pool, \
             Planner(config) as planner:
         await pool.open(wait=True)
-        async with await aconnect(db) as work:
+        async with await aconnect(db, role="test") as work:
             with psycopg.connect(db, autocommit=True) as log:
                 e = Env(db, pool, work, log, stub, planner)
                 await e.projector.bootstrap(work)

@@ -16,7 +16,7 @@ from psycopg_pool import AsyncConnectionPool
 
 from consumer import ledger, metrics
 from consumer import scheduler as scheduler_module
-from consumer.db import aconnect
+from consumer.db import Bounds, Connector, aconnect
 from consumer.decisions import Decision
 from consumer.projection import Projector
 from consumer.scheduler import Scheduler
@@ -106,9 +106,9 @@ class Env:
 
 @pytest.fixture
 async def env(db: str) -> AsyncIterator[Env]:
-    async with AsyncConnectionPool(db, min_size=1, max_size=6, open=False) as pool:
+    async with Connector(db, Bounds()).open_pool("test", max_size=6) as pool:
         await pool.open(wait=True)
-        async with await aconnect(db) as work:
+        async with await aconnect(db, role="test") as work:
             with psycopg.connect(db, autocommit=True) as log:
                 e = Env(db, pool, work, log)
                 await e.projector.bootstrap(work)
