@@ -28,7 +28,15 @@ from consumer import locks
 from consumer.db import Bounds, aconnect
 from consumer.progress import Progress
 from consumer.projection import Projector
-from consumer.replay import EXIT_DIFFERS, EXIT_OK, EXIT_REFUSED, EXIT_TERMINATED, run_replay
+from consumer.replay import (
+    EXIT_DIFFERS,
+    EXIT_OK,
+    EXIT_REFUSED,
+    EXIT_TERMINATED,
+    Terminated,
+    replay,
+    run_replay,
+)
 from consumer.replay_store import RETIRED, SHADOW
 from consumer.sql import load
 from tests.logtools import actual_snapshots, agent, expected_snapshots, mission, write
@@ -430,6 +438,29 @@ def test_leftovers_of_a_killed_run_are_dropped_by_the_next(db: str) -> None:
                      "VALUES ('replay', '1', 999999)")
     assert run_replay(db, **QUIET) == EXIT_OK
     assert set(actual_snapshots(db)["missions"]) == {("u1", "m1")}
+    assert leftovers(db) == []
+
+
+@pytest.mark.anyio
+async def test_a_stop_request_ends_the_build_at_the_next_batch(db: str) -> None:
+    """What SIGTERM sets: the build stops after the batch in progress, the shadow goes."""
+    with psycopg.connect(db, autocommit=True) as conn:
+        for i in range(40):
+            mission(conn, f"m{i}", state="active")
+    project(db)
+    before = live_rows(db)
+    stop = anyio.Event()
+    seen: list[int] = []
+
+    def report(p: Progress) -> None:
+        seen.append(p.done)
+        if p.done >= 10:
+            stop.set()
+
+    with pytest.raises(Terminated):
+        await replay(db, batch_size=5, progress=report, stop=stop)
+    assert seen[-1] >= 10 and [d for d in seen if d >= 10] == [seen[-1]], seen
+    assert live_rows(db) == before
     assert leftovers(db) == []
 
 
