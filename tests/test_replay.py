@@ -39,8 +39,8 @@ from consumer.replay import (
 )
 from consumer.replay_store import RETIRED, SHADOW
 from consumer.sql import load
+from tests.helpers import catalog
 from tests.logtools import actual_snapshots, agent, expected_snapshots, mission, write
-from tests.test_migrate import catalog
 
 QUIET = {"progress": lambda p: None}
 BASE = datetime(2026, 3, 1, 9, 0, tzinfo=UTC)
