@@ -35,17 +35,25 @@ from psycopg import errors as pgerr
 
 from . import locks, metrics, shutdown
 from .config import Settings, first_line
-from .db import Connector, Deadline, closing, within
+from .db import Connector, Deadline, closing, sever, within
 from .errors import CheckpointConflict, ConfigError, Deposed, PrivilegeError, is_transient
 from .health import APPLY, LEADER, STANDBY, Health
-from .projection import CHECKPOINT, Projector
+from .projection import CHECKPOINT, Prelude, Projector
 from .sql import load
 
 log = logging.getLogger(__name__)
 
 CHANNEL = "mana_ai_changes"
 FATAL = (ConfigError, CheckpointConflict, PrivilegeError)
+# The doorbell's "armed" flag: held exclusively by the parked consumer, tried shared by each
+# journaled row (schema/migrations/0010_armed_doorbell.sql, where the number is spelled out).
+DOORBELL_LOCK_KEY = 0x6D616E61_6462  # "mana" "db"
 PRUNE_EVERY = 10.0  # seconds between journal prunes
+# The shortest collection window (seconds); it doubles while rows keep coming, up to
+# --batch-max-wait.
+MIN_WINDOW = 0.0005
+# The longest wait between two attempts to arm the doorbell while writers keep holding it.
+MAX_ARM_RETRY = 0.01
 
 T = TypeVar("T")
 
@@ -82,6 +90,7 @@ class Follower:
         self.term: Term | None = None  # the current term, while this process leads
         self._changed = anyio.Event()  # set (and replaced) at every change of term state
         self.attempt = 0
+        self.watchdog: Watchdog | None = None  # of the current term's work connection
 
     @property
     def leading(self) -> bool:
@@ -155,9 +164,26 @@ class Follower:
             try:
                 work = await self.connector.aconnect("work", autocommit=True)
                 async with closing(work):
-                    await self._lead(conn, work, term)
+                    await self._watched(conn, work, term)
             finally:
                 self._step_down(term)
+
+    async def _watched(
+        self, conn: psycopg.AsyncConnection, work: psycopg.AsyncConnection, term: Term
+    ) -> None:
+        """`_lead` beside one watchdog of the work connection for the whole term (a task per
+        pass would cost more than a lone row's pass itself)."""
+        self.watchdog = Watchdog(work, self.settings.stall_after)
+        error: list[Exception] = []
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(self.watchdog.run)
+            try:
+                await self._lead(conn, work, term)
+            except Exception as exc:  # re-raised below, outside the task group (no group wrap)
+                error.append(exc)
+            tg.cancel_scope.cancel()
+        if error:
+            raise error[0]
 
     async def _lead(
         self, conn: psycopg.AsyncConnection, work: psycopg.AsyncConnection, term: Term
@@ -185,23 +211,71 @@ class Follower:
             term.epoch,
             self.projector.cp and self.projector.cp.applied_below,
         )
-        last_poll = last_prune = time.monotonic()
+        await self._follow(conn, work, term)
+
+    async def _follow(
+        self, conn: psycopg.AsyncConnection, work: psycopg.AsyncConnection, term: Term
+    ) -> None:
+        """The doorbell rings only while this consumer is parked on it (armed: the work
+        connection holds the doorbell lock, schema/migrations/0010_armed_doorbell.sql):
+
+        - parked: wait for a ring; the pass it starts disarms first (same round trip);
+        - rows keep coming (the last pass read some): wait a collection window, which
+          doubles while they do up to `batch_max_wait`, then pass again, disarmed: writers
+          do not ring while the consumer is busy;
+        - the last pass found the journal empty: a pass that arms first, then reads again.
+          Empty and armed: park. Not armed (a writer of ours is committing, holding the
+          lock shared): poll again after a window.
+
+        A row that lands while the consumer is parked therefore rings once; a lone row
+        after a quiet spell is read at once. The safety poll and the idle probe stay."""
+        s = self.settings
+        key: dict[str, object] = {"key": DOORBELL_LOCK_KEY}
+        arm = Prelude(load("doorbell_arm"), load("doorbell_settle"), key)
+        disarm = Prelude(load("doorbell_disarm"), load("doorbell_settle"), key)
+        armed = False
+        window = retry = 0.0
+        last_poll = last_prune = last_probe = time.monotonic()
         while True:
-            rang = False
-            async for _ in conn.notifies(timeout=self.settings.idle_probe, stop_after=1):
-                rang = True
-            now = time.monotonic()
-            if rang:
-                self.projector.ring()
-                if self.settings.batch_max_wait > 0:
-                    await anyio.sleep(self.settings.batch_max_wait)
+            if armed and not self.projector.last_read:
+                rang = False
+                async for _ in conn.notifies(timeout=s.idle_probe, stop_after=1):
+                    rang = True
+                now = time.monotonic()
+                if rang:
+                    self.projector.ring()
+                    await self._catch_up(work, disarm)
+                    armed = False
+                else:
+                    # Idle: prove the connection (and our epoch) alive within the deadline.
+                    await self._probe(conn, term)
+                    last_probe = now
+                    if now - last_poll < s.safety_poll:
+                        self.health.beat(APPLY)
+                        continue
+                    await self._catch_up(work)  # the safety poll; it stays armed
+            elif self.projector.last_read:
+                window = min(max(window * 2, MIN_WINDOW), max(s.batch_max_wait, MIN_WINDOW))
+                await anyio.sleep(window)
+                await self._catch_up(work, disarm if armed else None)
+                armed = False
+                now = time.monotonic()
+                if now - last_probe >= s.idle_probe:
+                    await self._probe(conn, term)  # the listener is unused while rows flow
+                    last_probe = now
             else:
-                # Idle: prove the connection (and our epoch) alive within the deadline.
-                await self._probe(conn, term)
-                if now - last_poll < self.settings.safety_poll:
-                    self.health.beat(APPLY)
-                    continue
-            await self._catch_up(work)
+                await self._catch_up(work, arm)
+                armed = self.projector.prelude_answer is True
+                if armed:
+                    window = retry = 0.0
+                elif not self.projector.last_read:
+                    # A writer of ours is committing (it holds the lock shared): its rows
+                    # come with its commit. Poll again, backing off in case it stays (a
+                    # writer that set its constraints immediate holds the lock from its
+                    # first row on).
+                    retry = min(max(retry * 2, MIN_WINDOW), MAX_ARM_RETRY)
+                    await anyio.sleep(retry)
+                now = time.monotonic()
             last_poll = now
             if now - last_prune >= PRUNE_EVERY:
                 pruned = await self._on_work(work, "prune", self.projector.prune(work))
@@ -280,6 +354,36 @@ class Follower:
         """A step on the work connection. A pass may be long (a backlog), but each of its
         chunks commits quickly: give up when none has for stall_after (a work connection
         that hangs open)."""
+        watchdog = self.watchdog
+        if watchdog is None or watchdog.conn is not work:
+            return await self._on_work_alone(work, what, step)
+        deadline = watchdog.start()
+        self.projector.on_progress = self._progressed
+        try:
+            # A step cut off mid-query would close the connection with a warning: a
+            # shutdown lets it finish (consumer/shutdown.py).
+            with shutdown.finishing():
+                return await step
+        except Exception as exc:
+            if deadline.expired:
+                raise TimeoutError(
+                    f"{what}: nothing committed: no answer within {deadline.seconds:g} s"
+                ) from exc
+            raise
+        finally:
+            watchdog.stop()
+            self.projector.on_progress = None
+
+    def _progressed(self) -> None:
+        watchdog = self.watchdog
+        if watchdog is not None and watchdog.deadline is not None:
+            watchdog.deadline.progress()
+        self.health.beat(APPLY)
+
+    async def _on_work_alone(
+        self, work: psycopg.AsyncConnection, what: str, step: Awaitable[T]
+    ) -> T:
+        """`_on_work` without a term's watchdog: a deadline task of its own."""
         deadline = Deadline(self.settings.stall_after)
 
         def progressed() -> None:
@@ -288,8 +392,6 @@ class Follower:
 
         self.projector.on_progress = progressed
         try:
-            # A step cut off mid-query would close the connection with a warning: a
-            # shutdown lets it finish (consumer/shutdown.py).
             with shutdown.finishing():
                 return await within(work, deadline, step)
         except TimeoutError as exc:
@@ -297,7 +399,42 @@ class Follower:
         finally:
             self.projector.on_progress = None
 
-    async def _catch_up(self, work: psycopg.AsyncConnection) -> None:
-        await self._on_work(work, "apply pass", self.projector.catch_up(work))
+    async def _catch_up(
+        self, work: psycopg.AsyncConnection, prelude: Prelude | None = None
+    ) -> None:
+        await self._on_work(work, "apply pass", self.projector.catch_up(work, prelude))
         self.health.lag_seconds = 0.0
         self.health.beat(APPLY)
+
+
+class Watchdog:
+    """Severs the work connection when a step on it makes no progress within `seconds`.
+    One task for a whole term: steps only set and clear `deadline` (a task and a timer per
+    pass would cost more than a lone row's pass). Deadlines only move later, so the task
+    may oversleep nothing: it wakes at the latest at the deadline it last saw."""
+
+    def __init__(self, conn: psycopg.AsyncConnection, seconds: float) -> None:
+        self.conn = conn
+        self.seconds = seconds
+        self.deadline: Deadline | None = None
+
+    def start(self) -> Deadline:
+        self.deadline = Deadline(self.seconds)
+        return self.deadline
+
+    def stop(self) -> None:
+        self.deadline = None
+
+    async def run(self) -> None:
+        while True:
+            deadline = self.deadline
+            if deadline is None:
+                await anyio.sleep(self.seconds)  # a step that starts now ends no earlier
+                continue
+            left = deadline.at - anyio.current_time()
+            if left > 0:
+                await anyio.sleep(left)
+                continue
+            deadline.expired = True
+            sever(self.conn)
+            return

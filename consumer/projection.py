@@ -217,6 +217,16 @@ def _states(rows: list[tuple]) -> dict[tuple[str, str, str], bytes | None]:
     return {(KIND_BY_TABLE[r[4]], r[3], r[5]): r[10] for r in rows if r[4] in KIND_BY_TABLE}
 
 
+class Prelude(msgspec.Struct, frozen=True):
+    """A statement a pass runs before its first read (see Projector.catch_up); `fallback`
+    replaces it when the first chunk must be redone row by row and whether `query` took
+    effect is unknown (the failed transaction may have run it)."""
+
+    query: str
+    fallback: str
+    params: dict[str, object] = {}
+
+
 class Projector:
     """Applies the journal to the snapshots; one per process, on its own work connection."""
 
@@ -243,6 +253,9 @@ class Projector:
         # (None: nothing was in progress at the end of the last pass).
         self.held_since: float | None = None
         self._held_xmin = ""
+        self.last_read = 0  # journal rows the last pass read (0: it found the journal empty)
+        # The answer of the last pass's prelude (see catch_up), None when it had none.
+        self.prelude_answer: object = None
 
     def ring(self) -> None:
         """A doorbell rang: remember since when work may be waiting (apply lag)."""
@@ -302,19 +315,28 @@ class Projector:
         log.info("bootstrap: %d rows folded in %.2f s", total, time.monotonic() - started)
         return total
 
-    async def catch_up(self, conn: psycopg.AsyncConnection) -> Applied:
-        """One pass: apply every row committed and not yet applied. Returns what changed."""
+    async def catch_up(
+        self, conn: psycopg.AsyncConnection, prelude: Prelude | None = None
+    ) -> Applied:
+        """One pass: apply every row committed and not yet applied. Returns what changed.
+
+        `prelude`: one statement run first, in the first read's round trip and before its
+        snapshot is taken (the doorbell's arm or disarm); its one value is left in
+        `prelude_answer`. When the first chunk has to be redone row by row, the prelude
+        runs again there with its `fallback` statement instead."""
         cp = await self._start(conn)
         assert self.prev is not None
         self.ring()
+        self.prelude_answer = None
         total = Applied()
         pass_snapshot: str | None = None
         after_xid, after_id = "0", NIL_UUID
+        read = 0
         while True:
             started = time.perf_counter()
             try:
                 chunk, applied, moved, new_below = await self._chunk(
-                    conn, cp, (after_xid, after_id), pass_snapshot
+                    conn, cp, (after_xid, after_id), pass_snapshot, prelude
                 )
             except Exception as exc:
                 if not isolating(exc):
@@ -323,9 +345,14 @@ class Projector:
                 # value the driver cannot load, one the server rejects): go through it row
                 # by row; a row that fails alone is quarantined, the others apply.
                 log.warning("a journal chunk failed (%s); applying it row by row", exc)
+                if prelude is not None:
+                    # Whether the failed transaction's prelude ran is unknown: settle it.
+                    await self._prelude(conn, prelude.fallback, prelude.params)
                 chunk, applied, moved, new_below = await self._chunk_by_row(
                     conn, cp, (after_xid, after_id), pass_snapshot
                 )
+            prelude = None
+            read += len(chunk.rows)
             pass_snapshot = pass_snapshot or chunk.snapshot
             if moved:
                 committed(cp, new_below)
@@ -342,6 +369,7 @@ class Projector:
         assert pass_snapshot is not None
         self.prev = pass_snapshot
         self.pending_since = None
+        self.last_read = read
         self._track_hold(pass_snapshot)
         if total.rows or total.quarantined:
             log.debug(
@@ -361,19 +389,34 @@ class Projector:
         new_below = min(int(rows[-1][0]), watermark) if full else watermark
         return bool(rows) or new_below > cp.applied_below, new_below
 
+    async def _prelude(
+        self, conn: psycopg.AsyncConnection, query: str, params: dict[str, object]
+    ) -> None:
+        cur = await conn.execute(query, params)
+        row = await cur.fetchone()
+        self.prelude_answer = row[0] if row else None
+
     async def _chunk(
         self,
         conn: psycopg.AsyncConnection,
         cp: Checkpoint,
         after: tuple[str, str],
         pass_snapshot: str | None,
+        prelude: Prelude | None = None,
     ) -> tuple[JournalChunk, Applied, bool, int]:
         """Read, apply and checkpoint one chunk in one transaction, two round trips:
-        BEGIN + read, then writes + CAS + COMMIT (pipeline)."""
+        BEGIN (+ prelude) + read, then writes + CAS + COMMIT (pipeline)."""
         assert self.prev is not None
         with conflicts(cp):
             async with conn.pipeline(), conn.transaction():
+                # In the same round trip as the read, and finished before the read's
+                # snapshot is taken (statements of a READ COMMITTED transaction each take
+                # their own).
+                pre = await conn.execute(prelude.query, prelude.params) if prelude else None
                 chunk = await read_journal(conn, self.prev, after, self.batch_size)
+                if pre is not None:
+                    row = await pre.fetchone()
+                    self.prelude_answer = row[0] if row else None
                 missing = missing_rows(chunk)
                 applied = await apply_rows(
                     conn,
