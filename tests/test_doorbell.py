@@ -116,7 +116,8 @@ def test_commits_ring_only_while_the_doorbell_is_armed(db: str) -> None:
                 time.sleep(0.01)
             time.sleep(0.2)
             assert bell.rings == 6
-        # The consumer's session is gone, and its lock with it: quiet again.
+            consumer.execute("SELECT pg_advisory_unlock(%s)", (DOORBELL_LOCK_KEY,))
+        # Disarmed: quiet again.
         mission(writer, "after", state="active")
         time.sleep(0.3)
         assert bell.rings == 6
