@@ -45,9 +45,6 @@ log = logging.getLogger(__name__)
 
 CHANNEL = "mana_ai_changes"
 FATAL = (ConfigError, CheckpointConflict, PrivilegeError)
-# The doorbell's "armed" flag: held exclusively by the parked consumer, tried shared by each
-# journaled row (schema/migrations/0010_armed_doorbell.sql, where the number is spelled out).
-DOORBELL_LOCK_KEY = 0x6D616E61_6462  # "mana" "db"
 PRUNE_EVERY = 10.0  # seconds between journal prunes
 # The shortest collection window (seconds); it doubles while rows keep coming, up to
 # --batch-max-wait.
@@ -230,9 +227,9 @@ class Follower:
         A row that lands while the consumer is parked therefore rings once; a lone row
         after a quiet spell is read at once. The safety poll and the idle probe stay."""
         s = self.settings
-        key: dict[str, object] = {"key": DOORBELL_LOCK_KEY}
-        arm = Prelude(load("doorbell_arm"), load("doorbell_settle"), key)
-        disarm = Prelude(load("doorbell_disarm"), load("doorbell_settle"), key)
+        key: dict[str, object] = {"key": locks.DOORBELL}
+        arm = Prelude(load("journal/doorbell_arm"), load("journal/doorbell_settle"), key)
+        disarm = Prelude(load("journal/doorbell_disarm"), load("journal/doorbell_settle"), key)
         armed = False
         window = retry = 0.0
         last_poll = last_prune = last_probe = time.monotonic()

@@ -14,7 +14,8 @@ import psycopg
 import pytest
 
 from consumer.config import Settings
-from consumer.listener import CHANNEL, DOORBELL_LOCK_KEY
+from consumer.listener import CHANNEL
+from consumer.locks import DOORBELL as DOORBELL_LOCK_KEY
 from consumer.service import serve
 from consumer.sql import schema_dir
 from tests.logtools import actual_snapshots, expected_snapshots, mission, write
