@@ -122,14 +122,14 @@ class _Seen:
         inner_follow = follower._catch_up
         inner_pass = projector.catch_up
 
-        async def follow(work: Any) -> Any:
+        async def follow(work: Any, *args: Any) -> Any:
             self.follow_started = time.monotonic()
-            return await inner_follow(work)
+            return await inner_follow(work, *args)
 
-        async def catch_up(conn: Any) -> Any:
+        async def catch_up(conn: Any, *args: Any) -> Any:
             self.passes += 1
             self.pass_started = time.monotonic()
-            return await inner_pass(conn)
+            return await inner_pass(conn, *args)
 
         follower._catch_up = follow
         projector.catch_up = catch_up
