@@ -91,9 +91,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--batch-max-wait",
         type=float,
-        default=0.0,
+        default=0.002,
         metavar="SECONDS",
-        help="how long a batch may wait to fill; 0 applies a lone row at once (0)",
+        help="while rows keep coming, collect them this long per pass; a lone row after a "
+        "quiet spell is applied at once (0.002)",
     )
     p.add_argument(
         "--safety-poll",

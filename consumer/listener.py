@@ -46,9 +46,13 @@ log = logging.getLogger(__name__)
 CHANNEL = "mana_ai_changes"
 FATAL = (ConfigError, CheckpointConflict, PrivilegeError)
 PRUNE_EVERY = 10.0  # seconds between journal prunes
-# The shortest collection window (seconds); it doubles while rows keep coming, up to
-# --batch-max-wait.
+# The shortest wait between passes (seconds): a --batch-max-wait of 0 polls this often.
 MIN_WINDOW = 0.0005
+# Passes that find nothing, each after a wait twice the last, before the consumer arms the
+# doorbell and parks (window 2 ms: reads 2, 6 and 14 ms after the last rows, then it arms).
+IDLE_READS = 3
+# Seconds between checkpoint moves of passes that read nothing.
+QUIET_CHECKPOINT_EVERY = 1.0
 # The longest wait between two attempts to arm the doorbell while writers keep holding it.
 MAX_ARM_RETRY = 0.01
 
@@ -216,33 +220,42 @@ class Follower:
         """The doorbell rings only while this consumer is parked on it (armed: the work
         connection holds the doorbell lock, schema/migrations/0010_armed_doorbell.sql):
 
-        - parked: wait for a ring; the pass it starts disarms first (same round trip);
-        - rows keep coming (the last pass read some): wait a collection window, which
-          doubles while they do up to `batch_max_wait`, then pass again, disarmed: writers
-          do not ring while the consumer is busy;
-        - the last pass found the journal empty: a pass that arms first, then reads again.
-          Empty and armed: park. Not armed (a writer of ours is committing, holding the
-          lock shared): poll again after a window.
+        - parked: wait for a ring; the pass it starts disarms first (same round trip), so
+          a lone row after a quiet spell is read at once;
+        - rows keep coming (the last pass read some): wait the collection window
+          (`batch_max_wait`) and read what came, disarmed: a busy consumer is never rung,
+          and each pass carries the rows of a window, not one;
+        - a pass found nothing: wait twice as long and read again, up to IDLE_READS times
+          (a stream with gaps stays in the two states above);
+        - then a pass that arms first and reads again: empty and armed, park. Not armed (a
+          writer of ours is committing, holding the lock shared): poll again shortly.
 
-        A row that lands while the consumer is parked therefore rings once; a lone row
-        after a quiet spell is read at once. The safety poll and the idle probe stay."""
+        The safety poll and the idle probe stay."""
         s = self.settings
         key: dict[str, object] = {"key": locks.DOORBELL}
         arm = Prelude(load("journal/doorbell_arm"), load("journal/doorbell_settle"), key)
         disarm = Prelude(load("journal/doorbell_disarm"), load("journal/doorbell_settle"), key)
+        window = max(s.batch_max_wait, MIN_WINDOW)
         armed = False
-        window = retry = 0.0
+        empty = 0  # passes in a row that found nothing, since rows last came
+        retry = 0.0
         last_poll = last_prune = last_probe = time.monotonic()
+        # A quiet pass moves the checkpoint only now and then: it carries no snapshot write,
+        # and the rows it would move past were applied (a restart re-reads them harmlessly).
+        self.projector.quiet_checkpoint_every = QUIET_CHECKPOINT_EVERY
         while True:
-            if armed and not self.projector.last_read:
+            projector = self.projector
+            if armed and not projector.last_read:
                 rang = False
                 async for _ in conn.notifies(timeout=s.idle_probe, stop_after=1):
                     rang = True
                 now = time.monotonic()
                 if rang:
-                    self.projector.ring()
+                    projector.ring()
                     await self._catch_up(work, disarm)
                     armed = False
+                    # A stale ring (its rows came with an earlier pass): arm again at once.
+                    empty = 0 if projector.last_read else IDLE_READS
                 else:
                     # Idle: prove the connection (and our epoch) alive within the deadline.
                     await self._probe(conn, term)
@@ -251,9 +264,12 @@ class Follower:
                         self.health.beat(APPLY)
                         continue
                     await self._catch_up(work)  # the safety poll; it stays armed
-            elif self.projector.last_read:
-                window = min(max(window * 2, MIN_WINDOW), max(s.batch_max_wait, MIN_WINDOW))
-                await anyio.sleep(window)
+            elif projector.last_read or empty < IDLE_READS:
+                # Rows keep coming (or did a moment ago): collect for a window, then read
+                # what came, without the doorbell. After a pass that found nothing the wait
+                # doubles, so a stream that stopped costs a few cheap reads, then the arming.
+                empty = 0 if projector.last_read else empty + 1
+                await anyio.sleep(window * 2**empty)
                 await self._catch_up(work, disarm if armed else None)
                 armed = False
                 now = time.monotonic()
@@ -262,10 +278,10 @@ class Follower:
                     last_probe = now
             else:
                 await self._catch_up(work, arm)
-                armed = self.projector.prelude_answer is True
+                armed = projector.prelude_answer is True
                 if armed:
-                    window = retry = 0.0
-                elif not self.projector.last_read:
+                    retry = 0.0
+                elif not projector.last_read:
                     # A writer of ours is committing (it holds the lock shared): its rows
                     # come with its commit. Poll again, backing off in case it stays (a
                     # writer that set its constraints immediate holds the lock from its

@@ -254,6 +254,11 @@ class Projector:
         self.held_since: float | None = None
         self._held_xmin = ""
         self.last_read = 0  # journal rows the last pass read (0: it found the journal empty)
+        # A pass that reads nothing moves the checkpoint only when the last move is this
+        # many seconds old (0: always). Such a move writes no snapshot; the follower spaces
+        # them out, tools and tests keep every move.
+        self.quiet_checkpoint_every = 0.0
+        self._moved_at = 0.0
         # The answer of the last pass's prelude (see catch_up), None when it had none.
         self.prelude_answer: object = None
 
@@ -356,13 +361,15 @@ class Projector:
             pass_snapshot = pass_snapshot or chunk.snapshot
             if moved:
                 committed(cp, new_below)
+                self._moved_at = time.monotonic()
             if self.on_progress is not None:
                 self.on_progress()
-            await applied.settle()
-            metrics.APPLY_BATCH.observe(time.perf_counter() - started)
-            self._account(applied)
-            total.merge(applied)
             rows = chunk.rows
+            if rows:  # a quiet pass updates no metric
+                await applied.settle()
+                metrics.APPLY_BATCH.observe(time.perf_counter() - started)
+                self._account(applied)
+                total.merge(applied)
             if len(rows) < self.batch_size:
                 break
             after_xid, after_id = rows[-1][0], rows[-1][1]
@@ -387,7 +394,10 @@ class Projector:
         full = len(rows) == self.batch_size
         watermark = snapshot_xmin(pass_snapshot)
         new_below = min(int(rows[-1][0]), watermark) if full else watermark
-        return bool(rows) or new_below > cp.applied_below, new_below
+        if rows:
+            return True, new_below
+        due = time.monotonic() - self._moved_at >= self.quiet_checkpoint_every
+        return new_below > cp.applied_below and due, new_below
 
     async def _prelude(
         self, conn: psycopg.AsyncConnection, query: str, params: dict[str, object]
