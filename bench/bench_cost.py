@@ -7,7 +7,9 @@ rates needed). A share of the rows is ours (ai/aiMissions), the rest another app
 three variants:
 
   trigger    our trigger(s) enabled, nobody listening
-  listener   our trigger(s) enabled and a LISTEN connection draining the doorbell
+  listener   our trigger(s) enabled and a LISTEN connection that arms the doorbell as the
+             consumer does, parks on it, and after each ring stays disarmed for a pass's
+             time (1 ms) before it arms again (DoorbellListener)
   consumer   our trigger(s) enabled and `consumer run --no-scheduler` running (a child
              process), applying the rows as they come; its no-trigger arm runs with the
              consumer connected and idle (nothing is journaled)
@@ -19,20 +21,28 @@ on the log ratios: drift of the machine (other work, a growing table) cancels wi
 round, and the interval says how far the mean is known. Each (writers, mix) block runs on
 a fresh clone of a migrated database.
 
+Before the blocks, a paced run measures the consumer's CPU per applied row at a fixed rate
+of ours (pgbench -R, one row per transaction): the consumer process and its database
+backends side by side (--paced 500; 0 skips it; --profile FILE writes a CPU-time cProfile
+of the consumer).
+
     python -m bench.bench_cost [--quick] [--writers 1,2,4] [--mixes 10,100]
                                [--rounds 8] [--rounds-all-ours 5] [--seconds 1]
-                               [--variants trigger,listener,consumer]
+                               [--variants trigger,listener,consumer] [--paced 500]
 """
 
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import re
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -53,11 +63,12 @@ from bench.common import (
     server,
     verdict,
 )
-from bench.procs import ConsumerProcess, proc_cpu
-from bench.writes import ROW_DATA, ROW_META, Listener
+from bench.procs import ConsumerProcess, consumer_env, proc_cpu
+from bench.writes import ROW_DATA, ROW_META
 
 GOAL_LISTENER_10 = 0.95  # throughput with the listener, 10 % ours, against no trigger
 GOAL_CONSUMER_10 = 0.90  # with the consumer running, 10 % ours, 2 writers
+GOAL_CLIENT_US_PER_ROW = 150  # consumer process CPU per applied row at 500 rows/s
 
 # mana-sync's transaction, one row per transaction; :u and :r are pgbench variables.
 WRITER_SCRIPT = """\\set r random(1, 20000)
@@ -72,6 +83,48 @@ COMMIT;
 """
 
 VARIANTS = ("trigger", "listener", "consumer")
+
+
+class DoorbellListener(threading.Thread):
+    """A LISTEN connection that follows the consumer's doorbell protocol without applying
+    anything: parked (the doorbell armed) until a ring, then disarmed for `busy` seconds
+    (about a pass; the consumer then collects while rows keep coming, so this rings at
+    least as often as it would), then armed again."""
+
+    def __init__(self, dsn: str, busy: float = 0.001) -> None:
+        super().__init__(daemon=True)
+        self.dsn = dsn
+        self.busy = busy
+        self.stop = threading.Event()
+        self.ready = threading.Event()
+        self.rings = 0
+
+    def run(self) -> None:
+        from consumer.listener import CHANNEL
+        from consumer.locks import DOORBELL
+        from consumer.sql import load
+
+        key = {"key": DOORBELL}
+        with psycopg.connect(self.dsn, autocommit=True) as conn, \
+                psycopg.connect(self.dsn, autocommit=True) as work:
+            conn.execute(f"LISTEN {CHANNEL}")
+            armed = False
+            self.ready.set()
+            while not self.stop.is_set():
+                if not armed:
+                    row = work.execute(load("journal/doorbell_arm"), key).fetchone()
+                    armed = bool(row and row[0])
+                    if not armed:
+                        time.sleep(self.busy)
+                        continue
+                rang = False
+                for _ in conn.notifies(timeout=0.2, stop_after=1):
+                    rang = True
+                if rang:
+                    self.rings += 1
+                    work.execute(load("journal/doorbell_disarm"), key)
+                    armed = False
+                    time.sleep(self.busy)
 
 
 def write_scripts(folder: str) -> dict[str, str]:
@@ -123,14 +176,42 @@ def _cpu(pid: int) -> float:
     return float("nan") if seconds is None else seconds
 
 
+PROFILED = """\
+import cProfile, runpy, sys, time
+sys.argv[0] = "consumer"
+profile = cProfile.Profile(time.process_time)
+profile.enable()
+try:
+    runpy.run_module("consumer", run_name="__main__", alter_sys=True)
+finally:
+    profile.disable()
+    profile.dump_stats({out!r})
+"""
+
+
 class Consumer(ConsumerProcess):
     """`consumer run [--no-scheduler]` as a child process, as an operator would start it;
     started, it has applied a row committed after its start."""
 
-    def __init__(self, dsn: str, scheduler: bool = False) -> None:
-        args = ["run", *([] if scheduler else ["--no-scheduler"]), "--metrics-port", "0"]
+    def __init__(self, dsn: str, scheduler: bool = False, metrics_port: int = 0,
+                 profile: str | None = None) -> None:
+        args = ["run", *([] if scheduler else ["--no-scheduler"]),
+                "--metrics-port", str(metrics_port)]
         super().__init__(dsn, command=args, env={"OTEL_METRICS_EXPORTER": "none"})
         self.backends: list[int] = []
+        self.metrics_port = metrics_port
+        self.profile = profile  # a CPU-time cProfile of the whole process goes there
+
+    def metric(self, name: str) -> float:
+        """A sample of the consumer's /metrics (NaN without a metrics port)."""
+        if not self.metrics_port:
+            return float("nan")
+        url = f"http://127.0.0.1:{self.metrics_port}/metrics"
+        with urllib.request.urlopen(url, timeout=5) as resp:
+            for line in resp.read().decode().splitlines():
+                if line.startswith(name + " "):
+                    return float(line.split()[1])
+        return float("nan")
 
     def start(self) -> Consumer:
         from consumer.db import APPLICATION_NAME
@@ -139,7 +220,15 @@ class Consumer(ConsumerProcess):
             # The clone's log is empty: nothing predates the trigger.
             conn.execute("UPDATE mana_ai.checkpoint SET bootstrapped = true")
         command(["consumer", *self.args, "--database-url", "URL"])
-        super().start()
+        if self.profile:
+            # CPU time, not wall time: what the consumer spends, not what the machine's
+            # other processes take from it meanwhile.
+            self.proc = subprocess.Popen(
+                [sys.executable, "-c", PROFILED.format(out=self.profile), *self.args],
+                env=consumer_env(self.dsn, self.env), stdout=self._log,
+                stderr=subprocess.STDOUT)
+        else:
+            super().start()
         # Ready when a row of ours committed now reaches its snapshot.
         triggers(self.dsn, True)
         deadline = time.monotonic() + 30
@@ -188,7 +277,7 @@ def run_block(srv: Server, template: str, exe: str, writers: int, mix: int, arms
                 shift = rnd % len(arms)
                 for arm in arms[shift:] + arms[:shift]:
                     triggers(dsn, arm != "none")
-                    listener = Listener(dsn) if arm == "listener" else None
+                    listener = DoorbellListener(dsn) if arm == "listener" else None
                     if listener is not None:
                         listener.start()
                         listener.ready.wait(10)
@@ -212,6 +301,75 @@ def run_block(srv: Server, template: str, exe: str, writers: int, mix: int, arms
     return {"writers": writers, "mix": mix, "tps": tps, "cpu": cpu}
 
 
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def run_paced(srv: Server, template: str, exe: str, rate: int, seconds: int,
+              profile: str | None = None) -> dict[str, Any]:
+    """`consumer run --no-scheduler` applying `rate` rows of ours a second, one per
+    transaction (pgbench -R): CPU of the consumer process and of its database backends per
+    applied row, rows per pass that applied rows, and the idle CPU beside it."""
+    with srv.scratch(template, "paced") as dsn, tempfile.TemporaryDirectory() as tmp:
+        scripts = write_scripts(tmp)
+        # Several clients, so that a slow commit (a busy disk) does not hold the rate
+        # down; each transaction still carries one row.
+        cmd = [exe, "-n", "-M", "prepared", "-c", "4", "-j", "2", "-R", str(rate),
+               "-T", str(seconds), "-f", scripts["ours"]]
+        command([*cmd[:-1], "ours.sql", "URL"])
+        consumer = Consumer(dsn, metrics_port=free_port(), profile=profile)
+        try:
+            consumer.start()
+            run_pgbench([*cmd[:-3], "1", "-f", scripts["ours"], dsn])  # warm-up
+            time.sleep(0.5)
+            idle0, t0 = consumer.cpu(), time.monotonic()
+            time.sleep(min(seconds, 5))
+            idle1, t1 = consumer.cpu(), time.monotonic()
+            rows0 = consumer.metric("mana_ai_snapshot_rows_applied_total")
+            busy0 = consumer.metric("mana_ai_apply_batch_seconds_count")
+            c0, w0 = consumer.cpu(), time.monotonic()
+            run_pgbench([*cmd, dsn])
+            time.sleep(0.3)  # the last rows are applied within milliseconds
+            c1, w1 = consumer.cpu(), time.monotonic()
+            rows = consumer.metric("mana_ai_snapshot_rows_applied_total") - rows0
+            busy = consumer.metric("mana_ai_apply_batch_seconds_count") - busy0
+        finally:
+            consumer.stop()
+    return {"rate": rate, "seconds": w1 - w0, "rows": rows, "busy_passes": busy,
+            "client_s": c1[0] - c0[0], "backend_s": c1[1] - c0[1],
+            "idle_client_cores": (idle1[0] - idle0[0]) / (t1 - t0),
+            "idle_backend_cores": (idle1[1] - idle0[1]) / (t1 - t0)}
+
+
+def report_paced(runs: list[dict[str, Any]]) -> None:
+    rows = []
+    for r in runs:
+        n = r["rows"] or math.nan
+        rows.append([r["rate"], r["rows"] / r["seconds"], n / (r["busy_passes"] or math.nan),
+                     1e6 * r["client_s"] / n, 1e6 * r["backend_s"] / n,
+                     r["client_s"] / r["seconds"], r["idle_client_cores"],
+                     r["idle_backend_cores"]])
+    print_table(
+        "the consumer at a fixed rate of ours, one row per transaction (pgbench -R): CPU per "
+        "applied row of `consumer run --no-scheduler` (client) and of its database backends "
+        "(the whole run, quiet passes included), rows per pass that applied rows, and its "
+        "idle CPU (cores) beside it",
+        ["rate", "rows/s", "rows/busy pass", "client us/row", "backend us/row",
+         "client cores", "idle client cores", "idle backend cores"],
+        rows,
+    )
+    for r in runs:
+        if r["rate"] == 500 and r["rows"]:
+            per_row = 1e6 * r["client_s"] / r["rows"]
+            verdict(f"500 rows/s: client CPU {per_row:.0f} us per applied row <= "
+                    f"{GOAL_CLIENT_US_PER_ROW} us", per_row <= GOAL_CLIENT_US_PER_ROW)
+    record("cost_paced", runs)
+
+
 def parse_args(argv: list[str]) -> Any:
     parser = base_parser("Trigger and consumer cost on mana-sync's writers: paired A/B.")
     parser.add_argument("--writers", help="pgbench clients, comma list (1,2,4; quick 2)")
@@ -223,7 +381,13 @@ def parse_args(argv: list[str]) -> Any:
                         "spread, so fewer rounds bound them as tightly for their size")
     parser.add_argument("--seconds", type=int, help="seconds per arm and round (1)")
     parser.add_argument("--variants", default=",".join(VARIANTS),
-                        help=f"which of {', '.join(VARIANTS)} (all)")
+                        help=f"which of {', '.join(VARIANTS)} (all; empty: the paced run only)")
+    parser.add_argument("--paced", default=None,
+                        help="rows of ours per second at which the consumer's CPU per row is "
+                        "measured, comma list (500; 0 skips it)")
+    parser.add_argument("--paced-seconds", type=int, help="seconds per paced run (10; quick 3)")
+    parser.add_argument("--profile", metavar="FILE",
+                        help="write a CPU-time cProfile of the consumer's first paced run")
     args = parser.parse_args(argv)
     q = args.quick
     args.writers = [int(x) for x in (args.writers or ("2" if q else "1,2,4")).split(",")]
@@ -232,6 +396,8 @@ def parse_args(argv: list[str]) -> Any:
     args.rounds_all_ours = args.rounds_all_ours or (args.rounds if q else 5)
     args.seconds = args.seconds or 1
     args.variants = [v for v in args.variants.split(",") if v]
+    args.paced = [int(x) for x in (args.paced or "500").split(",") if int(x) > 0]
+    args.paced_seconds = args.paced_seconds or (3 if q else 10)
     unknown = set(args.variants) - set(VARIANTS)
     if unknown:
         parser.error(f"unknown variant(s) {', '.join(sorted(unknown))}")
@@ -254,6 +420,13 @@ def main(argv: list[str] | None = None) -> int:
         print_table("machine", ["", ""], machine_info(srv))
         template = srv.migrated_template("cost")
         try:
+            paced = []
+            for i, rate in enumerate(args.paced):
+                section(f"the consumer at {rate} rows/s of ours, one per transaction")
+                paced.append(run_paced(srv, template, exe, rate, args.paced_seconds,
+                                       profile=args.profile if i == 0 else None))
+            if paced:
+                report_paced(paced)
             for mix in args.mixes:
                 for writers in args.writers:
                     section(f"{writers} writer(s), {mix} % of rows ours")
