@@ -298,8 +298,11 @@ class Follower:
 
     async def _probe(self, conn: psycopg.AsyncConnection, term: Term) -> None:
         query = load("checkpoint/leader_check")
-        cur = await self._exec(conn, "probe", query, {"epoch": term.epoch})
-        row = await cur.fetchone()
+        # A statement cut off mid-query would close the connection with a warning; the
+        # probe now also runs between passes while rows flow, where a stop can meet it.
+        with shutdown.finishing():
+            cur = await self._exec(conn, "probe", query, {"epoch": term.epoch})
+            row = await cur.fetchone()
         if not (row and row[0]):
             raise Deposed(f"the leader epoch moved past {term.epoch}")
 
