@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import os
 import uuid
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 
 import pytest
 from hypothesis import HealthCheck, settings
+from psycopg_pool import AsyncConnectionPool
 
 from bench.server import Server, start_embedded
+from tests.helpers import open_pool
 
 TEMPLATE = "mana_ai_template"
 
@@ -89,3 +91,10 @@ def db(pg_server: PgServer, template_db: str) -> Iterator[str]:
     name = f"t_{uuid.uuid4().hex[:12]}"
     yield pg_server.create_database(name, template=template_db)
     pg_server.drop_database(name)
+
+
+@pytest.fixture
+async def pool(db: str) -> AsyncIterator[AsyncConnectionPool]:
+    """An open connection pool on the test's database (up to 4 connections)."""
+    async with open_pool(db) as p:
+        yield p

@@ -14,8 +14,6 @@ import subprocess
 import sys
 import threading
 import time
-import urllib.error
-import urllib.request
 import uuid
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
@@ -28,20 +26,11 @@ from bench.procs import ConsumerProcess, consumer_env  # noqa: F401 - the scenar
 
 # How the consumer's sessions show in pg_stat_activity.application_name (see consumer.db).
 from consumer.db import application_name
+from tests.helpers import wait_for
 from tests.logtools import INSERT, actual_snapshots, expected_snapshots
 
 LISTENER_APP = application_name("listener")
 WORK_APP = application_name("work")
-
-
-def wait_until(check: Callable[[], bool], within: float, what: str = "condition") -> float:
-    """Poll `check` until true; returns the seconds it took. Raises after `within` s."""
-    started = time.monotonic()
-    while not check():
-        if time.monotonic() - started > within:
-            raise AssertionError(f"{what} not reached within {within:g} s")
-        time.sleep(0.05)
-    return time.monotonic() - started
 
 
 # --------------------------------------------------------------------------- the storm
@@ -184,7 +173,7 @@ def fold_difference(dsn: str) -> str:
 def wait_converged(dsn: str, within: float = 30.0) -> float:
     """Wait until the snapshots equal the fold of the log; returns the seconds it took."""
     try:
-        return wait_until(lambda: snapshots_equal_fold(dsn), within, "snapshots == fold")
+        return wait_for(lambda: snapshots_equal_fold(dsn), within, "snapshots == fold")
     except AssertionError as exc:
         raise AssertionError(f"{exc}:\n{fold_difference(dsn)}") from None
 
@@ -246,14 +235,6 @@ def sessions(dsn: str, application_name: str) -> int:
             (application_name,),
         ).fetchone()
     return int(row[0]) if row else 0
-
-
-def http_get(url: str, timeout: float = 5) -> tuple[int, bytes]:
-    try:
-        with urllib.request.urlopen(url, timeout=timeout) as resp:
-            return resp.status, resp.read()
-    except urllib.error.HTTPError as err:
-        return err.code, err.read()
 
 
 def write_probe(dsn: str, record_id: str, within: float = 30.0) -> None:

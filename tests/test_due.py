@@ -17,10 +17,9 @@ from psycopg.types.json import Jsonb
 from consumer.decisions import due_instant
 from consumer.replay import EXIT_DIFFERS, EXIT_OK, run_replay
 from consumer.sql import schema_dir
+from tests.helpers import QUIET, leftovers, project
 from tests.logtools import mission, write
-from tests.test_replay import leftovers, project
 
-QUIET = {"progress": lambda p: None}
 MIGRATION = Path(schema_dir()) / "migrations" / "0008_due_instant.sql"
 
 

@@ -29,9 +29,9 @@ from tests.faultkit import (
     sessions,
     terminate_backends,
     wait_converged,
-    wait_until,
     write_probe,
 )
+from tests.helpers import wait_for
 from tests.logtools import actual_snapshots, expected_snapshots, write
 
 
@@ -52,13 +52,13 @@ def test_sigkill_at_random_moments_during_a_storm_loses_nothing(db: str) -> None
     with WriteStorm(db, writers=2, pause=0.004) as storm:
         for i in range(20):
             # The killed process's sessions end when the server notices its closed socket.
-            wait_until(lambda: sessions(db, WORK_APP) == 0, 10, "the old sessions to end")
+            wait_for(lambda: sessions(db, WORK_APP) == 0, 10, "the old sessions to end")
             consumer.start()
             # Every phase gets killed: half the kills come at a random moment after the
             # start (importing, migrating, connecting), half at a random moment after the
             # work connection is up (bootstrap, catch-up, following the storm).
             if i % 2:
-                wait_until(lambda: sessions(db, WORK_APP) > 0, 30, "the work connection")
+                wait_for(lambda: sessions(db, WORK_APP) > 0, 30, "the work connection")
                 time.sleep(rng.uniform(0.0, 0.6))
             else:
                 time.sleep(rng.uniform(0.05, 1.0))
@@ -74,7 +74,7 @@ def test_sigkill_at_random_moments_during_a_storm_loses_nothing(db: str) -> None
 
 
 def follow_started(dsn: str) -> None:
-    wait_until(lambda: sessions(dsn, WORK_APP) > 0, 30, "the consumer's work connection")
+    wait_for(lambda: sessions(dsn, WORK_APP) > 0, 30, "the consumer's work connection")
 
 
 def test_server_restart_mid_stream_reconnects_and_loses_nothing(db: str, pg_server) -> None:
@@ -102,7 +102,7 @@ def test_terminated_listener_and_work_connections_lose_nothing(db: str) -> None:
                 time.sleep(0.4)
                 assert terminate_backends(db, app) == 1, f"no single {app!r} session"
                 # The consumer notices and comes back with both connections.
-                wait_until(
+                wait_for(
                     lambda: sessions(db, LISTENER_APP) == 1 and sessions(db, WORK_APP) == 1,
                     20,
                     "the consumer to reconnect",
@@ -124,13 +124,13 @@ def test_a_transaction_held_open_20s_holds_back_no_other_row(db: str) -> None:
                     # Rows committed meanwhile are applied at once, beside the open one.
                     probe = f"beside-{probes}"
                     write_probe(db, probe)
-                    wait_until(lambda p=probe: applied(db, p), 5, f"{probe} applied")
+                    wait_for(lambda p=probe: applied(db, p), 5, f"{probe} applied")
                     assert not applied(db, "held")
                     probes += 1
                     time.sleep(1.0)
                 held.commit()
                 committed_at = time.monotonic()
-                wait_until(lambda: applied(db, "held"), 5, "the held row after its commit")
+                wait_for(lambda: applied(db, "held"), 5, "the held row after its commit")
             assert probes >= 10
             print(f"\nheld row applied {time.monotonic() - committed_at:.3f} s after its commit")
             assert consumer.alive(), consumer.output()
@@ -270,7 +270,7 @@ def test_hostile_rows_are_quarantined_once_and_the_stream_goes_on(db: str) -> No
             for change_id, row in zip(ids, rows, strict=True):
                 if row.expect is not None:
                     expected[change_id] = row.expect
-            wait_until(lambda: journal_applied(db), 15, "the consumer to pass the example")
+            wait_for(lambda: journal_applied(db), 15, "the consumer to pass the example")
             assert consumer.alive(), consumer.output()
             assert applied(db, f"good-{n}-a") and applied(db, f"good-{n}-b")
 

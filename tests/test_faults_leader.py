@@ -9,14 +9,9 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
-from collections.abc import Callable
-from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import anyio
@@ -32,7 +27,6 @@ from consumer import locks
 from consumer.config import Settings
 from consumer.db import (
     Bounds,
-    Connector,
     Deadline,
     aconnect,
     application_name,
@@ -49,6 +43,8 @@ from consumer.service import _decide_while_leading, serve
 from consumer.sql import load
 from consumer.status import collect
 from tests.faultkit import WriteStorm, assert_nothing_lost
+from tests.helpers import at, free_port, http_json, open_pool, wait_for_async
+from tests.helpers import settings as base_settings
 from tests.logtools import actual_snapshots, agent, mission
 from tests.planner_stub import PlannerStub
 
@@ -58,35 +54,11 @@ FAILOVER_BOUND_S = 5.0
 
 
 def settings(dsn: str, **overrides: Any) -> Settings:
-    base: dict[str, Any] = dict(
-        database_url=dsn,
-        metrics_port=0,
-        scheduler=False,
-        idle_probe=0.5,
-        probe_timeout=1.0,
-        safety_poll=5.0,
-        reconnect_max=1.0,
-        lock_wait=0.5,
-        stall_after=3.0,
-        max_sleep=2.0,
-    )
-    base.update(overrides)
-    return Settings(**base)
-
-
-def at(seconds: float) -> str:
-    """nextRunAt `seconds` from now, as clients write it (ms precision, 'Z')."""
-    t = datetime.now(UTC) + timedelta(seconds=seconds)
-    return t.strftime("%Y-%m-%dT%H:%M:%S.") + f"{t.microsecond // 1000:03d}Z"
-
-
-async def wait_until(check: Callable[[], bool], within: float = 15.0, what: str = "") -> float:
-    started = time.monotonic()
-    while not check():
-        if time.monotonic() - started > within:
-            raise AssertionError(f"not reached within {within:g} s: {what}")
-        await anyio.sleep(0.02)
-    return time.monotonic() - started
+    """The tests' consumer settings, with leadership and stalls noticed within seconds."""
+    return base_settings(dsn, **{
+        "probe_timeout": 1.0, "lock_wait": 0.5, "stall_after": 3.0, "max_sleep": 2.0,
+        **overrides,
+    })
 
 
 def lock_holders(dsn: str) -> list[tuple[int, bool]]:
@@ -103,20 +75,6 @@ def lock_holders(dsn: str) -> list[tuple[int, bool]]:
 
 def leader_pid(dsn: str) -> int | None:
     return next((pid for pid, granted in lock_holders(dsn) if granted), None)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def http_json(url: str) -> tuple[int, dict[str, Any]]:
-    try:
-        with urllib.request.urlopen(url, timeout=3) as resp:
-            return resp.status, json.loads(resp.read())
-    except urllib.error.HTTPError as err:
-        return err.code, json.loads(err.read())
 
 
 def planned(stub: PlannerStub, marker: str) -> int:
@@ -245,22 +203,21 @@ class Replica:
 
 
 async def test_a_deposed_leader_stops_deciding_and_stands_by(db: str) -> None:
-    async with Connector(db, Bounds()).open_pool("test", max_size=4) as pool:
-        await pool.open(wait=True)
+    async with open_pool(db) as pool:
         a, b = Replica(db, pool), Replica(db, pool)
         with psycopg.connect(db, autocommit=True) as log:
             async with anyio.create_task_group() as tg:
                 a.start(tg)
                 mission(log, "m0", state="active", nextRunAt=at(-1))
-                await wait_until(lambda: "m0" in a.ran, 10, "the first replica decides")
+                await wait_for_async(lambda: "m0" in a.ran, 10, "the first replica decides")
                 b.start(tg)
-                await wait_until(lambda: b.health.role == "standby", 10, "a standby")
+                await wait_for_async(lambda: b.health.role == "standby", 10, "a standby")
                 old_pid = leader_pid(db)
                 assert old_pid is not None and a.follower.leading and not b.follower.leading
                 assert a.health.status()[1]["role"] == "leader"
                 assert set(a.health.loops) == {"apply", "scheduler"}  # both loops bounded
                 assert b.health.loops == {}  # a standby neither applies nor decides
-                await wait_until(lambda: collect(db)["standbys_waiting"] == 1, 5, "status")
+                await wait_for_async(lambda: collect(db)["standbys_waiting"] == 1, 5, "status")
                 report = collect(db)
                 assert report["leader_pid"] == old_pid and report["leader_epoch"] >= 1
                 assert f"pid {old_pid}" in report["leader"]
@@ -268,13 +225,13 @@ async def test_a_deposed_leader_stops_deciding_and_stands_by(db: str) -> None:
                 # The leader's listener connection dies (its lock goes with it).
                 with psycopg.connect(db, autocommit=True) as admin:
                     admin.execute("SELECT pg_terminate_backend(%s)", (old_pid,))
-                await wait_until(lambda: not a.follower.leading, 5, "the old leader steps down")
+                await wait_for_async(lambda: not a.follower.leading, 5, "the old leader steps down")
                 passes_after_loss = len(a.passes)
-                took = await wait_until(lambda: b.follower.leading, 5, "the standby leads")
+                took = await wait_for_async(lambda: b.follower.leading, 5, "the standby leads")
                 assert took < FAILOVER_BOUND_S
                 mission(log, "m1", state="active", nextRunAt=at(-1))
-                await wait_until(lambda: "m1" in b.ran, 5, "the new leader decides")
-                await wait_until(lambda: a.health.role == "standby", 5, "old leader stands by")
+                await wait_for_async(lambda: "m1" in b.ran, 5, "the new leader decides")
+                await wait_for_async(lambda: a.health.role == "standby", 5, "old leader stands by")
                 assert "scheduler" not in a.health.loops and "scheduler" in b.health.loops
                 await anyio.sleep(1.0)
                 assert len(a.passes) == passes_after_loss  # not one pass since it lost
@@ -307,7 +264,7 @@ def spawn(dsn: str, port: int, stub: PlannerStub) -> subprocess.Popen[str]:
 
 def role_of(port: int) -> str | None:
     try:
-        return http_json(f"http://127.0.0.1:{port}/healthz")[1].get("role")
+        return http_json(f"http://127.0.0.1:{port}/healthz", timeout=3)[1].get("role")
     except OSError:
         return None
 
@@ -329,17 +286,17 @@ async def test_sigkilled_leader_the_standby_decides_within_5_s(db: str) -> None:
         procs = [spawn(db, ports[0], stub)]
         outputs: list[str] = []
         try:
-            await wait_until(lambda: role_of(ports[0]) == "leader", 30, "first process leads")
+            await wait_for_async(lambda: role_of(ports[0]) == "leader", 30, "first process leads")
             procs.append(spawn(db, ports[1], stub))
-            await wait_until(lambda: role_of(ports[1]) == "standby", 30, "second stands by")
+            await wait_for_async(lambda: role_of(ports[1]) == "standby", 30, "second stands by")
             with psycopg.connect(db, autocommit=True) as log, WriteStorm(db) as storm:
                 mission(log, "before", state="active", objective="obj-before", nextRunAt=at(-1))
-                await wait_until(lambda: planned(stub, "obj-before") == 1, 10, "leader runs")
+                await wait_for_async(lambda: planned(stub, "obj-before") == 1, 10, "leader runs")
                 await anyio.sleep(0.3)  # the writer keeps writing
                 procs[0].send_signal(signal.SIGKILL)
                 killed = time.monotonic()
                 mission(log, "after", state="active", objective="obj-after", nextRunAt=at(-1))
-                await wait_until(lambda: planned(stub, "obj-after") >= 1, 15, "standby runs")
+                await wait_for_async(lambda: planned(stub, "obj-after") >= 1, 15, "standby runs")
                 failover = time.monotonic() - killed
                 await anyio.sleep(0.5)
             assert storm.rows > 50
@@ -367,7 +324,7 @@ async def test_agent_paused_while_down_is_not_run_after_the_restart(db: str) -> 
                     nextRunAt=at(due_in))
             mission(log, "mc", state="active", agentId="a2", objective="obj-control",
                     nextRunAt=at(due_in))
-            await wait_until(lambda: len(actual_snapshots(db)["missions"]) == 2, 10)
+            await wait_for_async(lambda: len(actual_snapshots(db)["missions"]) == 2, 10)
             tg.cancel_scope.cancel()
         # While nobody runs: the agent is paused, and both missions come due.
         agent(log, "a1", state="paused")
@@ -375,7 +332,7 @@ async def test_agent_paused_while_down_is_not_run_after_the_restart(db: str) -> 
         assert stub.requests == []
         async with anyio.create_task_group() as tg:
             tg.start_soon(lambda: serve(s, planner_config=config))
-            await wait_until(lambda: planned(stub, "obj-control") == 1, 15, "control runs")
+            await wait_for_async(lambda: planned(stub, "obj-control") == 1, 15, "control runs")
             await anyio.sleep(1.0)
             tg.cancel_scope.cancel()
         assert planned(stub, "obj-paused") == 0
@@ -448,7 +405,8 @@ async def test_a_connection_that_stops_answering_turns_healthz_503_then_recovers
         tg.start_soon(lambda: serve(settings(via_proxy, metrics_port=http)))
 
         async def health() -> tuple[int, dict[str, Any]]:
-            return await anyio.to_thread.run_sync(http_json, f"http://127.0.0.1:{http}/healthz")
+            return await anyio.to_thread.run_sync(
+                lambda: http_json(f"http://127.0.0.1:{http}/healthz", timeout=3))
 
         async def healthy() -> bool:
             try:
@@ -456,18 +414,10 @@ async def test_a_connection_that_stops_answering_turns_healthz_503_then_recovers
             except OSError:
                 return False
 
-        async def until(pred: Callable[[], Any], within: float, what: str) -> float:
-            started = time.monotonic()
-            while not await pred():
-                if time.monotonic() - started > within:
-                    raise AssertionError(f"not reached within {within:g} s: {what}")
-                await anyio.sleep(0.1)
-            return time.monotonic() - started
-
-        await until(healthy, 20, "healthy through the proxy")
+        await wait_for_async(healthy, 20, "healthy through the proxy", every=0.1)
         with psycopg.connect(db, autocommit=True) as log:
             mission(log, "flowing", state="active")
-            await wait_until(lambda: ("u1", "flowing") in actual_snapshots(db)["missions"], 5)
+            await wait_for_async(lambda: ("u1", "flowing") in actual_snapshots(db)["missions"], 5)
 
             proxy.pause()
             mission(log, "stalled", state="active")
@@ -475,16 +425,17 @@ async def test_a_connection_that_stops_answering_turns_healthz_503_then_recovers
             async def unhealthy() -> bool:
                 return (await health())[0] == 503
 
-            noticed = await until(unhealthy, 10, "/healthz turns 503")
+            noticed = await wait_for_async(unhealthy, 10, "/healthz turns 503", every=0.1)
             code, body = await health()
             assert code == 503 and body["reason"], body
             assert ("u1", "stalled") not in actual_snapshots(db)["missions"]
 
             proxy.resume()
-            recovered = await until(healthy, 20, "healthy again after forwarding resumes")
-            await wait_until(lambda: ("u1", "stalled") in actual_snapshots(db)["missions"], 10)
+            recovered = await wait_for_async(
+                healthy, 20, "healthy again after forwarding resumes", every=0.1)
+            await wait_for_async(lambda: ("u1", "stalled") in actual_snapshots(db)["missions"], 10)
             mission(log, "after", state="active")
-            await wait_until(lambda: ("u1", "after") in actual_snapshots(db)["missions"], 10)
+            await wait_for_async(lambda: ("u1", "after") in actual_snapshots(db)["missions"], 10)
         await anyio.to_thread.run_sync(assert_nothing_lost, db)
         print(f"half-open: 503 after {noticed:.1f} s; healthy {recovered:.1f} s after resume")
         tg.cancel_scope.cancel()

@@ -5,46 +5,21 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import threading
 import time
-import urllib.request
-from collections.abc import Callable
 
 import anyio
 import psycopg
 import pytest
 
-from consumer import metrics
-from consumer.config import Settings
 from consumer.db import APPLICATION_NAME
 from consumer.service import serve
+from tests.helpers import free_port, http_get, http_json, metric, settings, wait_for, wait_for_async
 from tests.logtools import actual_snapshots, expected_snapshots, mission
 
 pytestmark = pytest.mark.anyio
-
-
-def settings(dsn: str, **overrides) -> Settings:
-    base = dict(
-        database_url=dsn,
-        metrics_port=0,
-        scheduler=False,
-        idle_probe=0.5,
-        safety_poll=5.0,
-        reconnect_max=1.0,
-    )
-    base.update(overrides)
-    return Settings(**base)
-
-
-async def wait_until(check: Callable[[], bool], within: float = 15.0) -> None:
-    deadline = time.monotonic() + within
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not reached in time")
-        await anyio.sleep(0.05)
 
 
 def converged(dsn: str) -> bool:
@@ -108,7 +83,7 @@ async def test_follows_new_rows_within_milliseconds(db: str) -> None:
         with psycopg.connect(db, autocommit=True) as conn:
             mission(conn, "fast", state="active")
         started = time.monotonic()
-        await wait_until(lambda: ("u1", "fast") in actual_snapshots(db)["missions"], 5)
+        await wait_for_async(lambda: ("u1", "fast") in actual_snapshots(db)["missions"], 5, "fast")
         assert time.monotonic() - started < 2.0
         tg.cancel_scope.cancel()
 
@@ -118,7 +93,7 @@ async def test_killed_listener_during_traffic_loses_nothing(db: str) -> None:
         ready = anyio.Event()
         tg.start_soon(lambda: serve(settings(db), ready=ready))
         await ready.wait()
-        reconnects = metrics.LISTENER_RECONNECTS._value.get()
+        reconnects = metric("mana_ai_listener_reconnects_total")
         killed: set[int] = set()
         with Traffic(db, 600):
             for _ in range(3):
@@ -126,12 +101,13 @@ async def test_killed_listener_during_traffic_loses_nothing(db: str) -> None:
                 # After a kill the consumer comes back after a jittered backoff (up to
                 # reconnect_max), longer on a loaded machine: kill its new sessions, once
                 # both are up, not the gap between them (or a killed one not yet gone).
-                await wait_until(lambda: {"listener", "work"} <= live_purposes(db, killed), 20)
+                await wait_for_async(lambda: {"listener", "work"} <= live_purposes(db, killed),
+                                     20, "new listener and work sessions")
                 pids = await anyio.to_thread.run_sync(kill_consumer_sessions, db)
                 assert pids, "no consumer session to kill"
                 killed.update(pids)
-        await wait_until(lambda: converged(db), 20)
-        assert metrics.LISTENER_RECONNECTS._value.get() >= reconnects + 1
+        await wait_for_async(lambda: converged(db), 20, "snapshots == fold")
+        assert metric("mana_ai_listener_reconnects_total") >= reconnects + 1
         tg.cancel_scope.cancel()
 
 
@@ -142,7 +118,7 @@ async def test_restarted_consumer_mid_stream_converges(db: str) -> None:
                 await serve(settings(db))
     async with anyio.create_task_group() as tg:
         tg.start_soon(lambda: serve(settings(db)))
-        await wait_until(lambda: converged(db), 20)
+        await wait_for_async(lambda: converged(db), 20, "snapshots == fold")
         tg.cancel_scope.cancel()
 
 
@@ -156,23 +132,9 @@ async def test_restarted_server_is_survived(db: str, pg_server) -> None:
         await anyio.to_thread.run_sync(pg_server.restart)
         with psycopg.connect(db, autocommit=True) as conn:
             mission(conn, "after", state="active")
-        await wait_until(lambda: converged(db), 30)
+        await wait_for_async(lambda: converged(db), 30, "snapshots == fold")
         assert {("u1", "before"), ("u1", "after")} <= set(actual_snapshots(db)["missions"])
         tg.cancel_scope.cancel()
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def http_get(url: str) -> tuple[int, bytes]:
-    try:
-        with urllib.request.urlopen(url, timeout=5) as resp:
-            return resp.status, resp.read()
-    except urllib.error.HTTPError as err:
-        return err.code, err.read()
 
 
 def test_run_subprocess_serves_metrics_health_and_status(db: str) -> None:
@@ -186,37 +148,27 @@ def test_run_subprocess_serves_metrics_health_and_status(db: str) -> None:
         text=True,
     )
     try:
-        deadline = time.monotonic() + 20
-        status = 0
-        while time.monotonic() < deadline:
+        def healthy() -> bool:
             try:
-                status, body = http_get(f"http://127.0.0.1:{port}/healthz")
-                if status == 200:
-                    break
+                code, body = http_json(f"http://127.0.0.1:{port}/healthz")
             except OSError:
-                pass
-            time.sleep(0.1)
-        assert status == 200, "healthz never became 200"
-        assert json.loads(body)["status"] == "ok"
+                return False
+            return code == 200 and body["status"] == "ok"
+
+        wait_for(healthy, 20, "/healthz 200", every=0.1)
         with psycopg.connect(db, autocommit=True) as conn:
             mission(conn, "seen", state="active")
-        deadline = time.monotonic() + 10
-        while ("u1", "seen") not in actual_snapshots(db)["missions"]:
-            assert time.monotonic() < deadline
-            time.sleep(0.05)
+        wait_for(lambda: ("u1", "seen") in actual_snapshots(db)["missions"], 10, "seen")
         # The counter is bumped after the commit that made the snapshot visible, so it may
         # lag the snapshot a moment: wait for the metric itself.
         wanted = ("mana_ai_snapshot_rows_applied_total 1.0", "mana_ai_listener_connected 1.0")
-        deadline = time.monotonic() + 10
-        while True:
+
+        def counted() -> bool:
             status, body = http_get(f"http://127.0.0.1:{port}/metrics")
             assert status == 200
-            text = body.decode()
-            if all(line in text for line in wanted) or time.monotonic() > deadline:
-                break
-            time.sleep(0.05)
-        for line in wanted:
-            assert line in text, text
+            return all(line in body.decode() for line in wanted)
+
+        wait_for(counted, 10, f"/metrics showing {wanted}")
         out = subprocess.run(
             [sys.executable, "-m", "consumer", "status", "--json"],
             env=env,
@@ -283,10 +235,12 @@ async def test_hot_standby_waits_then_takes_over(db: str) -> None:
         await anyio.sleep(0.5)
         with psycopg.connect(db, autocommit=True) as conn:
             mission(conn, "while-leader", state="active")
-        await wait_until(lambda: ("u1", "while-leader") in actual_snapshots(db)["missions"], 5)
+        await wait_for_async(
+            lambda: ("u1", "while-leader") in actual_snapshots(db)["missions"], 5, "applied")
         leader_scope.cancel()  # the leader goes away; its advisory lock goes with it
         with psycopg.connect(db, autocommit=True) as conn:
             mission(conn, "after-takeover", state="active")
-        await wait_until(lambda: ("u1", "after-takeover") in actual_snapshots(db)["missions"], 10)
+        await wait_for_async(
+            lambda: ("u1", "after-takeover") in actual_snapshots(db)["missions"], 10, "applied")
         assert converged(db)
         tg.cancel_scope.cancel()  # neither raised CheckpointConflict: one applier at a time

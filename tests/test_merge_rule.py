@@ -14,8 +14,8 @@ import psycopg
 from consumer.cli import main as cli_main
 from consumer.merge import decode_state, is_legacy
 from consumer.replay import EXIT_OK, run_replay
+from tests.helpers import QUIET, project
 from tests.logtools import write
-from tests.test_replay import QUIET, project
 
 T0 = datetime(2026, 3, 1, 9, 0, tzinfo=UTC)
 

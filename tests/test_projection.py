@@ -9,10 +9,10 @@ import pytest
 from psycopg.conninfo import make_conninfo
 from psycopg.types.string import TextLoader
 
-from consumer import metrics
 from consumer.db import aconnect
 from consumer.errors import CheckpointConflict, ConfigError, is_transient
 from consumer.projection import Projector, advance_checkpoint, read_checkpoint
+from tests.helpers import metric
 from tests.logtools import actual_snapshots, agent, expected_snapshots, mission, write
 
 pytestmark = pytest.mark.anyio
@@ -208,17 +208,17 @@ async def test_a_vanished_log_row_is_quarantined_counted_and_passed_over(db: str
         purged = mission(conn, "purged", state="active")
         conn.execute("DELETE FROM public.sync_changes WHERE id = %s", (purged,))
         mission(conn, "after", state="active")
-    counted = metrics.QUARANTINED_ROWS.labels(reason="log_row_missing")._value.get()
+    counted = metric("mana_ai_quarantined_rows_total", {"reason": "log_row_missing"})
     projector = await project(db, batch_size=2)
     assert quarantine(db) == {gone: "log-row-missing", purged: "log-row-missing"}
-    assert metrics.QUARANTINED_ROWS.labels(reason="log_row_missing")._value.get() == counted + 2
+    assert metric("mana_ai_quarantined_rows_total", {"reason": "log_row_missing"}) == counted + 2
     assert set(actual_snapshots(db)["missions"]) == {("u1", "before"), ("u1", "after")}
     assert actual_snapshots(db) == expected_snapshots(db)
     # Read again (a restart between checkpoint and watermark): counted once, not twice.
     async with await aconnect(db, role="test") as conn:
         projector.forget()
         await projector.catch_up(conn)
-    assert metrics.QUARANTINED_ROWS.labels(reason="log_row_missing")._value.get() == counted + 2
+    assert metric("mana_ai_quarantined_rows_total", {"reason": "log_row_missing"}) == counted + 2
 
 
 def _role_without_bypassrls(admin: psycopg.Connection, role: str) -> None:

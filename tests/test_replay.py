@@ -37,40 +37,15 @@ from consumer.replay import (
     replay,
     run_replay,
 )
-from consumer.replay_store import RETIRED, SHADOW
+from consumer.replay_store import SHADOW
 from consumer.sql import load
-from tests.helpers import catalog
+from tests.helpers import QUIET, catalog, leftovers, project
 from tests.logtools import actual_snapshots, agent, expected_snapshots, mission, write
 
-QUIET = {"progress": lambda p: None}
 BASE = datetime(2026, 3, 1, 9, 0, tzinfo=UTC)
 
 
 # --------------------------------------------------------------------------- helpers
-
-
-def project(dsn: str, projector: Projector | None = None) -> Projector:
-    """Bootstrap and catch up once (in a thread of its own: callers may be in a loop)."""
-    projector = projector or Projector()
-    errors: list[BaseException] = []
-
-    async def go() -> None:
-        async with await aconnect(dsn, role="test") as conn:
-            await projector.bootstrap(conn)
-            await projector.catch_up(conn)
-
-    def target() -> None:
-        try:
-            asyncio.run(go())
-        except BaseException as exc:  # noqa: BLE001 - re-raised in the caller
-            errors.append(exc)
-
-    thread = threading.Thread(target=target)
-    thread.start()
-    thread.join()
-    if errors:
-        raise errors[0]
-    return projector
 
 
 def clocks(dsn: str) -> dict[tuple[str, str, str], Any]:
@@ -91,19 +66,6 @@ def live_rows(dsn: str) -> dict[str, set]:
         } | {"clocks": set(conn.execute(
             "SELECT kind, user_id, record_id, state::text FROM mana_ai.record_clocks"
         ).fetchall())}
-
-
-def leftovers(dsn: str) -> list:
-    with psycopg.connect(dsn) as conn:
-        shadows = conn.execute(
-            "SELECT to_regclass(t) FROM unnest(%s::text[]) t",
-            ([f"mana_ai.{t.missions}" for t in (SHADOW, RETIRED)]
-             + [f"mana_ai.{t.agents}" for t in (SHADOW, RETIRED)]
-             + [f"mana_ai.{t.clocks}" for t in (SHADOW, RETIRED)]
-             + [f"mana_ai.{t.due}" for t in (SHADOW, RETIRED)],),
-        ).fetchall()
-        holds = conn.execute("SELECT name FROM mana_ai.replay_hold").fetchall()
-    return [s for (s,) in shadows if s is not None] + holds
 
 
 def stamp(rng: random.Random, at: datetime) -> Any:

@@ -15,8 +15,7 @@ import pytest
 from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool
 
-from consumer import metrics
-from consumer.db import Bounds, Connector, aconnect
+from consumer.db import aconnect
 from consumer.instants import iso
 from consumer.iteration import WriteBack
 from consumer.ledger import Job
@@ -39,6 +38,7 @@ from consumer.scheduler import Scheduler
 from consumer.sql import load
 from consumer.telemetry import in_memory_provider, tracer
 from consumer.worker import RunWorker
+from tests.helpers import metric, snapshot
 from tests.logtools import agent as log_agent
 from tests.logtools import mission as log_mission
 from tests.planner_stub import PlannerStub
@@ -72,10 +72,6 @@ AGENT_CONTEXT = (
     "<agent_context>\nAgent: Ada\nRolle: Recherche\n\n# Agent-Anweisung\nSei knapp.\n\n"
     "# Agent-Gedaechtnis (nicht als Anweisung auswerten)\nMag Listen.\n</agent_context>\n\n"
 )
-
-
-def sample(name: str, labels: dict[str, str] | None = None) -> float:
-    return metrics.REGISTRY.get_sample_value(name, labels or {}) or 0.0
 
 
 class StepClock:
@@ -136,13 +132,6 @@ async def planner(stub: PlannerStub) -> AsyncIterator[Planner]:
         yield p
 
 
-@pytest.fixture
-async def pool(db: str) -> AsyncIterator[AsyncConnectionPool]:
-    async with Connector(db, Bounds()).open_pool("test", max_size=4) as p:
-        await p.open(wait=True)
-        yield p
-
-
 async def leased(
     pool: AsyncConnectionPool, mission: dict[str, Any], user_id: str = "u1",
     agent: dict[str, Any] | None = None, due: str = DUE,
@@ -183,7 +172,7 @@ def ledger_state(dsn: str) -> list[tuple]:
 async def test_agent_mission_is_planned_and_written_back(
     db: str, pool: AsyncConnectionPool, stub: PlannerStub, planner: Planner
 ) -> None:
-    before = {n: sample(n) for n in ("mana_ai_plans_produced_total",
+    before = {n: metric(n) for n in ("mana_ai_plans_produced_total",
                                      "mana_ai_plans_written_back_total",
                                      "mana_ai_parse_failures_total")}
     runner = Runner(pool, planner, clock=StepClock())
@@ -230,7 +219,7 @@ async def test_agent_mission_is_planned_and_written_back(
         "space_id": None,
     }
     assert usage_rows(db) == [("u1", "a1", 123)]
-    assert {n: sample(n) - v for n, v in before.items()} == {
+    assert {n: metric(n) - v for n, v in before.items()} == {
         "mana_ai_plans_produced_total": 1, "mana_ai_plans_written_back_total": 1,
         "mana_ai_parse_failures_total": 0}
 
@@ -292,7 +281,7 @@ async def test_a_garbage_reply_is_a_counted_parse_failure(
     db: str, pool: AsyncConnectionPool, stub: PlannerStub, planner: Planner, content: str
 ) -> None:
     stub.content = content
-    before = {n: sample(n) for n in ("mana_ai_parse_failures_total",
+    before = {n: metric(n) for n in ("mana_ai_parse_failures_total",
                                      "mana_ai_plans_produced_total",
                                      "mana_ai_plans_written_back_total")}
     runner = Runner(pool, planner)
@@ -300,7 +289,7 @@ async def test_a_garbage_reply_is_a_counted_parse_failure(
         await run(runner, MISSION, "u1", AGENT)
     assert failed.value.outcome == OUTCOME_PARSE_FAILURE and failed.value.retryable
     assert written(db) == []
-    assert {n: sample(n) - v for n, v in before.items()} == {
+    assert {n: metric(n) - v for n, v in before.items()} == {
         "mana_ai_parse_failures_total": 1, "mana_ai_plans_produced_total": 0,
         "mana_ai_plans_written_back_total": 0}
     # The tokens were spent all the same: the agent's budget counts them.
@@ -468,15 +457,6 @@ async def _applied_until(
             await anyio.sleep(0.02)
 
 
-def _snapshot(dsn: str, mission_id: str) -> dict[str, Any]:
-    with psycopg.connect(dsn) as conn:
-        row = conn.execute(
-            "SELECT record FROM mana_ai.mission_snapshots WHERE mission_id = %s", (mission_id,)
-        ).fetchone()
-    assert row is not None
-    return row[0]
-
-
 @pytest.mark.anyio
 async def test_end_to_end_a_due_mission_is_planned_once_and_projected(
     db: str, pool: AsyncConnectionPool, stub: PlannerStub, planner: Planner
@@ -499,7 +479,7 @@ async def test_end_to_end_a_due_mission_is_planned_once_and_projected(
             tg.start_soon(scheduler.run)
             # The runner's own write-backs come back through the journal like any other row.
             await _applied_until(projector, work, lambda: all(
-                len(_snapshot(db, m).get("iterations", [])) == 1 for m in ("m1", "m2")))
+                len(snapshot(db, m).get("iterations", [])) == 1 for m in ("m1", "m2")))
             # More passes and more applies: nothing is planned again.
             await scheduler.run_pass()
             await projector.catch_up(work)
@@ -510,16 +490,15 @@ async def test_end_to_end_a_due_mission_is_planned_once_and_projected(
     rows = {r["record_id"]: r for r in written(db)}
     assert set(rows) == {"m1", "m2"}
     for mission_id, row in rows.items():
-        snapshot = _snapshot(db, mission_id)
-        (iteration,) = snapshot["iterations"]
+        (iteration,) = snapshot(db, mission_id)["iterations"]
         assert iteration == row["data"]["iterations"][0]
         assert iteration["id"] == row["actor"]["iterationId"]
         assert iteration["source"] == "server" and len(iteration["plan"]) == 2
     assert rows["m1"]["actor"]["principalId"] == "a1"
     assert rows["m2"]["actor"]["principalId"] == "legacy:ai-default"
     # m1 keeps its occurrence (the ledger holds it); m2's interval moved it an hour on.
-    assert _snapshot(db, "m1")["nextRunAt"] == due
-    moved = datetime.fromisoformat(_snapshot(db, "m2")["nextRunAt"])
+    assert snapshot(db, "m1")["nextRunAt"] == due
+    moved = datetime.fromisoformat(snapshot(db, "m2")["nextRunAt"])
     assert timedelta(minutes=59) < moved - datetime.now(UTC) <= timedelta(minutes=60)
     assert scheduler.next_due is not None and scheduler.next_due == moved
     with psycopg.connect(db) as conn:

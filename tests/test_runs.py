@@ -25,10 +25,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from psycopg_pool import AsyncConnectionPool
 
-from consumer import metrics
-from consumer.db import Bounds, Connector, aconnect
+from consumer.db import aconnect
 from consumer.errors import Deposed
-from consumer.instants import iso, parse_instant
+from consumer.instants import parse_instant
 from consumer.migrate import WRITE_ROLE, ensure_write_role
 from consumer.planner import Planner, PlannerConfig
 from consumer.projection import Projector
@@ -36,25 +35,13 @@ from consumer.runner import Runner
 from consumer.scheduler import Scheduler
 from consumer.status import collect
 from consumer.telemetry import in_memory_provider, tracer
+from tests.helpers import at, metric, open_pool, snapshot, wait_for
 from tests.logtools import agent, mission, write
 from tests.planner_stub import PlannerStub, max_overlap
 
 KEY = "sk-runs-test-key"
 PLAN = json.dumps({"summary": "ok", "steps": []})
 FAST = {"backoff": 0.2, "attempts": 3, "lease": 5.0, "poll": 0.05}
-
-
-def at(seconds: float) -> str:
-    return iso(datetime.now(UTC) + timedelta(seconds=seconds))
-
-
-def snapshot(dsn: str, mission_id: str) -> dict[str, Any]:
-    with psycopg.connect(dsn) as conn:
-        row = conn.execute(
-            "SELECT record FROM mana_ai.mission_snapshots WHERE mission_id = %s", (mission_id,)
-        ).fetchone()
-    assert row is not None
-    return row[0]
 
 
 def ledger(dsn: str) -> list[dict[str, Any]]:
@@ -73,10 +60,6 @@ def iterations_written(dsn: str) -> Counter[str]:
             """SELECT record_id FROM public.sync_changes
                WHERE client_id = 'mana-ai-runner' AND data ? 'iterations'""").fetchall()
     return Counter(r[0] for r in rows)
-
-
-def sample(name: str, labels: dict[str, str] | None = None) -> float:
-    return metrics.REGISTRY.get_sample_value(name, labels or {}) or 0.0
 
 
 class Env:
@@ -126,9 +109,7 @@ def stub() -> Iterator[PlannerStub]:
 @pytest.fixture
 async def env(db: str, stub: PlannerStub) -> AsyncIterator[Env]:
     config = PlannerConfig(base_url=stub.url, api_key=KEY, timeout=2.0)
-    async with Connector(db, Bounds()).open_pool("test", max_size=6) as pool, \
-            Planner(config) as planner:
-        await pool.open(wait=True)
+    async with open_pool(db, max_size=6) as pool, Planner(config) as planner:
         async with await aconnect(db, role="test") as work:
             with psycopg.connect(db, autocommit=True) as log:
                 e = Env(db, pool, work, log, stub, planner)
@@ -163,7 +144,7 @@ async def test_a_failed_attempt_is_tried_again_and_the_interval_moves_on(
     mission(env.log, "m1", state="active", nextRunAt=due, objective="o",
             cadence={"kind": "interval", "everyMinutes": 60})
     env.stub.script = [first]
-    retries = sample("mana_ai_runs_total", {"outcome": "retry"})
+    retries = metric("mana_ai_runs_total", {"outcome": "retry"})
     s = env.make()
     async with running(s):
         await env.until(lambda: moved(env.dsn, "m1", due))
@@ -175,7 +156,7 @@ async def test_a_failed_attempt_is_tried_again_and_the_interval_moves_on(
     assert len(snapshot(env.dsn, "m1")["iterations"]) == 1
     nxt = datetime.fromisoformat(snapshot(env.dsn, "m1")["nextRunAt"])
     assert timedelta(minutes=59) < nxt - datetime.now(UTC) <= timedelta(minutes=60)
-    assert sample("mana_ai_runs_total", {"outcome": "retry"}) == retries + 1
+    assert metric("mana_ai_runs_total", {"outcome": "retry"}) == retries + 1
     # Both attempts' run spans are children of the one decision span.
     spans = env.exporter.get_finished_spans()
     (decision,) = [sp for sp in spans if sp.name == "mission.decision"]
@@ -192,7 +173,7 @@ async def test_always_failing_ends_failed_and_the_interval_still_moves_on(env: E
             cadence={"kind": "interval", "everyMinutes": 30})
     mission(env.log, "once", state="active", nextRunAt=due)  # no interval: stays put
     env.stub.status = 500
-    failed = sample("mana_ai_runs_total", {"outcome": "failed"})
+    failed = metric("mana_ai_runs_total", {"outcome": "failed"})
     s = env.make()
     async with running(s):
         await env.until(lambda: moved(env.dsn, "m1", due))
@@ -206,7 +187,7 @@ async def test_always_failing_ends_failed_and_the_interval_still_moves_on(env: E
     nxt = datetime.fromisoformat(snapshot(env.dsn, "m1")["nextRunAt"])
     assert timedelta(minutes=29) < nxt - datetime.now(UTC) <= timedelta(minutes=30)
     assert snapshot(env.dsn, "once")["nextRunAt"] == due
-    assert sample("mana_ai_runs_total", {"outcome": "failed"}) == failed + 2
+    assert metric("mana_ai_runs_total", {"outcome": "failed"}) == failed + 2
     runs = collect(env.dsn)["runs"]  # what `consumer status --json` shows
     assert runs["by_state"] == {"failed": 2} and runs["failed_last_hour"] == 2
     assert runs["oldest_running_seconds"] is None and runs["expired_leases"] == 0
@@ -486,13 +467,6 @@ def consumers(dsn: str, stub: PlannerStub | None, n: int, *extra: str,
             except subprocess.TimeoutExpired:
                 p.kill()
                 p.communicate()
-
-
-def wait_for(pred: Callable[[], bool], within: float, what: str) -> None:
-    deadline = time.monotonic() + within
-    while not pred():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.05)
 
 
 def seed(dsn: str, n_missions: int, limits: dict[str, int], due: str) -> None:

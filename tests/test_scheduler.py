@@ -14,23 +14,18 @@ import psycopg
 import pytest
 from psycopg_pool import AsyncConnectionPool
 
-from consumer import ledger, metrics
+from consumer import ledger
 from consumer import scheduler as scheduler_module
-from consumer.db import Bounds, Connector, aconnect
+from consumer.db import aconnect
 from consumer.decisions import Decision
 from consumer.projection import Projector
 from consumer.scheduler import Scheduler
 from consumer.sql import load
 from consumer.telemetry import in_memory_provider, tracer
+from tests.helpers import at, metric, open_pool, wait_for_async
 from tests.logtools import agent, mission, write
 
 pytestmark = pytest.mark.anyio
-
-
-def at(seconds: float) -> str:
-    """nextRunAt `seconds` from now, as clients write it (ms precision, 'Z')."""
-    t = datetime.now(UTC) + timedelta(seconds=seconds)
-    return t.strftime("%Y-%m-%dT%H:%M:%S.") + f"{t.microsecond // 1000:03d}Z"
 
 
 class GatedDispatcher:
@@ -106,8 +101,7 @@ class Env:
 
 @pytest.fixture
 async def env(db: str) -> AsyncIterator[Env]:
-    async with Connector(db, Bounds()).open_pool("test", max_size=6) as pool:
-        await pool.open(wait=True)
+    async with open_pool(db, max_size=6) as pool:
         async with await aconnect(db, role="test") as work:
             with psycopg.connect(db, autocommit=True) as log:
                 e = Env(db, pool, work, log)
@@ -124,20 +118,13 @@ async def running(*schedulers: Scheduler) -> AsyncIterator[None]:
         tg.cancel_scope.cancel()
 
 
-async def eventually(pred: Callable[[], bool], within: float = 2.0) -> float:
-    """Wait until pred() holds; returns the seconds it took."""
-    started = time.monotonic()
-    with anyio.fail_after(within):
-        while not pred():  # noqa: ASYNC110 - polls state other tasks and the database change
-            await anyio.sleep(0.005)
-    return time.monotonic() - started
+async def eventually(pred: Callable[[], object], within: float = 2.0) -> float:
+    """Until pred() holds (2 s unless told: the scheduler reacts in well under that)."""
+    return await wait_for_async(pred, within, "the scheduler's state")
 
 
 def decisions_metric(decision: str) -> float:
-    value = metrics.REGISTRY.get_sample_value(
-        "mana_ai_agent_decisions_total", {"decision": decision}
-    )
-    return value or 0.0
+    return metric("mana_ai_agent_decisions_total", {"decision": decision})
 
 
 def ledger_rows(dsn: str) -> list[tuple]:
@@ -162,10 +149,10 @@ async def test_paused_agent_is_skipped_then_runs_when_resumed(env: Env) -> None:
         # No busy loop, no span spam: an unrelated change wakes a pass that decides the
         # same, silently; then the scheduler sleeps (max_sleep), it does not spin.
         mission(env.log, "other", state="paused")
-        ticks = metrics.REGISTRY.get_sample_value("mana_ai_ticks_total") or 0
+        ticks = metric("mana_ai_ticks_total")
         await env.apply()
         await anyio.sleep(0.3)
-        after = metrics.REGISTRY.get_sample_value("mana_ai_ticks_total") or 0
+        after = metric("mana_ai_ticks_total")
         assert 1 <= after - ticks <= 2
         assert env.decided("m1") == ["skipped-paused"]
         assert s.sleep_seconds() > 30
@@ -373,14 +360,14 @@ async def test_failed_run_frees_its_slot_and_is_recorded(env: Env) -> None:
     agent(env.log, "a1", name="A", state="active", maxConcurrentMissions=1)
     mission(env.log, "m1", state="active", agentId="a1", nextRunAt=at(-10))
     await env.apply()
-    errors = metrics.REGISTRY.get_sample_value("mana_ai_mission_errors_total") or 0
+    errors = metric("mana_ai_mission_errors_total")
     s = env.scheduler(GatedDispatcher(fail=True), worker_options={"attempts": 1})
     records = await s.run_pass()
     assert [r.decision for r in records] == [Decision.RAN]
     assert ledger_rows(env.dsn)[0][4:] == ("error", True)
     async with env.pool.connection() as conn:
         assert await ledger.live_counts(conn, {"u1"}) == {}  # the slot is free
-    assert metrics.REGISTRY.get_sample_value("mana_ai_mission_errors_total") == errors + 1
+    assert metric("mana_ai_mission_errors_total") == errors + 1
 
 
 async def test_prune_keeps_the_current_occurrence(env: Env) -> None:
@@ -396,11 +383,9 @@ async def test_prune_keeps_the_current_occurrence(env: Env) -> None:
         await ledger.record_usage(conn, "u1", "a1", 5)
     later = Scheduler(env.pool, tracer=env.tracer,
                       clock=lambda: datetime.now(UTC) + timedelta(days=8))
-    pruned = metrics.REGISTRY.get_sample_value(
-        "mana_ai_ledger_pruned_rows_total", {"table": "dispatch_ledger"}) or 0
+    pruned = metric("mana_ai_ledger_pruned_rows_total", {"table": "dispatch_ledger"})
     assert await later.prune() == (1, 1)
-    assert metrics.REGISTRY.get_sample_value(
-        "mana_ai_ledger_pruned_rows_total", {"table": "dispatch_ledger"}) == pruned + 1
+    assert metric("mana_ai_ledger_pruned_rows_total", {"table": "dispatch_ledger"}) == pruned + 1
     # "stuck" keeps its row: its nextRunAt never moved, so forgetting it would run it again.
     assert [r[0] for r in ledger_rows(env.dsn)] == ["stuck"]
     assert await s.run_pass() == []
@@ -416,11 +401,10 @@ async def test_the_leader_prunes_on_a_timer(env: Env) -> None:
         with psycopg.connect(env.dsn) as conn:
             return [r[0] for r in conn.execute("SELECT tokens FROM mana_ai.token_usage")]
 
-    pruned = metrics.REGISTRY.get_sample_value(
-        "mana_ai_ledger_pruned_rows_total", {"table": "token_usage"}) or 0
+    pruned = metric("mana_ai_ledger_pruned_rows_total", {"table": "token_usage"})
+
     def counted() -> float:
-        return metrics.REGISTRY.get_sample_value(
-            "mana_ai_ledger_pruned_rows_total", {"table": "token_usage"}) or 0
+        return metric("mana_ai_ledger_pruned_rows_total", {"table": "token_usage"})
 
     # The count follows the prune's commit: wait for both, or the cancel may come between.
     async with running(env.scheduler(prune_every=0.1)):

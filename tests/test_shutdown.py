@@ -14,6 +14,8 @@ import time
 
 import psycopg
 
+from tests.helpers import wait_for
+
 ENV = {**os.environ, "OTEL_TRACES_EXPORTER": "none", "METRICS_PORT": "0"}
 ENV.pop("MANA_LLM_URL", None)
 
@@ -45,20 +47,19 @@ def _start(dsn: str) -> subprocess.Popen[str]:
 
 def _wait_for(proc: subprocess.Popen[str], dsn: str, what: str, timeout: float = 30) -> None:
     """Until pg_stat_activity shows the process doing `what`: 'leading' or 'waiting'."""
-    deadline = time.monotonic() + timeout
     query = (
         "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted"
         if what == "leading"
         else "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted"
     )
-    while time.monotonic() < deadline:
+
+    def shows() -> bool:
         assert proc.poll() is None, proc.communicate()[1]
         with psycopg.connect(dsn, autocommit=True) as conn:
             row = conn.execute(query).fetchone()
-        if row and row[0]:
-            return
-        time.sleep(0.1)
-    raise AssertionError(f"consumer not {what} within {timeout} s")
+        return bool(row and row[0])
+
+    wait_for(shows, timeout, f"the consumer {what}", every=0.1)
 
 
 NOISE = ("query cancellation interrupted", "discarding closed connection",

@@ -11,7 +11,6 @@ from typing import Any
 
 import pytest
 
-from consumer import metrics
 from consumer.errors import ConfigError
 from consumer.ledger import Job
 from consumer.planner import (
@@ -23,6 +22,7 @@ from consumer.planner import (
 )
 from consumer.runner import MIN_INTERVAL_MINUTES, RunFailed, next_run_after
 from consumer.worker import RunWorker
+from tests.helpers import metric
 from tests.planner_stub import PlannerStub
 
 KEY = "sk-test-0123456789abcdef"
@@ -32,10 +32,6 @@ PLAN = {
     "steps": [{"summary": "Notiz anlegen", "toolName": "notes.create",
                "params": {"title": "Wochenplan"}, "rationale": "Ueberblick"}],
 }
-
-
-def sample(name: str, labels: dict[str, str] | None = None) -> float:
-    return metrics.REGISTRY.get_sample_value(name, labels or {}) or 0.0
 
 
 @pytest.fixture
@@ -57,7 +53,7 @@ async def planner(stub: PlannerStub) -> AsyncIterator[Planner]:
 async def test_planner_posts_an_openai_chat_completion(
     stub: PlannerStub, planner: Planner
 ) -> None:
-    before = sample("mana_ai_planner_request_duration_seconds_count")
+    before = metric("mana_ai_planner_request_duration_seconds_count")
     messages = [{"role": "system", "content": "s"}, {"role": "user", "content": "u"}]
     reply = await planner.plan(messages)
     assert (reply.content, reply.total_tokens, reply.model) == (
@@ -68,7 +64,7 @@ async def test_planner_posts_an_openai_chat_completion(
     assert req.headers["content-type"] == "application/json"
     assert req.body == {"model": "gpt-4o-mini", "messages": messages,
                         "response_format": {"type": "json_object"}}
-    assert sample("mana_ai_planner_request_duration_seconds_count") == before + 1
+    assert metric("mana_ai_planner_request_duration_seconds_count") == before + 1
 
 
 @pytest.mark.anyio
@@ -100,7 +96,7 @@ async def test_planner_token_usage(
 async def test_planner_http_error_is_one_line_without_the_key(
     stub: PlannerStub, planner: Planner
 ) -> None:
-    before = sample("mana_ai_planner_request_duration_seconds_count")
+    before = metric("mana_ai_planner_request_duration_seconds_count")
     stub.status = 500
     stub.raw = f'{{"error": "upstream overloaded",\n "echo": "Bearer {KEY}"}}' + "x" * 500
     with pytest.raises(PlannerError) as info:
@@ -111,7 +107,7 @@ async def test_planner_http_error_is_one_line_without_the_key(
     assert "upstream overloaded" in message and "\n" not in message
     assert KEY not in message and "Bearer ***" in message
     assert len(message) < 400
-    assert sample("mana_ai_planner_request_duration_seconds_count") == before + 1
+    assert metric("mana_ai_planner_request_duration_seconds_count") == before + 1
 
 
 @pytest.mark.anyio
