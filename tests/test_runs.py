@@ -540,6 +540,32 @@ def test_a_killed_process_run_is_taken_over_and_a_committed_one_is_not_rerun(
     assert len(stub.requests) == 3
 
 
+def test_a_server_restart_with_runs_in_flight_runs_each_occurrence_once(
+    db: str, stub: PlannerStub, pg_server: Any
+) -> None:
+    # Slow answers: every run is waiting on the planner when the server restarts, so each
+    # loses its sessions mid-run (lease renewal, the write-back to come). A run may go on
+    # and write back after the restart, or lose its lease and be tried again: either way
+    # each occurrence ends with one iteration.
+    stub.delay = 4.0
+    n = 6
+    with consumers(db, stub, 2) as procs:
+        seed(db, n, {"a": 3, "b": 3}, at(-1))
+        wait_for(lambda: len(stub.requests) >= n, 30, "every run waiting on the planner")
+        in_flight = len(stub.requests) - len(stub.calls)  # asked, not yet answered
+        pg_server.restart()  # returns once the server accepts connections again
+        wait_for(lambda: sum(iterations_written(db).values()) >= n, 60,
+                 "an iteration for every occurrence")
+        time.sleep(3.0)  # two lease lengths: a second run or a stuck lease would show now
+        assert all(p.poll() is None for p in procs), "a consumer died with the server"
+    assert in_flight >= n // 2, stub.calls  # the restart did cut runs short
+    assert iterations_written(db) == {f"m{i:03d}": 1 for i in range(n)}
+    rows = ledger(db)
+    assert len(rows) == n and {r["state"] for r in rows} == {"done"}, rows
+    print(f"restart: {in_flight} of {n} runs in flight, {len(stub.requests)} planner "
+          f"requests, attempts {sorted(r['attempts'] for r in rows)}")
+
+
 def test_no_planner_says_so_once_and_claims_nothing(db: str, stub: PlannerStub) -> None:
     seed(db, 2, {"a": 2}, at(-1))
     lines: list[str] = []
