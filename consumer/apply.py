@@ -21,8 +21,9 @@ from . import metrics
 from .decisions import due_instant
 from .errors import CheckpointConflict, ConfigError, Deposed, is_transient
 from .instants import EPOCH, from_us
+from .journal import JournalRow
 from .merge import RecordState, agent_visible, apply_change, decode_state, encode_state, materialize
-from .model import Change, RawChange
+from .model import KIND_BY_TABLE, Change, RawChange
 from .sql import load
 from .validate import Rejected, validate
 
@@ -261,6 +262,91 @@ async def _write(
                 sql.SQL(load("snapshots/delete.tmpl")).format(**fmt),
                 {"users": [d[0] for d in deletes], "records": [d[1] for d in deletes]},
             )
+
+
+Hot = dict[Key, tuple[bytes, RecordState]]  # decoded clocks, by the bytes they encode to
+
+
+class Window:
+    """A catch-up window: journal rows folded by record as they arrive, each record's
+    clocks and snapshot written once at the end (in the caller's transaction, with its
+    checkpoint move). The fold is the row path's: the merge is order independent, so one
+    state per record taking every row of the window equals the states the row path
+    writes and reads back chunk after chunk; validation and quarantine are the same.
+
+    `hot`: states a previous window of the same pass wrote, decoded, by their bytes. A
+    row's stored clocks equal to those bytes are that state: no MessagePack decode. The
+    states are mutated in place, so the caller drops `hot` when a window fails."""
+
+    def __init__(self, max_bytes: int, hot: Hot | None = None) -> None:
+        self.max_bytes = max_bytes
+        self.hot: Hot = hot or {}
+        self.folds: dict[Key, tuple[bytes | None, RecordState]] = {}
+        self.rejected: list[tuple[RawChange, str]] = []
+        self.missing: list[tuple[str, str]] = []
+        self.result = Applied()
+
+    def add(self, rows: Sequence[JournalRow]) -> None:
+        """Validate and fold rows (a row's JSON is decoded once, by validate)."""
+        folds = self.folds
+        result = self.result
+        for row in rows:
+            if row.missing:
+                self.missing.append((row.change_id, row.xid))
+                continue
+            raw = row.raw()
+            try:
+                checked = validate(raw, self.max_bytes)
+            except Exception as exc:  # as in apply_rows: the window goes on
+                checked = Rejected(f"invalid row: {type(exc).__name__}: {exc}")
+            if isinstance(checked, Rejected):
+                self.rejected.append((raw, checked.reason))
+                continue
+            key = (KIND_BY_TABLE[checked.table_name], checked.user_id, checked.record_id)
+            fold = folds.get(key)
+            if fold is None:
+                # Every read of the window sees the same stored clocks for a record: only
+                # this window's own writes (at its end) change them.
+                before = row.state
+                hot = self.hot.get(key)
+                if hot is not None and hot[0] == before:
+                    state = hot[1]
+                elif before is not None:
+                    state = decode_state(before)
+                else:
+                    state = RecordState()
+                fold = folds[key] = (before, state)
+            result.bad_stamps += apply_change(fold[1], checked)
+            result.rows += 1
+
+    async def write(
+        self, conn: psycopg.AsyncConnection, targets: Targets = LIVE, part: int = 2000
+    ) -> Hot:
+        """Write every changed record once, missions before agents (the lock order of
+        replay/lock_live.tmpl.sql), in parts of `part` records: in pipeline mode the server
+        writes one part while the next is encoded. Then the quarantine. Returns the
+        states by their bytes, for the next window's `hot`. Counts settle later."""
+        result = self.result
+        hot: Hot = {}
+        for kind in ("mission", "agent"):
+            changed: list[tuple[Key, RecordState, bytes]] = []
+            for key, (before, state) in self.folds.items():
+                if key[0] != kind:
+                    continue
+                encoded = encode_state(state)
+                hot[key] = (encoded, state)
+                if encoded == before or (before is None and state.last_applied_us is None):
+                    continue  # a re-delivery that changed nothing: no write
+                changed.append((key, state, encoded))
+                (result.missions if kind == "mission" else result.agents).add(key[1:])
+                if len(changed) >= part:
+                    await _write(conn, changed, targets, result)
+                    changed = []
+            if changed:
+                await _write(conn, changed, targets, result)
+        if self.rejected or self.missing:
+            await _quarantine(conn, self.rejected, self.missing, result)
+        return hot
 
 
 MISSING = "log-row-missing"

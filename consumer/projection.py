@@ -30,11 +30,13 @@ from contextlib import contextmanager
 import msgspec
 import psycopg
 
-from . import locks, metrics
+from . import journal, metrics
 from .apply import (
     LIVE,
     Applied,
+    Hot,
     Targets,
+    Window,
     apply_isolated,
     apply_rows,
     isolating,
@@ -42,13 +44,13 @@ from .apply import (
     unapplicable,
 )
 from .errors import CheckpointConflict, ConfigError, Deposed
-from .model import KIND_BY_TABLE, RawChange
+from .journal import NIL_UUID, JournalRow, journal_raws, missing_rows
+from .model import KIND_BY_TABLE
 from .sql import load
 
 log = logging.getLogger(__name__)
 
 CHECKPOINT = "projection"
-NIL_UUID = "00000000-0000-0000-0000-000000000000"
 
 
 class Checkpoint(msgspec.Struct):
@@ -130,91 +132,25 @@ def committed(cp: Checkpoint, applied_below: int, *, bootstrapped: bool = False)
     cp.bootstrapped = cp.bootstrapped or bootstrapped
 
 
-class JournalChunk(msgspec.Struct):
-    """One read of journal/read.sql: the statement's snapshot, whether row level security
-    applies to this role on the log, and the rows. Each row: (xid, change_id, missing,
-    user_id, table_name, record_id, op, data, field_meta, created_at, stored clocks,
-    created_at text)."""
-
-    snapshot: str
-    rls: bool
-    rows: list[tuple]
-
-
-async def read_journal(
-    conn: psycopg.AsyncConnection, prev: str, after: tuple[str, str], limit: int
-) -> JournalChunk:
-    """One chunk of journal rows not visible in `prev`, after the keyset position `after`."""
-    cur = await conn.execute(
-        load("journal/read"),
-        {"prev": prev, "after_xid": after[0], "after_id": after[1], "limit": limit},
-    )
-    result = await cur.fetchall()
-    return JournalChunk(
-        str(result[0][0]), bool(result[0][1]), [r[2:] for r in result if r[2] is not None]
-    )
-
-
-async def read_journal_row(
-    conn: psycopg.AsyncConnection, xid: str, change_id: str
-) -> JournalChunk:
-    """One journal row by its exact key, in the shape of `read_journal`."""
-    cur = await conn.execute(load("journal/one"), {"xid": xid, "change_id": change_id})
-    result = await cur.fetchall()
-    return JournalChunk(
-        str(result[0][0]), bool(result[0][1]), [r[2:] for r in result if r[2] is not None]
-    )
-
-
-def missing_rows(chunk: JournalChunk, who: str = "the consumer") -> list[tuple[str, str]]:
-    """(change id, xid) of the journal rows whose log row we cannot see. With row level
-    security active for our role they may be hidden, not gone: a configuration error,
-    never skipped. Without it they are gone (inserted and deleted in one transaction,
-    purged): the caller notes them and goes on."""
-    missing = [(r[1], r[0]) for r in chunk.rows if r[2]]
-    if missing and chunk.rls:
-        raise ConfigError(
-            f"{len(missing)} journaled rows of public.sync_changes are hidden by row level "
-            f"security: {who}'s role needs BYPASSRLS (ALTER ROLE ... BYPASSRLS)"
-        )
-    return missing
-
-
-def journal_raws(chunk: JournalChunk) -> list[RawChange]:
-    """The rows of a chunk that have their log row, as RawChange."""
-    return [journal_raw(r) for r in chunk.rows if not r[2]]
-
-
-def journal_raw(row: tuple) -> RawChange:
-    return RawChange(
-        id=row[1],
-        user_id=row[3],
-        table_name=row[4],
-        record_id=row[5],
-        op=row[6],
-        data=row[7],
-        field_meta=row[8],
-        created_at=row[9],
-        created_at_text=row[11],
-    )
-
-
 async def refuse_hidden_rows(conn: psycopg.AsyncConnection, what: str) -> None:
     """Raise ConfigError (one line, naming the privilege) when row level security could
     hide rows of the log from this role: a scan would then miss them and still finish."""
-    cur = await conn.execute(load("journal/rls_active"))
-    row = await cur.fetchone()
-    if row is not None and row[0]:
+    role = await journal.hidden_role(conn)
+    if role is not None:
         raise ConfigError(
             f"{what}: rows of public.sync_changes may be hidden by row level security from "
-            f"role {row[1]!r}, which lacks BYPASSRLS (ALTER ROLE {row[1]} BYPASSRLS); "
+            f"role {role!r}, which lacks BYPASSRLS (ALTER ROLE {role} BYPASSRLS); "
             "nothing was marked done"
         )
 
 
-def _states(rows: list[tuple]) -> dict[tuple[str, str, str], bytes | None]:
+def _states(rows: list[JournalRow]) -> dict[tuple[str, str, str], bytes | None]:
     """The stored clocks that came with the journal read, by record."""
-    return {(KIND_BY_TABLE[r[4]], r[3], r[5]): r[10] for r in rows if r[4] in KIND_BY_TABLE}
+    return {
+        (KIND_BY_TABLE[r.table_name], r.user_id, r.record_id): r.state  # type: ignore[misc]
+        for r in rows
+        if r.table_name in KIND_BY_TABLE
+    }
 
 
 class Prelude(msgspec.Struct, frozen=True):
@@ -227,8 +163,27 @@ class Prelude(msgspec.Struct, frozen=True):
     params: dict[str, object] = {}
 
 
+class Step(msgspec.Struct):
+    """What one chunk or window of a pass read and did."""
+
+    snapshot: str  # the snapshot of its first read
+    rows: int  # journal rows read
+    last: tuple[str, str] | None  # keyset position of the last row read
+    full: bool  # its last read came back full: more rows may follow
+    applied: Applied
+    moved: bool  # the checkpoint moved (to new_below)
+    new_below: int
+
+
 class Projector:
-    """Applies the journal to the snapshots; one per process, on its own work connection."""
+    """Applies the journal to the snapshots; one per process, on its own work connection.
+
+    A pass reads the journal in chunks of `batch_size` rows, each chunk read, applied and
+    checkpointed in one transaction. When the first chunk of a pass comes back full (a
+    backlog), the rest of the pass goes by windows instead: up to `window_rows` rows over
+    up to about `window_records` records, read chunk after chunk in one transaction (the
+    next chunk is read while the current one is folded), folded by record, each record's
+    clocks and snapshot written once, then the checkpoint moved, as a chunk does."""
 
     def __init__(
         self,
@@ -237,11 +192,20 @@ class Projector:
         max_row_bytes: int = 1_000_000,
         on_applied: Callable[[Applied], None] | None = None,
         targets: Targets = LIVE,
+        window_rows: int = 100_000,
+        window_records: int = 20_000,
+        window_seconds: float = 10.0,
     ) -> None:
         self.batch_size = batch_size
         self.max_row_bytes = max_row_bytes
         self.on_applied = on_applied
         self.targets = targets
+        # Windows (0 rows: never): memory is about 2 KB per record of a window, twice
+        # over while a window's states serve the next one; a window commits at least
+        # every window_seconds, so a crash redoes little.
+        self.window_rows = window_rows
+        self.window_records = window_records
+        self.window_seconds = window_seconds
         self.cp: Checkpoint | None = None
         # The leader epoch every checkpoint move is fenced with (None: unfenced, for tools).
         self.epoch: int | None = None
@@ -261,6 +225,7 @@ class Projector:
         self._moved_at = 0.0
         # The answer of the last pass's prelude (see catch_up), None when it had none.
         self.prelude_answer: object = None
+        self._hot: Hot = {}  # the last window's states (see Window); only within a pass
 
     def ring(self) -> None:
         """A doorbell rang: remember since when work may be waiting (apply lag)."""
@@ -277,6 +242,7 @@ class Projector:
         """After a lost connection: trust only what the database says."""
         self.cp = None
         self.prev = None
+        self._hot = {}
 
     async def _start(self, conn: psycopg.AsyncConnection) -> Checkpoint:
         if self.cp is None:
@@ -299,19 +265,14 @@ class Projector:
             # A role that row level security filters would read only some rows and still
             # finish: refuse before reading, so `bootstrapped` stays false.
             await refuse_hidden_rows(conn, "bootstrap")
-            async with conn.cursor(name="mana_ai_bootstrap") as cur:
-                await cur.execute(load("journal/log_read"))
-                while rows := await cur.fetchmany(self.batch_size):
-                    applied = await apply_isolated(
-                        conn,
-                        [RawChange(*r) for r in rows],  # log_read's columns in field order
-                        max_bytes=self.max_row_bytes,
-                        targets=self.targets,
-                    )
-                    done.merge(applied)
-                    total += len(rows)
-                    if self.on_progress is not None:
-                        self.on_progress()
+            async for raws in journal.log_rows(conn, self.batch_size):
+                applied = await apply_isolated(
+                    conn, raws, max_bytes=self.max_row_bytes, targets=self.targets
+                )
+                done.merge(applied)
+                total += len(raws)
+                if self.on_progress is not None:
+                    self.on_progress()
             await advance_checkpoint(
                 conn, cp, cp.applied_below, bootstrapped=True, epoch=self.epoch
             )
@@ -334,45 +295,49 @@ class Projector:
         self.ring()
         self.prelude_answer = None
         total = Applied()
-        pass_snapshot: str | None = None
-        after_xid, after_id = "0", NIL_UUID
         read = 0
-        while True:
-            started = time.perf_counter()
-            try:
-                chunk, applied, moved, new_below = await self._chunk(
-                    conn, cp, (after_xid, after_id), pass_snapshot, prelude
-                )
-            except Exception as exc:
-                if not isolating(exc):
-                    raise
-                # Something in this chunk defeats reading or applying it as a whole (a
-                # value the driver cannot load, one the server rejects): go through it row
-                # by row; a row that fails alone is quarantined, the others apply.
-                log.warning("a journal chunk failed (%s); applying it row by row", exc)
-                if prelude is not None:
-                    # Whether the failed transaction's prelude ran is unknown: settle it.
-                    await self._prelude(conn, prelude.fallback, prelude.params)
-                chunk, applied, moved, new_below = await self._chunk_by_row(
-                    conn, cp, (after_xid, after_id), pass_snapshot
-                )
-            prelude = None
-            read += len(chunk.rows)
-            pass_snapshot = pass_snapshot or chunk.snapshot
-            if moved:
-                committed(cp, new_below)
-                self._moved_at = time.monotonic()
-            if self.on_progress is not None:
-                self.on_progress()
-            rows = chunk.rows
-            if rows:  # a quiet pass updates no metric
-                await applied.settle()
-                metrics.APPLY_BATCH.observe(time.perf_counter() - started)
-                self._account(applied)
-                total.merge(applied)
-            if len(rows) < self.batch_size:
-                break
-            after_xid, after_id = rows[-1][0], rows[-1][1]
+        pass_snapshot: str | None = None
+        after = ("0", NIL_UUID)
+        windows = False  # a backlog: go on by windows
+        by_chunk = 0  # rows still to go chunk by chunk after a window failed
+        try:
+            while True:
+                started = time.perf_counter()
+                step: Step | None = None
+                if windows:
+                    try:
+                        step = await self._window(conn, cp, after, pass_snapshot)
+                    except Exception as exc:
+                        self._hot = {}  # its states were folded into: never reuse them
+                        if not isolating(exc):
+                            raise
+                        # Something in this window defeats folding it as a whole: the rows
+                        # it held go chunk by chunk (and row by row where a chunk fails).
+                        log.warning("a catch-up window failed (%s); going on by chunks", exc)
+                        windows, by_chunk = False, self.window_rows
+                if step is None:
+                    step = await self._chunk_or_rows(conn, cp, after, pass_snapshot, prelude)
+                    prelude = None
+                    by_chunk -= step.rows
+                    windows = step.full and by_chunk <= 0 and self.window_rows > self.batch_size
+                read += step.rows
+                pass_snapshot = pass_snapshot or step.snapshot
+                if step.moved:
+                    committed(cp, step.new_below)
+                    self._moved_at = time.monotonic()
+                if self.on_progress is not None:
+                    self.on_progress()
+                if step.rows:  # a quiet pass updates no metric
+                    applied = step.applied
+                    await applied.settle()
+                    metrics.APPLY_BATCH.observe(time.perf_counter() - started)
+                    self._account(applied)
+                    total.merge(applied)
+                if not step.full or step.last is None:
+                    break
+                after = step.last
+        finally:
+            self._hot = {}  # a quiet pass needs none of it: memory back
         assert pass_snapshot is not None
         self.prev = pass_snapshot
         self.pending_since = None
@@ -388,13 +353,37 @@ class Projector:
             )
         return total
 
-    def _below(self, cp: Checkpoint, chunk: JournalChunk, pass_snapshot: str) -> tuple[bool, int]:
-        """Whether the checkpoint moves after this chunk, and to where."""
-        rows = chunk.rows
-        full = len(rows) == self.batch_size
+    async def _chunk_or_rows(
+        self,
+        conn: psycopg.AsyncConnection,
+        cp: Checkpoint,
+        after: tuple[str, str],
+        pass_snapshot: str | None,
+        prelude: Prelude | None = None,
+    ) -> Step:
+        try:
+            return await self._chunk(conn, cp, after, pass_snapshot, prelude)
+        except Exception as exc:
+            if not isolating(exc):
+                raise
+            # Something in this chunk defeats reading or applying it as a whole (a value
+            # the driver cannot load, one the server rejects): go through it row by row;
+            # a row that fails alone is quarantined, the others apply.
+            log.warning("a journal chunk failed (%s); applying it row by row", exc)
+            if prelude is not None:
+                # Whether the failed transaction's prelude ran is unknown: settle it.
+                await self._prelude(conn, prelude.fallback, prelude.params)
+            return await self._chunk_by_row(conn, cp, after, pass_snapshot)
+
+    def _below(
+        self, cp: Checkpoint, last_xid: str | None, full: bool, pass_snapshot: str
+    ) -> tuple[bool, int]:
+        """Whether the checkpoint moves after a chunk or window, and to where: past every
+        xid of the pass's first snapshot, or, when more rows may follow, not past the xid
+        of the last row read (its transaction's other rows may come next)."""
         watermark = snapshot_xmin(pass_snapshot)
-        new_below = min(int(rows[-1][0]), watermark) if full else watermark
-        if rows:
+        new_below = min(int(last_xid), watermark) if full and last_xid else watermark
+        if last_xid is not None:
             return True, new_below
         due = time.monotonic() - self._moved_at >= self.quiet_checkpoint_every
         return new_below > cp.applied_below and due, new_below
@@ -413,7 +402,7 @@ class Projector:
         after: tuple[str, str],
         pass_snapshot: str | None,
         prelude: Prelude | None = None,
-    ) -> tuple[JournalChunk, Applied, bool, int]:
+    ) -> Step:
         """Read, apply and checkpoint one chunk in one transaction, two round trips:
         BEGIN (+ prelude) + read, then writes + CAS + COMMIT (pipeline)."""
         assert self.prev is not None
@@ -423,7 +412,7 @@ class Projector:
                 # snapshot is taken (statements of a READ COMMITTED transaction each take
                 # their own).
                 pre = await conn.execute(prelude.query, prelude.params) if prelude else None
-                chunk = await read_journal(conn, self.prev, after, self.batch_size)
+                chunk = await journal.read(conn, self.prev, after, self.batch_size)
                 if pre is not None:
                     row = await pre.fetchone()
                     self.prelude_answer = row[0] if row else None
@@ -437,10 +426,68 @@ class Projector:
                     defer_counts=True,
                     missing=missing,
                 )
-                moved, new_below = self._below(cp, chunk, pass_snapshot or chunk.snapshot)
+                rows = chunk.rows
+                last = rows[-1].key if rows else None
+                full = len(rows) == self.batch_size
+                moved, new_below = self._below(
+                    cp, last and last[0], full, pass_snapshot or chunk.snapshot
+                )
                 if moved:
                     await advance_checkpoint(conn, cp, new_below, epoch=self.epoch)
-        return chunk, applied, moved, new_below
+        return Step(chunk.snapshot, len(rows), last, full, applied, moved, new_below)
+
+    async def _window(
+        self,
+        conn: psycopg.AsyncConnection,
+        cp: Checkpoint,
+        after: tuple[str, str],
+        pass_snapshot: str | None,
+    ) -> Step:
+        """One window in one transaction (see the class): chunks read back to back, the
+        next one sent before the current one is folded, so the server reads while we
+        fold; then every record written once, the quarantine and the CAS, and COMMIT."""
+        assert self.prev is not None
+        window = Window(self.max_row_bytes, self._hot)
+        self._hot = {}  # folded into from here on; given back only if the window commits
+        limit = self.batch_size
+        ends = time.monotonic() + self.window_seconds
+        snapshot: str | None = None
+        rows = 0
+        last: tuple[str, str] | None = None
+        with conflicts(cp):
+            async with conn.pipeline(), conn.transaction():
+                pending = await journal.send_read(conn, self.prev, after, limit)
+                while True:
+                    chunk = await journal.received(pending)
+                    snapshot = snapshot or chunk.snapshot
+                    rows += len(chunk.rows)
+                    full = len(chunk.rows) == limit
+                    if chunk.rows:
+                        last = chunk.rows[-1].key
+                    more = (
+                        full
+                        and rows < self.window_rows
+                        and len(window.folds) <= self.window_records
+                        and time.monotonic() < ends
+                    )
+                    if more:
+                        assert last is not None
+                        pending = await journal.send_read(conn, self.prev, last, limit)
+                    missing_rows(chunk)  # rows hidden from us: stop, as a chunk does
+                    window.add(chunk.rows)
+                    if self.on_progress is not None:
+                        self.on_progress()
+                    if not more:
+                        break
+                hot = await window.write(conn, self.targets)
+                moved, new_below = self._below(
+                    cp, last and last[0], full, pass_snapshot or snapshot
+                )
+                if moved:
+                    await advance_checkpoint(conn, cp, new_below, epoch=self.epoch)
+        self._hot = hot
+        assert snapshot is not None
+        return Step(snapshot, rows, last, full, window.result, moved, new_below)
 
     async def _chunk_by_row(
         self,
@@ -448,7 +495,7 @@ class Projector:
         cp: Checkpoint,
         after: tuple[str, str],
         pass_snapshot: str | None,
-    ) -> tuple[JournalChunk, Applied, bool, int]:
+    ) -> Step:
         """The same chunk as `_chunk`, one row at a time, each in a savepoint. Its keys
         come from a query that loads nothing but text, so even a row the driver cannot
         load is found; a row that fails alone is quarantined with the error."""
@@ -458,19 +505,12 @@ class Projector:
             async with conn.transaction():
                 # A snapshot taken before the keys are read is a safe watermark: whatever
                 # finished before it is visible to the read.
-                cur = await conn.execute("SELECT pg_current_snapshot()::text")
-                snapshot_row = await cur.fetchone()
-                assert snapshot_row is not None
-                cur = await conn.execute(
-                    load("journal/keys"),
-                    {"prev": self.prev, "after_xid": after[0], "after_id": after[1],
-                     "limit": self.batch_size},
-                )
-                keys = await cur.fetchall()
+                snapshot = await journal.current_snapshot(conn)
+                keys = await journal.keys(conn, self.prev, after, self.batch_size)
                 for xid, change_id in keys:
                     try:
                         async with conn.transaction():
-                            one = await read_journal_row(conn, xid, change_id)
+                            one = await journal.read_one(conn, xid, change_id)
                             total.merge(
                                 await apply_rows(
                                     conn,
@@ -486,11 +526,14 @@ class Projector:
                         async with conn.transaction():
                             if await quarantine_from_log(conn, change_id, unapplicable(exc)):
                                 total.quarantined += 1
-                chunk = JournalChunk(str(snapshot_row[0]), False, [tuple(k) for k in keys])
-                moved, new_below = self._below(cp, chunk, pass_snapshot or chunk.snapshot)
+                last = keys[-1] if keys else None
+                full = len(keys) == self.batch_size
+                moved, new_below = self._below(
+                    cp, last and last[0], full, pass_snapshot or snapshot
+                )
                 if moved:
                     await advance_checkpoint(conn, cp, new_below, epoch=self.epoch)
-        return chunk, total, moved, new_below
+        return Step(snapshot, len(keys), last, full, total, moved, new_below)
 
     def _track_hold(self, snapshot: str) -> None:
         xmin, xmax, _ = snapshot.split(":", 2)
@@ -504,11 +547,7 @@ class Projector:
         """Drop journal rows the checkpoint has passed."""
         if self.cp is None:
             return 0
-        cur = await conn.execute(
-            load("journal/prune"),
-            {"applied_below": str(self.cp.applied_below), "replay_lock": locks.REPLAY},
-        )
-        return cur.rowcount
+        return await journal.prune(conn, self.cp.applied_below)
 
     def _account(self, applied: Applied) -> None:
         metrics.SNAPSHOT_ROWS_APPLIED.inc(applied.rows)

@@ -68,10 +68,11 @@ from .apply import LIVE, apply_by_row, apply_rows
 from .config import first_line
 from .db import TOOL_BOUNDS, aconnect
 from .errors import ConfigError
+from .journal import NIL_UUID, JournalChunk, journal_raws, missing_rows
+from .journal import read as read_journal
 from .merge import decode_state
 from .model import RawChange
 from .progress import Progress, ProgressFn, ProgressPrinter
-from .projection import NIL_UUID, JournalChunk, journal_raws, missing_rows, read_journal
 from .replay_store import RETIRED, SHADOW, Counts, Diff, TableFacts
 from .txn import whole_or_by_row
 
@@ -548,9 +549,9 @@ class _Replay:
             # Rows come in xid order: once one is past the first chunk's snapshot, every row
             # visible in it is applied. Writers that keep committing must not keep us here
             # (under the swap's lock the live projector waits for us).
-            if len(rows) < self.batch_size or int(rows[-1][0]) >= _xmax(pass_snapshot):
+            if len(rows) < self.batch_size or int(rows[-1].xid) >= _xmax(pass_snapshot):
                 return pass_snapshot, total
-            after = (rows[-1][0], rows[-1][1])
+            after = rows[-1].key
 
     async def _chunk(
         self, conn: psycopg.AsyncConnection, prev: str, after: tuple[str, str], by_row: bool

@@ -1,7 +1,9 @@
 -- One statement per chunk: the statement's snapshot, whether row level security applies
 -- to this role on the log, and the journal rows not visible in the snapshot up to which
--- everything was applied ($prev), after the keyset position of this pass, in cursor
--- order, each with its log row and the stored clocks of its record.
+-- everything was applied ($prev), after the keyset position of this pass (exclusive) and
+-- up to $upto (inclusive; the greatest key when reading a chunk, the key itself when the
+-- row-by-row path reads one row exactly), in cursor order, each with its log row and the
+-- stored clocks of its record.
 -- The LEFT JOIN LATERAL returns the snapshot even when there are no rows (xid NULL).
 -- A journal row without its log row comes back with missing=true instead of vanishing:
 -- the row is hidden from us (row level security active) or gone (deleted, purged).
@@ -29,6 +31,7 @@ FROM snap LEFT JOIN LATERAL (
     WHERE j.xid >= pg_snapshot_xmin(%(prev)s::pg_snapshot)
       AND NOT pg_visible_in_snapshot(j.xid, %(prev)s::pg_snapshot)
       AND (j.xid, j.change_id) > (%(after_xid)s::xid8, %(after_id)s::uuid)
+      AND (j.xid, j.change_id) <= (%(upto_xid)s::xid8, %(upto_id)s::uuid)
     ORDER BY j.xid, j.change_id
     LIMIT %(limit)s
 ) r ON true

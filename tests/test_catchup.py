@@ -1,0 +1,213 @@
+"""The record-grouped catch-up (windows) against a real server: it writes exactly what the
+row path writes, and a window cut short leaves a checkpoint the snapshots agree with."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import psycopg
+import pytest
+from hypothesis import HealthCheck, Phase, given, settings
+from hypothesis import strategies as st
+
+from consumer.db import aconnect
+from consumer.merge import decode_state
+from consumer.projection import Projector
+from tests.logtools import actual_snapshots, expected_snapshots
+
+pytestmark = pytest.mark.anyio
+
+T0 = datetime(2026, 1, 1, tzinfo=UTC)
+INSERT = """INSERT INTO public.sync_changes
+    (id, app_id, table_name, record_id, user_id, op, data, field_meta, client_id, created_at)
+    VALUES (%s, 'ai', %s, %s, 'u1', %s, %s::jsonb, %s::jsonb, 'test', %s)"""
+
+# What each projection leaves behind, compared between the two paths.
+STATE_SQL = {
+    "missions": "SELECT user_id, mission_id, record, last_applied_at "
+    "FROM mana_ai.mission_snapshots",
+    "agents": "SELECT user_id, agent_id, record, last_applied_at FROM mana_ai.agent_snapshots",
+    "clocks": "SELECT kind, user_id, record_id, state FROM mana_ai.record_clocks",
+    "due": "SELECT user_id, mission_id, due_at FROM mana_ai.mission_due",
+    "quarantine": "SELECT change_id::text, reason FROM mana_ai.quarantine",
+}
+RESET = """TRUNCATE mana_ai.mission_snapshots, mana_ai.agent_snapshots, mana_ai.record_clocks,
+    mana_ai.mission_due, mana_ai.quarantine"""
+
+
+def stored(dsn: str) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    with psycopg.connect(dsn) as conn:
+        for name, query in STATE_SQL.items():
+            rows = conn.execute(query).fetchall()
+            if name == "clocks":  # equal states, whatever their byte order
+                rows = [(*r[:3], decode_state(r[3])) for r in rows]
+            out[name] = sorted(rows, key=repr)
+        # The checkpoint went past every journal row (its value is the watermark of the
+        # moment, so the two runs differ in it).
+        out["checkpoint_past_all"] = conn.execute(
+            """SELECT coalesce(max(j.xid) < c.applied_below, true)
+               FROM mana_ai.checkpoint c, mana_ai.journal j
+               WHERE c.name = 'projection' GROUP BY c.applied_below"""
+        ).fetchone() in (None, (True,))
+    return out
+
+
+async def project(dsn: str, projector: Projector) -> None:
+    async with await aconnect(dsn, role="test") as conn:
+        await projector.bootstrap(conn)
+        await projector.catch_up(conn)
+
+
+# One row of traffic: (record, kind of row, field, value, created_at offset in ms, stamp
+# offset in ms or None). Kinds: ordinary writes, deletes, and rows that go to quarantine
+# (unknown op, data that is not an object, a payload over the limit, an integer the
+# clocks cannot store) or whose log row is gone.
+ROW = st.tuples(
+    st.integers(0, 5),
+    st.sampled_from(
+        ["write"] * 6 + ["delete", "bad-op", "not-object", "too-large", "huge-int", "missing"]
+    ),
+    st.sampled_from(["title", "state", "nextRunAt", "deletedAt"]),
+    st.one_of(st.none(), st.integers(-3, 3), st.sampled_from(["a", "b", ""])),
+    st.integers(0, 5),
+    st.one_of(st.none(), st.integers(0, 5)),
+)
+
+
+def load_traffic(dsn: str, rows: list[tuple], groups: list[int]) -> None:
+    """Insert the rows in transactions of the given sizes (rows of one transaction share
+    an xid and come back in change id order: a random interleaving of records)."""
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        it = iter(rows)
+        for size in groups:
+            batch = [r for _, r in zip(range(size), it, strict=False)]
+            if not batch:
+                break
+            gone: list[str] = []
+            with conn.transaction():
+                for record, kind, field, value, created, stamp in batch:
+                    change_id = str(uuid.uuid4())
+                    table = "aiMissions" if record % 2 == 0 else "agents"
+                    op = {"delete": "delete", "bad-op": "upsert"}.get(kind, "update")
+                    data: Any = {field: value}
+                    if field == "nextRunAt" and value is not None:
+                        data = {field: (T0 + timedelta(hours=int(bool(value)))).isoformat()}
+                    if kind == "not-object":
+                        data = [value]
+                    elif kind == "too-large":
+                        data = {field: "x" * 600}
+                    at = T0 + timedelta(milliseconds=stamp or 0)
+                    meta = {} if stamp is None else {field: at.isoformat()}
+                    text = json.dumps(data)
+                    if kind == "huge-int":
+                        text = '{"' + field + '": 123456789012345678901234567890}'
+                    conn.execute(
+                        INSERT,
+                        (change_id, table, f"r{record}", op, text, json.dumps(meta),
+                         T0 + timedelta(milliseconds=created)),
+                    )
+                    if kind == "missing":
+                        gone.append(change_id)
+            for change_id in gone:  # journaled, then gone from the log
+                conn.execute("DELETE FROM public.sync_changes WHERE id = %s", (change_id,))
+
+
+def reset(dsn: str, checkpoint: tuple) -> None:
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute(RESET)
+        conn.execute(
+            "UPDATE mana_ai.checkpoint SET applied_below = %s::xid8 WHERE name = 'projection'",
+            checkpoint,
+        )
+
+
+@settings(
+    max_examples=12,
+    phases=[Phase.explicit, Phase.reuse, Phase.generate],
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(
+    rows=st.lists(ROW, min_size=1, max_size=40),
+    groups=st.lists(st.integers(1, 6), min_size=1, max_size=40),
+)
+async def test_windows_write_exactly_what_the_row_path_writes(
+    db: str, rows: list[tuple], groups: list[int]
+) -> None:
+    with psycopg.connect(db, autocommit=True) as conn:
+        conn.execute(RESET + ", public.sync_changes, mana_ai.journal")
+        conn.execute(
+            "ALTER TABLE public.sync_changes DROP CONSTRAINT IF EXISTS sync_changes_op_check"
+        )
+        conn.execute("UPDATE mana_ai.checkpoint SET bootstrapped = true")
+        start = conn.execute(
+            "SELECT applied_below::text FROM mana_ai.checkpoint WHERE name = 'projection'"
+        ).fetchone()
+    assert start is not None
+    load_traffic(db, rows, groups + [len(rows)])
+    # The row path: one row per chunk, never a window.
+    await project(db, Projector(batch_size=1, window_rows=0, max_row_bytes=500))
+    by_row = stored(db)
+    reset(db, start)
+    # Windows from the second chunk on, several per pass (so states carry over).
+    await project(db, Projector(batch_size=2, window_rows=6, max_row_bytes=500))
+    by_window = stored(db)
+    assert by_window == by_row
+
+
+async def test_a_window_killed_midway_leaves_a_checkpoint_the_snapshots_agree_with(
+    db: str,
+) -> None:
+    """The connection dies inside a window (after some windows committed): the checkpoint
+    and the snapshots are those of the committed windows, a prefix of the journal; the
+    next pass ends where an uninterrupted one does."""
+    rows = [(i % 7, "write", "title", i, i, None) for i in range(60)]
+    with psycopg.connect(db, autocommit=True) as conn:
+        conn.execute("UPDATE mana_ai.checkpoint SET bootstrapped = true")
+    load_traffic(db, rows, [3] * 20)  # 20 transactions: the checkpoint can stop between
+    with psycopg.connect(db) as conn:
+        journal = conn.execute(
+            "SELECT xid::text, change_id::text FROM mana_ai.journal ORDER BY xid, change_id"
+        ).fetchall()
+
+    projector = Projector(batch_size=4, window_rows=16)
+    calls = 0
+
+    async with await aconnect(db, role="test") as work:
+        pid = work.info.backend_pid
+
+        def progressed() -> None:
+            nonlocal calls
+            calls += 1
+            if calls == 9:  # the 1st chunk, a whole window (4 reads + its commit), 3 reads
+                with psycopg.connect(db, autocommit=True) as admin:
+                    admin.execute("SELECT pg_terminate_backend(%s)", (pid,))
+
+        projector.on_progress = progressed
+        await projector.bootstrap(work)
+        with pytest.raises(psycopg.OperationalError):
+            await projector.catch_up(work)
+    assert calls >= 9  # a read already answered may still be folded
+
+    with psycopg.connect(db) as conn:
+        row = conn.execute(
+            "SELECT applied_below::text FROM mana_ai.checkpoint WHERE name = 'projection'"
+        ).fetchone()
+    assert row is not None
+    below = int(row[0])
+    # The chunk (4 rows) and one window (16 rows) committed: the first 20 rows in journal
+    # order. The checkpoint moved, and no row left unapplied is below it.
+    done, rest = journal[:20], journal[20:]
+    assert below > int(journal[0][0])
+    assert all(int(xid) >= below for xid, _ in rest)
+    # The snapshots are the fold of exactly that prefix of the journal.
+    prefix = {change_id for _, change_id in done}
+    with psycopg.connect(db) as conn:
+        others = [r[0] for r in conn.execute("SELECT id::text FROM public.sync_changes")]
+    assert actual_snapshots(db) == expected_snapshots(db, exclude=set(others) - prefix)
+
+    await project(db, Projector(batch_size=4, window_rows=16))
+    assert actual_snapshots(db) == expected_snapshots(db)
