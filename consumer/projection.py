@@ -194,7 +194,7 @@ class Projector:
         targets: Targets = LIVE,
         window_rows: int = 100_000,
         window_records: int = 20_000,
-        window_seconds: float = 10.0,
+        window_seconds: float = 30.0,
     ) -> None:
         self.batch_size = batch_size
         self.max_row_bytes = max_row_bytes
