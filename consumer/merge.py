@@ -223,10 +223,10 @@ def apply_change(state: RecordState, change: Change) -> int:
     first = state.first
     if legacy or (first is not None and (created, change_id) > (first.created, first.change_id)):
         return _merge_row(state.fields, data, change.field_meta, created, change_id)
-    bad = _stamps(change.field_meta, data, created)[1]
     if first is None:
-        state.first = _first_row(change, created, change_id)
-    elif (created, change_id) < (first.created, first.change_id):
+        state.first, bad = _first_row(change, created, change_id)
+        return bad
+    if (created, change_id) < (first.created, first.change_id):
         # The new row sorts first: the old first row becomes an ordinary later row. Its
         # stamps for that role are its clocks where it had one, else its created_at.
         old = first.clocks
@@ -237,21 +237,35 @@ def apply_change(state: RecordState, change: Change) -> int:
             first.created,
             first.change_id,
         )
-        state.first = _first_row(change, created, change_id)
-    return bad  # the first row again (a duplicate) changes nothing
+        state.first, bad = _first_row(change, created, change_id)
+        return bad
+    return _stamps(change.field_meta, data, created)[1]  # the first row again: no change
 
 
-def _first_row(change: Change, created: int, change_id: str) -> FirstRow:
+def _first_row(change: Change, created: int, change_id: str) -> tuple[FirstRow, int]:
     """A row as the record's first row: every ``field_meta`` key sets a clock, to its stamp
     when one parses, else to the row's ``created_at`` (upstream's ``fieldMetaTime(m) ||
-    createdAt``, with an unparseable stamp counting as none)."""
+    createdAt``, with an unparseable stamp counting as none). Also how many stamps of the
+    fields it writes did not parse (as `_stamps` counts them over ``data``), from the
+    same pass over ``field_meta``."""
     meta = change.field_meta
+    data = change.data
     clocks: dict[str, int] = {}
+    bad = 0
     if meta:
-        names = list(meta)
-        for name, stamp in zip(names, _stamps(meta, names, created)[0], strict=True):
+        for name, m in meta.items():
+            stamp = created
+            if type(m) is dict:
+                m = m.get("at")
+            if type(m) is str:
+                parsed = parse_us(m)
+                if parsed is None:
+                    if name in data:
+                        bad += 1
+                else:
+                    stamp = parsed
             clocks[name] = stamp
-    return FirstRow(created, change_id, change.data, clocks)
+    return FirstRow(created, change_id, data, clocks), bad
 
 
 def fold(changes: Iterable[Change]) -> tuple[RecordState, int]:
