@@ -18,6 +18,7 @@ from consumer.listener import CHANNEL
 from consumer.locks import DOORBELL as DOORBELL_LOCK_KEY
 from consumer.service import serve
 from consumer.sql import schema_dir
+from tests.helpers import wait_for, wait_for_async
 from tests.logtools import actual_snapshots, expected_snapshots, mission, write
 
 pytestmark = pytest.mark.anyio
@@ -77,16 +78,6 @@ def armed(dsn: str) -> bool:
     return bool(row and row[0])
 
 
-async def wait_until(check: Callable[[], bool], within: float = 15.0) -> float:
-    """Seconds until `check()` held; AssertionError past `within`."""
-    started = time.monotonic()
-    while not check():
-        if time.monotonic() - started > within:
-            raise AssertionError("condition not reached in time")
-        await anyio.sleep(0.002)
-    return time.monotonic() - started
-
-
 def applied(dsn: str, mission_id: str) -> Callable[[], bool]:
     return lambda: ("u1", mission_id) in actual_snapshots(dsn)["missions"]
 
@@ -112,9 +103,7 @@ def test_commits_ring_only_while_the_doorbell_is_armed(db: str) -> None:
                 mission(writer, "pair-a", state="active")
                 mission(writer, "pair-b", state="active")
             write(writer, "notes", "n1", {"x": 1})  # not ours: not journaled, no ring
-            deadline = time.monotonic() + 5
-            while bell.rings < 6 and time.monotonic() < deadline:
-                time.sleep(0.01)
+            wait_for(lambda: bell.rings >= 6, 5, "six rings")
             time.sleep(0.2)
             assert bell.rings == 6
             consumer.execute("SELECT pg_advisory_unlock(%s)", (DOORBELL_LOCK_KEY,))
@@ -129,16 +118,16 @@ async def test_an_idle_consumer_wakes_on_the_first_row_within_milliseconds(db: s
         ready = anyio.Event()
         tg.start_soon(lambda: serve(settings(db), ready=ready))
         await ready.wait()
-        await wait_until(lambda: armed(db))
+        await wait_for_async(lambda: armed(db), 15, "the consumer to park armed")
         with Bell(db) as bell:
             with psycopg.connect(db, autocommit=True) as conn:
                 mission(conn, "first", state="active")
-            took = await wait_until(applied(db, "first"), 5)
+            took = await wait_for_async(applied(db, "first"), 5, "first applied")
         # Milliseconds on an idle machine; the bound leaves room for a shared one, far
         # below the safety poll (60 s) and the idle probe (60 s).
         assert took < 2.0, took
         assert bell.rings == 1
-        await wait_until(lambda: armed(db))  # parked again once the journal is empty
+        await wait_for_async(lambda: armed(db), 15, "parked again")  # the journal is empty
         tg.cancel_scope.cancel()
 
 
@@ -153,8 +142,8 @@ async def test_a_writer_that_began_before_the_arming_and_commits_after_it_rings(
             # The row is written while the consumer may be anywhere; it parks meanwhile.
             with conn.transaction():
                 mission(conn, "early", state="active")
-                await wait_until(lambda: armed(db))
-            took = await wait_until(applied(db, "early"), 5)
+                await wait_for_async(lambda: armed(db), 15, "the consumer to park armed")
+            took = await wait_for_async(applied(db, "early"), 5, "early applied")
         assert took < 2.0, took
         assert bell.rings == 1
         tg.cancel_scope.cancel()
@@ -172,10 +161,10 @@ async def test_a_commit_that_found_the_doorbell_down_keeps_the_consumer_from_par
         ready = anyio.Event()
         tg.start_soon(lambda: serve(settings(db), ready=ready))
         await ready.wait()
-        await wait_until(lambda: armed(db))
+        await wait_for_async(lambda: armed(db), 15, "the consumer to park armed")
         with psycopg.connect(db, autocommit=True) as waker:
             mission(waker, "waker", state="active")  # the consumer wakes and disarms
-        await wait_until(applied(db, "waker"), 5)
+        await wait_for_async(applied(db, "waker"), 5, "waker applied")
         with psycopg.connect(db, autocommit=True) as conn, Bell(db) as bell:
             with conn.transaction():
                 conn.execute("SET CONSTRAINTS ALL IMMEDIATE")
@@ -183,11 +172,11 @@ async def test_a_commit_that_found_the_doorbell_down_keeps_the_consumer_from_par
                 await anyio.sleep(1.0)
                 assert not armed(db), "parked while a writer's commit was pending"
             committed = time.monotonic()
-            await wait_until(applied(db, "racer"), 5)
+            await wait_for_async(applied(db, "racer"), 5, "racer applied")
             took = time.monotonic() - committed
         assert took < 2.0, took
         assert bell.rings == 0
-        await wait_until(lambda: armed(db))
+        await wait_for_async(lambda: armed(db), 15, "the consumer to park armed")
         tg.cancel_scope.cancel()
 
 
@@ -197,7 +186,7 @@ async def test_a_busy_writer_rings_rarely_and_everything_is_applied(db: str) -> 
         ready = anyio.Event()
         tg.start_soon(lambda: serve(settings(db), ready=ready))
         await ready.wait()
-        await wait_until(lambda: armed(db))
+        await wait_for_async(lambda: armed(db), 15, "the consumer to park armed")
 
         def busy() -> None:
             with psycopg.connect(db, autocommit=True) as conn:
@@ -206,7 +195,9 @@ async def test_a_busy_writer_rings_rarely_and_everything_is_applied(db: str) -> 
 
         with Bell(db) as bell:
             await anyio.to_thread.run_sync(busy)
-            await wait_until(lambda: actual_snapshots(db) == expected_snapshots(db), 20)
+            await wait_for_async(
+                lambda: actual_snapshots(db) == expected_snapshots(db), 20, "snapshots == fold"
+            )
         # Every commit rang before the doorbell was armed; now only those that find the
         # consumer parked do. A shared machine can stall the writer long enough for the
         # consumer to park between rows, so the bound is loose, still far below one a row.
