@@ -13,8 +13,9 @@ from consumer.apply import Applied
 from consumer.config import Settings
 from consumer.projection import Projector
 from consumer.service import serve
+from tests.helpers import wait_for_async
 from tests.logtools import mission
-from tests.test_doorbell import Bell, applied, armed, wait_until
+from tests.test_doorbell import Bell, applied, armed
 
 pytestmark = pytest.mark.anyio
 
@@ -67,10 +68,10 @@ async def test_a_lone_row_goes_at_once_and_rows_that_keep_coming_are_collected(
         ready = anyio.Event()
         tg.start_soon(lambda: serve(cfg, ready=ready, on_applied=seen))
         await ready.wait()
-        await wait_until(lambda: armed(db))
+        await wait_for_async(lambda: armed(db), 15, "the consumer to park armed")
         with psycopg.connect(db, autocommit=True) as conn:
             mission(conn, "lone", state="active")
-            took = await wait_until(applied(db, "lone"), 5)
+            took = await wait_for_async(applied(db, "lone"), 5, "lone applied")
             # At once: well inside the window it would otherwise have waited.
             assert took < 0.4, took
 
@@ -80,7 +81,7 @@ async def test_a_lone_row_goes_at_once_and_rows_that_keep_coming_are_collected(
                     time.sleep(0.01)
 
             await anyio.to_thread.run_sync(more)
-        await wait_until(applied(db, "next3"), 5)
+        await wait_for_async(applied(db, "next3"), 5, "next3 applied")
         tg.cancel_scope.cancel()
     assert batches[0] == {"lone"}
     assert {f"next{i}" for i in range(4)} in batches[1:], batches
@@ -94,7 +95,7 @@ async def test_rows_that_keep_coming_are_applied_without_a_ring_each(db: str) ->
         ready = anyio.Event()
         tg.start_soon(lambda: serve(cfg, ready=ready))
         await ready.wait()
-        await wait_until(lambda: armed(db))
+        await wait_for_async(lambda: armed(db), 15, "the consumer to park armed")
 
         def steady() -> None:
             with psycopg.connect(db, autocommit=True) as conn:
@@ -104,6 +105,6 @@ async def test_rows_that_keep_coming_are_applied_without_a_ring_each(db: str) ->
 
         with Bell(db) as bell:
             await anyio.to_thread.run_sync(steady)
-            await wait_until(applied(db, "s29"), 5)
+            await wait_for_async(applied(db, "s29"), 5, "s29 applied")
         assert bell.rings <= 3, bell.rings  # the first row, and a stall of the writer or two
         tg.cancel_scope.cancel()
