@@ -122,14 +122,14 @@ class _Seen:
         inner_follow = follower._catch_up
         inner_pass = projector.catch_up
 
-        async def follow(work: Any, *args: Any) -> Any:
+        async def follow(work: Any, *args: Any, **kwargs: Any) -> Any:
             self.follow_started = time.monotonic()
-            return await inner_follow(work, *args)
+            return await inner_follow(work, *args, **kwargs)
 
-        async def catch_up(conn: Any, *args: Any) -> Any:
+        async def catch_up(conn: Any, *args: Any, **kwargs: Any) -> Any:
             self.passes += 1
             self.pass_started = time.monotonic()
-            return await inner_pass(conn, *args)
+            return await inner_pass(conn, *args, **kwargs)
 
         follower._catch_up = follow
         projector.catch_up = catch_up
@@ -157,9 +157,10 @@ async def _latency_once(
     # connection it opens (the follower's work connection too: in pipeline mode a
     # statement's time is only its queueing; the pass total is what counts).
     connector = Connector(dsn, settings.bounds(), configure=configure)
-    # One Python writer paces 500/s well but cannot reach 2,000/s here: beyond 500/s the
-    # rate is split over writers of up to 1,000/s each, started together.
-    n_writers = 1 if rate <= 500 else math.ceil(rate / 1000)
+    # One Python writer paces 500/s well but cannot reach 1,000/s here (a durable commit
+    # takes about a millisecond): beyond 500/s the rate is split over writers of up to
+    # 500/s each, started together (their commits share flushes).
+    n_writers = max(1, math.ceil(rate / 500))
     each = rate / n_writers
     count = int(each * seconds)
     warmup = int(each * warmup_s)

@@ -10,6 +10,10 @@ from typing import Any
 import psycopg
 
 STATEMENTS = (
+    ("WITH clocks AS", "snapshots write (+ CAS)"),
+    ("WITH snap AS MATERIALIZED", "journal read"),
+    ("SELECT pg_try_advisory_lock", "doorbell arm"),
+    ("SELECT false FROM (SELECT pg_advisory_unlock_all", "doorbell settle"),
     ("SELECT pg_current_snapshot", "snapshot"),
     ("SELECT j.xid", "journal read"),
     ("SELECT k.kind", "clocks load"),
@@ -43,7 +47,11 @@ class StatementTimer:
                 return await inner(query, params, **kw)
             finally:
                 elapsed = time.perf_counter() - started
-                label = self.label(query if isinstance(query, str) else query.as_string(conn))
+                if isinstance(query, bytes):
+                    text = query.decode()
+                else:
+                    text = query if isinstance(query, str) else query.as_string(conn)
+                label = self.label(text)
                 self.stmt[label] = self.stmt.get(label, 0.0) + elapsed
                 self.calls[label] = self.calls.get(label, 0) + 1
                 if self.each is not None:

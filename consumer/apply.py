@@ -11,6 +11,7 @@ import logging
 from collections import defaultdict
 from collections.abc import Sequence
 from datetime import datetime
+from functools import cache
 from typing import Any
 
 import msgspec
@@ -50,6 +51,21 @@ class Targets(msgspec.Struct, frozen=True):
 LIVE = Targets()
 
 
+class Finish(msgspec.Struct, frozen=True):
+    """What the statement that writes a batch also does (snapshots/write.tmpl.sql): the
+    checkpoint's compare-and-set (`name` None: none) and the doorbell's arming."""
+
+    name: str | None = None
+    version: int = 0
+    applied_below: int = 0
+    epoch: int | None = None
+    arm: bool = False
+    key: int = 0
+
+
+NO_FINISH = Finish()
+
+
 class Applied(msgspec.Struct):
     """What one batch did, for metrics and for waking the scheduler."""
 
@@ -60,27 +76,29 @@ class Applied(msgspec.Struct):
     bad_stamps: int = 0
     missions: set[tuple[str, str]] = msgspec.field(default_factory=set)  # (user, mission)
     agents: set[tuple[str, str]] = msgspec.field(default_factory=set)  # (user, agent)
-    # Results still to be read (see settle): upserts' RETURNING, quarantine's RETURNING.
-    pending_upserts: list[psycopg.AsyncCursor] = msgspec.field(default_factory=list)
-    pending_quarantine: psycopg.AsyncCursor | None = None
+    # Whether the doorbell is armed after the write that carried an arming (None: none did).
+    armed: bool | None = None
+    # Answers still to be read (see settle), one row per writing statement.
+    pending: list[psycopg.AsyncCursor] = msgspec.field(default_factory=list)
 
     async def settle(self) -> None:
         """Read the counts the writes returned: new vs updated snapshots, rows quarantined
         for the first time (a re-read of the same row is not a new quarantine)."""
-        for cur in self.pending_upserts:
-            rows = await cur.fetchall()
-            inserted = sum(1 for (fresh,) in rows if fresh)
+        for cur in self.pending:
+            row = await cur.fetchone()  # snapshots/write.tmpl.sql's answers
+            assert row is not None
+            inserted, written, reasons, _moved, armed = row
             self.new += inserted
-            self.updated += len(rows) - inserted
-        self.pending_upserts.clear()
-        if self.pending_quarantine is not None:
-            for (reason,) in await self.pending_quarantine.fetchall():
+            self.updated += written - inserted
+            for reason in reasons or ():
                 metrics.count_quarantined(reason)
                 self.quarantined += 1
-            self.pending_quarantine = None
+            if armed is not None:
+                self.armed = armed
+        self.pending.clear()
 
     def merge(self, other: Applied) -> None:
-        assert not other.pending_upserts and other.pending_quarantine is None, "settle first"
+        assert not other.pending, "settle first"
         self.rows += other.rows
         self.new += other.new
         self.updated += other.updated
@@ -108,13 +126,15 @@ async def apply_rows(
     states: dict[Key, bytes | None] | None = None,
     defer_counts: bool = False,
     missing: Sequence[tuple[str, str]] = (),
+    finish: Finish = NO_FINISH,
 ) -> Applied:
     """Validate, merge and write `raws`. `states`: the stored clocks of every record the
     rows touch (None: not stored yet), when the caller already read them; otherwise they
     are loaded here. `defer_counts`: leave the new/updated counts to `settle()`, so that
     in pipeline mode nothing waits for a result before the caller's COMMIT. `missing`:
     (change id, xid) of journaled rows whose log row is gone; they are quarantined as
-    `log-row-missing` with the rejected rows."""
+    `log-row-missing` with the rejected rows. `finish`: what the writing statement also does
+    (it runs even with nothing else to write)."""
     result = Applied()
     changes: dict[Key, list[tuple[Change, RawChange]]] = defaultdict(list)
     rejected: list[tuple[RawChange, str]] = []
@@ -127,10 +147,10 @@ async def apply_rows(
             rejected.append((raw, checked.reason))
         else:
             changes[(checked.kind, checked.user_id, checked.record_id)].append((checked, raw))
+    changed: list[tuple[Key, RecordState, bytes]] = []
     if changes:
         if states is None:
             states = await _load_states(conn, list(changes), targets)
-        changed: list[tuple[Key, RecordState, bytes]] = []
         for key, batch in changes.items():
             before = states.get(key)
             try:
@@ -144,10 +164,8 @@ async def apply_rows(
             changed.append((key, state, encoded))
             kind, user_id, record_id = key
             (result.missions if kind == "mission" else result.agents).add((user_id, record_id))
-        if changed:
-            await _write(conn, changed, targets, result)
-    if rejected or missing:
-        await _quarantine(conn, rejected, missing, result)
+    if changed or rejected or missing or finish.name is not None or finish.arm:
+        await _write(conn, changed, targets, result, finish, rejected, missing)
     if not defer_counts:
         await result.settle()
     return result
@@ -202,66 +220,117 @@ async def _load_states(
     return {(kind, user, record): state for kind, user, record, state in await cur.fetchall()}
 
 
+def _parts(text: str) -> dict[str, str]:
+    """The "-- part <name>" sections of a statement file, by name."""
+    parts: dict[str, str] = {}
+    name = None
+    for line in text.splitlines():
+        if line.startswith("-- part "):
+            name = line.removeprefix("-- part ").strip()
+            parts[name] = ""
+        elif name is not None:
+            parts[name] += line + "\n"
+    return parts
+
+
+_WRITE = _parts(load("snapshots/write.tmpl"))
+_UPSERTS = ("missions", "agents")  # the parts that return (inserted)
+
+
+@cache
+def _write_query(targets: Targets, names: tuple[str, ...], arm: bool) -> bytes:
+    """The write statement with the parts `names` (in the file's order, which is the order
+    the tables are locked in). Only identifiers and the file's own text go in. As bytes,
+    composed once: psycopg would compose a `sql.Composed` again at every execution."""
+    upserts = [n for n in _UPSERTS if n in names]
+    answer = sql.SQL(_WRITE["answer"]).format(
+        inserted=sql.SQL(
+            " + ".join(f"(SELECT count(*) FILTER (WHERE inserted) FROM {n})" for n in upserts)
+            or "0"
+        ),
+        written=sql.SQL(" + ".join(f"(SELECT count(*) FROM {n})" for n in upserts) or "0"),
+        quarantined=sql.SQL(
+            "(SELECT array_agg(reason) FROM quarantined)" if "quarantined" in names else "NULL"
+        ),
+        moved=sql.SQL("(SELECT count(*) FROM moved)" if "moved" in names else "0"),
+        arm=sql.SQL("TRUE" if arm else "FALSE"),
+    )
+    ctes = sql.SQL(",\n").join(
+        sql.SQL(_WRITE[n].strip()).format(
+            clocks=targets.ident(targets.clocks),
+            due=targets.ident(targets.due),
+            missions=targets.ident(targets.missions),
+            agents=targets.ident(targets.agents),
+        )
+        for n in _WRITE
+        if n in names
+    )
+    query = answer if not names else sql.SQL("WITH ") + ctes + sql.SQL("\n") + answer
+    return query.as_bytes(None)
+
+
+def _hex(state: bytes) -> str:
+    return "\\x" + state.hex()  # bytea's input form, inside the JSON batch
+
+
 async def _write(
     conn: psycopg.AsyncConnection,
     changed: list[tuple[Key, RecordState, bytes]],
     targets: Targets,
     result: Applied,
+    finish: Finish = NO_FINISH,
+    rejected: Sequence[tuple[RawChange, str]] = (),
+    missing: Sequence[tuple[str, str]] = (),
 ) -> None:
-    await conn.execute(
-        sql.SQL(load("snapshots/clocks_upsert.tmpl")).format(clocks=targets.ident(targets.clocks)),
+    """Write `changed` and quarantine `rejected` and `missing` ((change id, xid) of journaled
+    rows whose log row is gone: `log-row-missing`) in one statement, with `finish`. Its
+    answers are left to `settle`: in pipeline mode nothing waits for them."""
+    batch: dict[str, list[dict[str, Any]]] = {}
+    clocks = batch.setdefault("clocks", []) if changed else []
+    for (kind, user_id, record_id), state, encoded in changed:
+        clocks.append(
+            {"kind": kind, "user_id": user_id, "record_id": record_id, "state": _hex(encoded)}
+        )
+        record = materialize(record_id, state)
+        table = "missions" if kind == "mission" else "agents"
+        if _visible(kind, record):
+            batch.setdefault(table, []).append(
+                {
+                    "user_id": user_id,
+                    "record_id": record_id,
+                    "record": record,
+                    "last_applied_at": _us_to_dt(state.last_applied_us),
+                }
+            )
+        else:
+            batch.setdefault(table + "_gone", []).append(
+                {"user_id": user_id, "record_id": record_id}
+            )
+        if kind == "mission":
+            at = due_instant(record) if record is not None else None
+            batch.setdefault("due", []).append(
+                {"user_id": user_id, "mission_id": record_id, "due_at": at}
+            )
+    if rejected or missing:
+        batch["quarantined"] = [
+            {"change_id": raw.id, "reason": reason, "raw": raw} for raw, reason in rejected
+        ] + [
+            {"change_id": change_id, "reason": MISSING, "raw": {"id": change_id, "xid": xid}}
+            for change_id, xid in missing
+        ]
+    names = tuple(batch) + (("moved",) if finish.name is not None else ())
+    cur = await conn.execute(
+        _write_query(targets, tuple(n for n in _WRITE if n in names), finish.arm),
         {
-            "kinds": [k[0] for k, _, _ in changed],
-            "users": [k[1] for k, _, _ in changed],
-            "records": [k[2] for k, _, _ in changed],
-            "states": [encoded for _, _, encoded in changed],
+            "batch": _json.encode(batch).decode(),
+            "cp_name": finish.name,
+            "cp_version": finish.version,
+            "cp_below": str(finish.applied_below),
+            "epoch": finish.epoch,
+            "key": finish.key,
         },
     )
-    for kind, table, key_column in (
-        ("mission", targets.missions, "mission_id"),
-        ("agent", targets.agents, "agent_id"),
-    ):
-        upserts: list[tuple[str, str, str, datetime]] = []
-        deletes: list[tuple[str, str]] = []
-        due: list[tuple[str, str, datetime | None]] = []
-        for (k, user_id, record_id), state, _ in changed:
-            if k != kind:
-                continue
-            record = materialize(record_id, state)
-            if _visible(kind, record):
-                body = _json.encode(record).decode()
-                upserts.append((user_id, record_id, body, _us_to_dt(state.last_applied_us)))
-            else:
-                deletes.append((user_id, record_id))
-            if kind == "mission":
-                at = due_instant(record) if record is not None else None
-                due.append((user_id, record_id, at))
-        if due:  # before the snapshots: tables are locked in one order (replay/lock_live.tmpl.sql)
-            await conn.execute(
-                sql.SQL(load("snapshots/due_write.tmpl")).format(due=targets.ident(targets.due)),
-                {
-                    "users": [d[0] for d in due],
-                    "missions": [d[1] for d in due],
-                    "due_at": [d[2] for d in due],
-                },
-            )
-        fmt = {"table": targets.ident(table), "key": sql.Identifier(key_column)}
-        if upserts:
-            cur = await conn.execute(
-                sql.SQL(load("snapshots/upsert.tmpl")).format(**fmt),
-                {
-                    "users": [u[0] for u in upserts],
-                    "records": [u[1] for u in upserts],
-                    "bodies": [u[2] for u in upserts],
-                    "applied": [u[3] for u in upserts],
-                },
-            )
-            result.pending_upserts.append(cur)
-        if deletes:
-            await conn.execute(
-                sql.SQL(load("snapshots/delete.tmpl")).format(**fmt),
-                {"users": [d[0] for d in deletes], "records": [d[1] for d in deletes]},
-            )
+    result.pending.append(cur)
 
 
 Hot = dict[Key, tuple[bytes, RecordState]]  # decoded clocks, by the bytes they encode to
@@ -322,50 +391,30 @@ class Window:
     async def write(
         self, conn: psycopg.AsyncConnection, targets: Targets = LIVE, part: int = 2000
     ) -> Hot:
-        """Write every changed record once, missions before agents (the lock order of
-        replay/lock_live.tmpl.sql), in parts of `part` records: in pipeline mode the server
-        writes one part while the next is encoded. Then the quarantine. Returns the
-        states by their bytes, for the next window's `hot`. Counts settle later."""
+        """Write every changed record once, in parts of `part` records (each part one
+        statement that locks the tables in the one order, snapshots/write.tmpl.sql): in
+        pipeline mode the server writes one part while the next is encoded. Then the
+        quarantine. Returns the states by their bytes, for the next window's `hot`. Counts
+        settle later."""
         result = self.result
         hot: Hot = {}
-        for kind in ("mission", "agent"):
-            changed: list[tuple[Key, RecordState, bytes]] = []
-            for key, (before, state) in self.folds.items():
-                if key[0] != kind:
-                    continue
-                encoded = encode_state(state)
-                hot[key] = (encoded, state)
-                if encoded == before or (before is None and state.last_applied_us is None):
-                    continue  # a re-delivery that changed nothing: no write
-                changed.append((key, state, encoded))
-                (result.missions if kind == "mission" else result.agents).add(key[1:])
-                if len(changed) >= part:
-                    await _write(conn, changed, targets, result)
-                    changed = []
-            if changed:
+        changed: list[tuple[Key, RecordState, bytes]] = []
+        for key, (before, state) in self.folds.items():
+            encoded = encode_state(state)
+            hot[key] = (encoded, state)
+            if encoded == before or (before is None and state.last_applied_us is None):
+                continue  # a re-delivery that changed nothing: no write
+            changed.append((key, state, encoded))
+            (result.missions if key[0] == "mission" else result.agents).add(key[1:])
+            if len(changed) >= part:
                 await _write(conn, changed, targets, result)
-        if self.rejected or self.missing:
-            await _quarantine(conn, self.rejected, self.missing, result)
+                changed = []
+        if changed or self.rejected or self.missing:
+            await _write(conn, changed, targets, result, NO_FINISH, self.rejected, self.missing)
         return hot
 
 
 MISSING = "log-row-missing"
-
-
-async def _quarantine(
-    conn: psycopg.AsyncConnection,
-    rejected: list[tuple[RawChange, str]],
-    missing: Sequence[tuple[str, str]],
-    result: Applied,
-) -> None:
-    ids = [raw.id for raw, _ in rejected] + [change_id for change_id, _ in missing]
-    reasons = [reason for _, reason in rejected] + [MISSING] * len(missing)
-    raws = [_json.encode(raw).decode() for raw, _ in rejected] + [
-        _json.encode({"id": change_id, "xid": xid}).decode() for change_id, xid in missing
-    ]
-    result.pending_quarantine = await conn.execute(
-        load("journal/quarantine_insert"), {"ids": ids, "reasons": reasons, "raws": raws}
-    )
 
 
 async def quarantine_from_log(conn: psycopg.AsyncConnection, change_id: str, reason: str) -> bool:

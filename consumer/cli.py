@@ -91,10 +91,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--batch-max-wait",
         type=float,
-        default=0.002,
+        default=0.0,
         metavar="SECONDS",
-        help="while rows keep coming, collect them this long per pass; a lone row after a "
-        "quiet spell is applied at once (0.002)",
+        help="while rows keep coming, wait this long before each next pass so that it "
+        "carries more rows: less CPU per row, that much more latency; a lone row after a "
+        "quiet spell is applied at once (0: read again at once, woken by the doorbell only "
+        "when idle)",
     )
     p.add_argument(
         "--safety-poll",

@@ -66,25 +66,39 @@ class JournalRow(msgspec.Struct, gc=False):
 
 class JournalChunk(msgspec.Struct):
     """One read: the statement's snapshot, whether row level security applies to this role
-    on the log, and the rows in (xid, change id) order."""
+    on the log, whether it let the doorbell go (None: it was not asked to, or found no
+    rows), and the rows in (xid, change id) order."""
 
     snapshot: str
     rls: bool
+    released: bool | None
     rows: list[JournalRow]
 
 
 def _chunk(result: list[tuple]) -> JournalChunk:
-    # Each result row: snapshot, rls, then the JournalRow's columns in field order (NULL
-    # when no journal row matched: the snapshot still comes back).
+    # Each result row: snapshot, rls, released, then the JournalRow's columns in field order
+    # (NULL when no journal row matched: the snapshot still comes back).
     first = result[0]
     return JournalChunk(
-        str(first[0]), bool(first[1]), [JournalRow(*r[2:]) for r in result if r[2] is not None]
+        str(first[0]),
+        bool(first[1]),
+        first[2],
+        [JournalRow(*r[3:]) for r in result if r[3] is not None],
     )
 
 
 def _bounds(
-    prev: str, after: tuple[str, str], limit: int, upto: tuple[str, str] = LAST_KEY
+    prev: str,
+    after: tuple[str, str],
+    limit: int,
+    upto: tuple[str, str] = LAST_KEY,
+    release: bool = False,
 ) -> dict[str, object]:
+    # Every row read has xid >= prev's xmin: say so in the keyset bound too, so that the
+    # index scan starts there (given both, btree starts at the row comparison's bound).
+    xmin = int(prev.split(":", 1)[0])
+    if int(after[0]) < xmin:
+        after = (str(xmin - 1), MAX_UUID)
     return {
         "prev": prev,
         "after_xid": after[0],
@@ -92,6 +106,8 @@ def _bounds(
         "upto_xid": upto[0],
         "upto_id": upto[1],
         "limit": limit,
+        "release": release,
+        "key": locks.DOORBELL,
     }
 
 
@@ -106,12 +122,17 @@ def _key_before(xid: str, change_id: str) -> tuple[str, str]:
 
 
 async def send_read(
-    conn: psycopg.AsyncConnection, prev: str, after: tuple[str, str], limit: int
+    conn: psycopg.AsyncConnection,
+    prev: str,
+    after: tuple[str, str],
+    limit: int,
+    release: bool = False,
 ) -> psycopg.AsyncCursor:
     """Send the read of up to `limit` journal rows not visible in the snapshot `prev`, after
     the keyset position `after`; `received` turns the cursor into a chunk. In pipeline mode
-    the server reads while the caller does other work."""
-    return await conn.execute(load("journal/read"), _bounds(prev, after, limit))
+    the server reads while the caller does other work. `release`: let the doorbell go if
+    there are rows (see journal/read.sql)."""
+    return await conn.execute(load("journal/read"), _bounds(prev, after, limit, release=release))
 
 
 async def received(cur: psycopg.AsyncCursor) -> JournalChunk:
@@ -119,10 +140,14 @@ async def received(cur: psycopg.AsyncCursor) -> JournalChunk:
 
 
 async def read(
-    conn: psycopg.AsyncConnection, prev: str, after: tuple[str, str], limit: int
+    conn: psycopg.AsyncConnection,
+    prev: str,
+    after: tuple[str, str],
+    limit: int,
+    release: bool = False,
 ) -> JournalChunk:
     """One chunk of journal rows not visible in `prev`, after the keyset position `after`."""
-    return await received(await send_read(conn, prev, after, limit))
+    return await received(await send_read(conn, prev, after, limit, release))
 
 
 async def read_one(conn: psycopg.AsyncConnection, xid: str, change_id: str) -> JournalChunk:

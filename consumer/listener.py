@@ -38,7 +38,7 @@ from .config import Settings, first_line
 from .db import Connector, Deadline, closing, sever, within
 from .errors import CheckpointConflict, ConfigError, Deposed, PrivilegeError, is_transient
 from .health import APPLY, LEADER, STANDBY, Health
-from .projection import CHECKPOINT, Prelude, Projector
+from .projection import CHECKPOINT, Projector
 from .sql import load
 
 log = logging.getLogger(__name__)
@@ -46,11 +46,10 @@ log = logging.getLogger(__name__)
 CHANNEL = "mana_ai_changes"
 FATAL = (ConfigError, CheckpointConflict, PrivilegeError)
 PRUNE_EVERY = 10.0  # seconds between journal prunes
-# The shortest wait between passes (seconds): a --batch-max-wait of 0 polls this often.
+# The first wait before reading again while a writer keeps the doorbell from arming.
 MIN_WINDOW = 0.0005
-# Passes that find nothing, each after a wait twice the last, before the consumer arms the
-# doorbell and parks (window 2 ms: reads 2, 6 and 14 ms after the last rows, then it arms).
-IDLE_READS = 3
+# Woken from parked after a pass that read at most this many rows: the pass stays armed.
+KEEP_ARMED_ROWS = 1
 # Seconds between checkpoint moves of passes that read nothing.
 QUIET_CHECKPOINT_EVERY = 1.0
 # The longest wait between two attempts to arm the doorbell while writers keep holding it.
@@ -220,24 +219,29 @@ class Follower:
         """The doorbell rings only while this consumer is parked on it (armed: the work
         connection holds the doorbell lock, schema/migrations/0010_armed_doorbell.sql):
 
-        - parked: wait for a ring; the pass it starts disarms first (same round trip), so
-          a lone row after a quiet spell is read at once;
-        - rows keep coming (the last pass read some): wait the collection window
-          (`batch_max_wait`) and read what came, disarmed: a busy consumer is never rung,
-          and each pass carries the rows of a window, not one;
-        - a pass found nothing: wait twice as long and read again, up to IDLE_READS times
-          (a stream with gaps stays in the two states above);
-        - then a pass that arms first and reads again: empty and armed, park. Not armed (a
-          writer of ours is committing, holding the lock shared): poll again shortly.
+        - every pass arms the doorbell with its last write (`catch_up(arm=True)`), and the
+          next pass's read lets it go when it finds rows: while rows keep coming, writers
+          are rung only in the moment between a write and the next read;
+        - woken from parked while rows come one at a time (the last pass read at most
+          one), the pass keeps the doorbell armed: a commit after its read rings, so it
+          parks again without reading once more (a row costs a ring, a read and a write);
+        - a pass that began armed and read nothing leaves the consumer parked: every row
+          committed before the arming was read, and every later commit rings. No timed
+          waits: a row that comes while parked is read at once, and a busy consumer reads
+          what came during its last pass, so a pass carries what arrived meanwhile;
+        - not armed after a pass that read nothing: a writer of ours is committing (it
+          holds the lock shared); its rows come with its commit: poll again shortly.
 
-        The safety poll and the idle probe stay."""
+        While parked, the idle probe proves the listener connection and the epoch, and the
+        safety poll reads in case a ring was lost.
+
+        With a collection window (`--batch-max-wait` above 0), a pass that read rows does
+        not arm: the consumer waits the window and reads what came, unrung, so each pass
+        carries a window's rows (less CPU per row, that much more latency); a pass that
+        reads nothing arms."""
         s = self.settings
-        key: dict[str, object] = {"key": locks.DOORBELL}
-        arm = Prelude(load("journal/doorbell_arm"), load("journal/doorbell_settle"), key)
-        disarm = Prelude(load("journal/doorbell_disarm"), load("journal/doorbell_settle"), key)
-        window = max(s.batch_max_wait, MIN_WINDOW)
-        armed = False
-        empty = 0  # passes in a row that found nothing, since rows last came
+        collect = s.batch_max_wait > 0
+        parked = False
         retry = 0.0
         last_poll = last_prune = last_probe = time.monotonic()
         # A quiet pass moves the checkpoint only now and then: it carries no snapshot write,
@@ -245,17 +249,13 @@ class Follower:
         self.projector.quiet_checkpoint_every = QUIET_CHECKPOINT_EVERY
         while True:
             projector = self.projector
-            if armed and not projector.last_read:
+            if parked:
                 rang = False
                 async for _ in conn.notifies(timeout=s.idle_probe, stop_after=1):
                     rang = True
                 now = time.monotonic()
                 if rang:
                     projector.ring()
-                    await self._catch_up(work, disarm)
-                    armed = False
-                    # A stale ring (its rows came with an earlier pass): arm again at once.
-                    empty = 0 if projector.last_read else IDLE_READS
                 else:
                     # Idle: prove the connection (and our epoch) alive within the deadline.
                     await self._probe(conn, term)
@@ -263,33 +263,27 @@ class Follower:
                     if now - last_poll < s.safety_poll:
                         self.health.beat(APPLY)
                         continue
-                    await self._catch_up(work)  # the safety poll; it stays armed
-            elif projector.last_read or empty < IDLE_READS:
-                # Rows keep coming (or did a moment ago): collect for a window, then read
-                # what came, without the doorbell. After a pass that found nothing the wait
-                # doubles, so a stream that stopped costs a few cheap reads, then the arming.
-                empty = 0 if projector.last_read else empty + 1
-                await anyio.sleep(window * 2**empty)
-                await self._catch_up(work, disarm if armed else None)
-                armed = False
-                now = time.monotonic()
-                if now - last_probe >= s.idle_probe:
-                    await self._probe(conn, term)  # the listener is unused while rows flow
-                    last_probe = now
-            else:
-                await self._catch_up(work, arm)
-                armed = projector.prelude_answer is True
-                if armed:
-                    retry = 0.0
-                elif not projector.last_read:
-                    # A writer of ours is committing (it holds the lock shared): its rows
-                    # come with its commit. Poll again, backing off in case it stays (a
-                    # writer that set its constraints immediate holds the lock from its
-                    # first row on).
-                    retry = min(max(retry * 2, MIN_WINDOW), MAX_ARM_RETRY)
-                    await anyio.sleep(retry)
-                now = time.monotonic()
-            last_poll = now
+                    last_poll = now  # the safety poll: the pass below
+            was_armed = projector.armed
+            if collect and projector.last_read and not parked:
+                await anyio.sleep(s.batch_max_wait)  # rows keep coming: let more come
+            # Woken while rows come one at a time: stay armed through the pass, so that it
+            # needs no read before parking again (a commit meanwhile rings).
+            keep = parked and projector.last_read <= KEEP_ARMED_ROWS and not collect
+            await self._catch_up(work, release=was_armed and not keep, arm=True, idle_only=collect)
+            parked = was_armed and projector.armed and (keep or not projector.last_read)
+            if not projector.armed and not projector.last_read:
+                # A writer of ours is committing (it holds the lock shared): its rows come
+                # with its commit. Poll again, backing off in case it stays (a writer that
+                # set its constraints immediate holds the lock from its first row on).
+                retry = min(max(retry * 2, MIN_WINDOW), MAX_ARM_RETRY)
+                await anyio.sleep(retry)
+            elif projector.armed:
+                retry = 0.0
+            now = time.monotonic()
+            if not parked and now - last_probe >= s.idle_probe:
+                await self._probe(conn, term)  # the listener is unused while rows flow
+                last_probe = now
             if now - last_prune >= PRUNE_EVERY:
                 pruned = await self._on_work(work, "prune", self.projector.prune(work))
                 if pruned:
@@ -416,9 +410,15 @@ class Follower:
             self.projector.on_progress = None
 
     async def _catch_up(
-        self, work: psycopg.AsyncConnection, prelude: Prelude | None = None
+        self,
+        work: psycopg.AsyncConnection,
+        *,
+        release: bool = False,
+        arm: bool = False,
+        idle_only: bool = False,
     ) -> None:
-        await self._on_work(work, "apply pass", self.projector.catch_up(work, prelude))
+        pass_ = self.projector.catch_up(work, release=release, arm=arm, idle_only=idle_only)
+        await self._on_work(work, "apply pass", pass_)
         self.health.lag_seconds = 0.0
         self.health.beat(APPLY)
 

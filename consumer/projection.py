@@ -30,10 +30,11 @@ from contextlib import contextmanager
 import msgspec
 import psycopg
 
-from . import journal, metrics
+from . import journal, locks, metrics
 from .apply import (
     LIVE,
     Applied,
+    Finish,
     Hot,
     Targets,
     Window,
@@ -47,6 +48,7 @@ from .errors import CheckpointConflict, ConfigError, Deposed
 from .journal import NIL_UUID, JournalRow, journal_raws, missing_rows
 from .model import KIND_BY_TABLE
 from .sql import load
+from .txn import one_statement
 
 log = logging.getLogger(__name__)
 
@@ -153,16 +155,6 @@ def _states(rows: list[JournalRow]) -> dict[tuple[str, str, str], bytes | None]:
     }
 
 
-class Prelude(msgspec.Struct, frozen=True):
-    """A statement a pass runs before its first read (see Projector.catch_up); `fallback`
-    replaces it when the first chunk must be redone row by row and whether `query` took
-    effect is unknown (the failed transaction may have run it)."""
-
-    query: str
-    fallback: str
-    params: dict[str, object] = {}
-
-
 class Step(msgspec.Struct):
     """What one chunk or window of a pass read and did."""
 
@@ -173,6 +165,7 @@ class Step(msgspec.Struct):
     applied: Applied
     moved: bool  # the checkpoint moved (to new_below)
     new_below: int
+    armed_tried: bool = False  # its last statement armed the doorbell (or it was armed)
 
 
 class Projector:
@@ -223,8 +216,9 @@ class Projector:
         # them out, tools and tests keep every move.
         self.quiet_checkpoint_every = 0.0
         self._moved_at = 0.0
-        # The answer of the last pass's prelude (see catch_up), None when it had none.
-        self.prelude_answer: object = None
+        # The work connection holds the doorbell's lock: writers of ours ring at commit (see
+        # schema/migrations/0010_armed_doorbell.sql and catch_up's `release` and `arm`).
+        self.armed = False
         self._hot: Hot = {}  # the last window's states (see Window); only within a pass
 
     def ring(self) -> None:
@@ -243,6 +237,7 @@ class Projector:
         self.cp = None
         self.prev = None
         self._hot = {}
+        self.armed = False  # a session's advisory locks end with it
 
     async def _start(self, conn: psycopg.AsyncConnection) -> Checkpoint:
         if self.cp is None:
@@ -282,18 +277,25 @@ class Projector:
         return total
 
     async def catch_up(
-        self, conn: psycopg.AsyncConnection, prelude: Prelude | None = None
+        self,
+        conn: psycopg.AsyncConnection,
+        *,
+        release: bool = False,
+        arm: bool = False,
+        idle_only: bool = False,
     ) -> Applied:
         """One pass: apply every row committed and not yet applied. Returns what changed.
 
-        `prelude`: one statement run first, in the first read's round trip and before its
-        snapshot is taken (the doorbell's arm or disarm); its one value is left in
-        `prelude_answer`. When the first chunk has to be redone row by row, the prelude
-        runs again there with its `fallback` statement instead."""
+        The doorbell (`armed`): `release`, the first read lets it go if it finds rows (the
+        consumer is busy: writers stop ringing); `arm`, the pass leaves it armed, taken by
+        the statement that writes its last chunk (or by the pass's last statement). Rows
+        committed after the last read and before the arming did not ring: the caller reads
+        once more before it parks (armed and that read empty). `armed` stays false while a
+        writer of ours is committing (it holds the lock shared). `idle_only`: arm only if
+        the pass read nothing."""
         cp = await self._start(conn)
         assert self.prev is not None
         self.ring()
-        self.prelude_answer = None
         total = Applied()
         read = 0
         pass_snapshot: str | None = None
@@ -316,8 +318,13 @@ class Projector:
                         log.warning("a catch-up window failed (%s); going on by chunks", exc)
                         windows, by_chunk = False, self.window_rows
                 if step is None:
-                    step = await self._chunk_or_rows(conn, cp, after, pass_snapshot, prelude)
-                    prelude = None
+                    arming = arm and not (idle_only and read)
+                    step = await self._chunk_or_rows(
+                        conn, cp, after, pass_snapshot, release, arming, idle_only
+                    )
+                    if step.full and self.armed:
+                        await self._disarm(conn)  # a backlog: writers need not ring
+                    release = False
                     by_chunk -= step.rows
                     windows = step.full and by_chunk <= 0 and self.window_rows > self.batch_size
                 read += step.rows
@@ -336,6 +343,8 @@ class Projector:
                 if not step.full or step.last is None:
                     break
                 after = step.last
+            if arm and not step.armed_tried and not (idle_only and read):
+                await self._arm(conn)  # the pass ended by a window or row by row
         finally:
             self._hot = {}  # a quiet pass needs none of it: memory back
         assert pass_snapshot is not None
@@ -359,10 +368,12 @@ class Projector:
         cp: Checkpoint,
         after: tuple[str, str],
         pass_snapshot: str | None,
-        prelude: Prelude | None = None,
+        release: bool = False,
+        arm: bool = False,
+        idle_only: bool = False,
     ) -> Step:
         try:
-            return await self._chunk(conn, cp, after, pass_snapshot, prelude)
+            return await self._chunk(conn, cp, after, pass_snapshot, release, arm, idle_only)
         except Exception as exc:
             if not isolating(exc):
                 raise
@@ -370,9 +381,9 @@ class Projector:
             # the driver cannot load, one the server rejects): go through it row by row;
             # a row that fails alone is quarantined, the others apply.
             log.warning("a journal chunk failed (%s); applying it row by row", exc)
-            if prelude is not None:
-                # Whether the failed transaction's prelude ran is unknown: settle it.
-                await self._prelude(conn, prelude.fallback, prelude.params)
+            if release or arm:
+                # Whether the failed statements took or let go the doorbell is unknown.
+                await self._disarm(conn)
             return await self._chunk_by_row(conn, cp, after, pass_snapshot)
 
     def _below(
@@ -388,12 +399,17 @@ class Projector:
         due = time.monotonic() - self._moved_at >= self.quiet_checkpoint_every
         return new_below > cp.applied_below and due, new_below
 
-    async def _prelude(
-        self, conn: psycopg.AsyncConnection, query: str, params: dict[str, object]
-    ) -> None:
-        cur = await conn.execute(query, params)
-        row = await cur.fetchone()
-        self.prelude_answer = row[0] if row else None
+    async def _disarm(self, conn: psycopg.AsyncConnection) -> None:
+        """Disarmed for certain, whatever a failed statement did with the doorbell's lock."""
+        await conn.execute(load("journal/doorbell_settle"))
+        self.armed = False
+
+    async def _arm(self, conn: psycopg.AsyncConnection) -> None:
+        """Arm the doorbell with a statement of its own (a pass that wrote nothing last)."""
+        if not self.armed:
+            cur = await conn.execute(load("journal/doorbell_arm"), {"key": locks.DOORBELL})
+            row = await cur.fetchone()
+            self.armed = bool(row and row[0])
 
     async def _chunk(
         self,
@@ -401,40 +417,61 @@ class Projector:
         cp: Checkpoint,
         after: tuple[str, str],
         pass_snapshot: str | None,
-        prelude: Prelude | None = None,
+        release: bool = False,
+        arm: bool = False,
+        idle_only: bool = False,
     ) -> Step:
-        """Read, apply and checkpoint one chunk in one transaction, two round trips:
-        BEGIN (+ prelude) + read, then writes + CAS + COMMIT (pipeline)."""
+        """Read, apply and checkpoint one chunk: two statements on the autocommit connection,
+        the read, then one that writes the snapshots with the checkpoint's compare-and-set
+        (an atomic transaction of its own, snapshots/write.tmpl.sql). It also arms the
+        doorbell when asked and this is the pass's last chunk."""
         assert self.prev is not None
+        async with one_statement(conn):  # (a connection that does not autocommit: one txn)
+            return await self._read_write(conn, cp, after, pass_snapshot, release, arm, idle_only)
+
+    async def _read_write(
+        self,
+        conn: psycopg.AsyncConnection,
+        cp: Checkpoint,
+        after: tuple[str, str],
+        pass_snapshot: str | None,
+        release: bool,
+        arm: bool,
+        idle_only: bool,
+    ) -> Step:
+        assert self.prev is not None
+        chunk = await journal.read(conn, self.prev, after, self.batch_size, release)
+        if chunk.released:
+            self.armed = False
+        missing = missing_rows(chunk)
+        rows = chunk.rows
+        last = rows[-1].key if rows else None
+        full = len(rows) == self.batch_size
+        moved, new_below = self._below(cp, last and last[0], full, pass_snapshot or chunk.snapshot)
+        arming = arm and not full and not self.armed and not (idle_only and rows)
+        finish = Finish(
+            name=CHECKPOINT if moved else None,
+            version=cp.version,
+            applied_below=new_below,
+            epoch=self.epoch,
+            arm=arming,
+            key=locks.DOORBELL,
+        )
         with conflicts(cp):
-            async with conn.pipeline(), conn.transaction():
-                # In the same round trip as the read, and finished before the read's
-                # snapshot is taken (statements of a READ COMMITTED transaction each take
-                # their own).
-                pre = await conn.execute(prelude.query, prelude.params) if prelude else None
-                chunk = await journal.read(conn, self.prev, after, self.batch_size)
-                if pre is not None:
-                    row = await pre.fetchone()
-                    self.prelude_answer = row[0] if row else None
-                missing = missing_rows(chunk)
-                applied = await apply_rows(
-                    conn,
-                    journal_raws(chunk),
-                    max_bytes=self.max_row_bytes,
-                    targets=self.targets,
-                    states=_states(chunk.rows) if self.targets == LIVE else None,
-                    defer_counts=True,
-                    missing=missing,
-                )
-                rows = chunk.rows
-                last = rows[-1].key if rows else None
-                full = len(rows) == self.batch_size
-                moved, new_below = self._below(
-                    cp, last and last[0], full, pass_snapshot or chunk.snapshot
-                )
-                if moved:
-                    await advance_checkpoint(conn, cp, new_below, epoch=self.epoch)
-        return Step(chunk.snapshot, len(rows), last, full, applied, moved, new_below)
+            applied = await apply_rows(
+                conn,
+                journal_raws(chunk),
+                max_bytes=self.max_row_bytes,
+                targets=self.targets,
+                states=_states(rows) if self.targets == LIVE else None,
+                missing=missing,
+                finish=finish,
+            )
+        if arming:
+            self.armed = bool(applied.armed)
+        step = Step(chunk.snapshot, len(rows), last, full, applied, moved, new_below)
+        step.armed_tried = arming or self.armed
+        return step
 
     async def _window(
         self,

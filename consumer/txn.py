@@ -18,8 +18,9 @@ T = TypeVar("T")
 
 
 def one_statement(conn: psycopg.AsyncConnection) -> AbstractAsyncContextManager[Any]:
-    """A transaction around one statement, unless the connection autocommits (then the
-    statement is its own transaction: no BEGIN and COMMIT round trips)."""
+    """A transaction around one statement (or statements that each may stand alone),
+    unless the connection autocommits (then each is its own transaction: no BEGIN and
+    COMMIT round trips)."""
     return contextlib.nullcontext() if conn.autocommit else conn.transaction()
 
 
