@@ -42,7 +42,7 @@ class Targets(msgspec.Struct, frozen=True):
     missions: str = "mission_snapshots"
     agents: str = "agent_snapshots"
     clocks: str = "record_clocks"
-    due: str = "mission_due"  # when each mission falls due (snapshots/due_write.tmpl.sql)
+    due: str = "mission_due"  # when each mission falls due (snapshots/write.tmpl.sql)
 
     def ident(self, table: str) -> sql.Identifier:
         return sql.Identifier(self.schema, table)
