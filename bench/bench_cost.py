@@ -8,8 +8,9 @@ three variants:
 
   trigger    our trigger(s) enabled, nobody listening
   listener   our trigger(s) enabled and a LISTEN connection that arms the doorbell as the
-             consumer does, parks on it, and after each ring stays disarmed for a pass's
-             time (1 ms) before it arms again (DoorbellListener)
+             consumer does, parks on it, and after each ring spends a pass's time (1 ms)
+             armed (a lone ring) or disarmed (rings close together) before it parks again
+             (DoorbellListener)
   consumer   our trigger(s) enabled and `consumer run --no-scheduler` running (a child
              process), applying the rows as they come; its no-trigger arm runs with the
              consumer connected and idle (nothing is journaled)
@@ -87,9 +88,10 @@ VARIANTS = ("trigger", "listener", "consumer")
 
 class DoorbellListener(threading.Thread):
     """A LISTEN connection that follows the consumer's doorbell protocol without applying
-    anything: parked (the doorbell armed) until a ring, then disarmed for `busy` seconds
-    (about a pass; the consumer then collects while rows keep coming, so this rings at
-    least as often as it would), then armed again."""
+    anything: parked (the doorbell armed) until a ring; then a pass of `busy` seconds.
+    Rings one at a time (the last one more than two passes ago) keep it armed through the
+    pass, as the consumer does for a lone row; a ring close behind the last (rows come in
+    numbers) disarms it for the pass. Then armed again."""
 
     def __init__(self, dsn: str, busy: float = 0.001) -> None:
         super().__init__(daemon=True)
@@ -109,6 +111,7 @@ class DoorbellListener(threading.Thread):
                 psycopg.connect(self.dsn, autocommit=True) as work:
             conn.execute(f"LISTEN {CHANNEL}")
             armed = False
+            last_ring = 0.0
             self.ready.set()
             while not self.stop.is_set():
                 if not armed:
@@ -122,8 +125,11 @@ class DoorbellListener(threading.Thread):
                     rang = True
                 if rang:
                     self.rings += 1
-                    work.execute(load("journal/doorbell_disarm"), key)
-                    armed = False
+                    now = time.monotonic()
+                    if now - last_ring < 2 * self.busy:
+                        work.execute(load("journal/doorbell_disarm"), key)
+                        armed = False
+                    last_ring = now
                     time.sleep(self.busy)
 
 
