@@ -1,9 +1,11 @@
 """Helpers the tests share: one polling wait, metric reads, instants as clients write them,
 ports and HTTP, the CLI, service settings, reads of snapshots and of the schema catalog,
-what a replay must not leave behind, a connection pool, and the projection driven once.
+what a replay must not leave behind, a connection pool, the projection driven once, and
+the planner stub's fixtures.
 
-Fixtures are in conftest.py; writing log rows and folding the log in logtools.py; fault
-scenarios (storms, "nothing lost", killable processes) in faultkit.py.
+Fixtures are in conftest.py (but for the planner stub's, which a module makes here);
+writing log rows and folding the log in logtools.py; fault scenarios (storms, "nothing
+lost", killable processes) in faultkit.py.
 """
 
 from __future__ import annotations
@@ -17,20 +19,23 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import anyio
 import psycopg
+import pytest
 from psycopg_pool import AsyncConnectionPool
 
 from consumer import metrics
 from consumer.config import Settings
 from consumer.db import Bounds, Connector, aconnect
 from consumer.instants import iso
+from consumer.planner import Planner, PlannerConfig
 from consumer.projection import Projector
+from tests.planner_stub import PlannerStub
 
 # --------------------------------------------------------------------------- waiting
 
@@ -234,3 +239,31 @@ def settings(dsn: str, **overrides: Any) -> Settings:
         reconnect_max=1.0,
     )
     return Settings(**(base | overrides))
+
+
+# --------------------------------------------------------------------------- the planner stub
+
+PLANNER_KEY = "sk-test-0123456789abcdef"  # the planner's API key in tests: never in a message
+
+
+def planner_fixtures(plan: dict[str, Any]) -> tuple[Any, Any]:
+    """The `stub` and `planner` fixtures of a test module whose planner answers `plan`:
+
+        stub, planner = planner_fixtures(PLAN)
+
+    `stub` is a PlannerStub replying with the plan as its content; `planner` a client of
+    it (key PLANNER_KEY, 5 s timeout), open for the test.
+    """
+
+    @pytest.fixture
+    def stub() -> Iterator[PlannerStub]:
+        with PlannerStub(json.dumps(plan)) as s:
+            yield s
+
+    @pytest.fixture
+    async def planner(stub: PlannerStub) -> AsyncIterator[Planner]:
+        async with Planner(PlannerConfig(base_url=stub.url, api_key=PLANNER_KEY,
+                                         timeout=5)) as p:
+            yield p
+
+    return stub, planner

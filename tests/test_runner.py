@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -38,12 +38,12 @@ from consumer.scheduler import Scheduler
 from consumer.sql import load
 from consumer.telemetry import in_memory_provider, tracer
 from consumer.worker import RunWorker
-from tests.helpers import metric, snapshot
+from tests.helpers import PLANNER_KEY as KEY
+from tests.helpers import metric, planner_fixtures, snapshot
 from tests.logtools import agent as log_agent
 from tests.logtools import mission as log_mission
 from tests.planner_stub import PlannerStub
 
-KEY = "sk-test-0123456789abcdef"
 T0 = datetime(2026, 3, 14, 9, 26, 53, 589793, tzinfo=UTC)
 PLAN = {
     "summary": "Zwei Schritte fuer die Woche",
@@ -120,16 +120,7 @@ def usage_rows(dsn: str) -> list[tuple[str, str, int]]:
         ).fetchall()]
 
 
-@pytest.fixture
-def stub() -> Iterator[PlannerStub]:
-    with PlannerStub(json.dumps(PLAN)) as s:
-        yield s
-
-
-@pytest.fixture
-async def planner(stub: PlannerStub) -> AsyncIterator[Planner]:
-    async with Planner(PlannerConfig(base_url=stub.url, api_key=KEY, timeout=5)) as p:
-        yield p
+stub, planner = planner_fixtures(PLAN)
 
 
 async def leased(

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -22,10 +21,10 @@ from consumer.planner import (
 )
 from consumer.runner import MIN_INTERVAL_MINUTES, RunFailed, next_run_after
 from consumer.worker import RunWorker
-from tests.helpers import metric
+from tests.helpers import PLANNER_KEY as KEY
+from tests.helpers import metric, planner_fixtures
 from tests.planner_stub import PlannerStub
 
-KEY = "sk-test-0123456789abcdef"
 T0 = datetime(2026, 3, 14, 9, 26, 53, 589793, tzinfo=UTC)
 PLAN = {
     "summary": "Zwei Schritte fuer die Woche",
@@ -34,16 +33,7 @@ PLAN = {
 }
 
 
-@pytest.fixture
-def stub() -> Iterator[PlannerStub]:
-    with PlannerStub(json.dumps(PLAN)) as s:
-        yield s
-
-
-@pytest.fixture
-async def planner(stub: PlannerStub) -> AsyncIterator[Planner]:
-    async with Planner(PlannerConfig(base_url=stub.url, api_key=KEY, timeout=5)) as p:
-        yield p
+stub, planner = planner_fixtures(PLAN)
 
 
 # --------------------------------------------------------------------------- planner
