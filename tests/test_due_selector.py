@@ -1,6 +1,6 @@
-"""The DueSelector: its pure rules (pick, key_agents, agent_id_of) on their own, then the
-selection against a real server: through the projection, with a hand-edited index and a
-ledgered occurrence, and as a property: it equals the rule applied to every snapshot."""
+"""The DueSelector against a real server: through the projection, with a hand-edited index
+and a ledgered occurrence, and as a property: it equals the rule applied to every snapshot
+(its pure rules on their own: tests/unit/test_due_rules.py)."""
 
 from __future__ import annotations
 
@@ -16,114 +16,11 @@ from psycopg.types.json import Jsonb
 
 from consumer import ledger, snapshots
 from consumer.decisions import due_instant
-from consumer.due import Due, DueSelector, Selection, agent_id_of, key_agents, pick
+from consumer.due import DueSelector, Selection
 from consumer.ledger import Claim, Occurrence
 from consumer.projection import Projector
-from consumer.snapshots import AgentRow, DueMission
+from tests.due_records import MINUS10, NOW, PLUS14, expected, mission_record, record_key
 from tests.logtools import agent, mission
-
-NOW = datetime(2026, 5, 1, 12, tzinfo=UTC)
-PLUS14 = timezone(timedelta(hours=14))
-MINUS10 = timezone(timedelta(hours=-10))
-
-# nextRunAt values around NOW: offsets whose text sorts far from their instant, spellings
-# that are never due, and values that are not strings.
-_next_run_at = st.one_of(
-    st.builds(
-        lambda seconds, zone, spec: (NOW + timedelta(seconds=seconds)).astimezone(zone)
-        .isoformat(timespec=spec),
-        st.integers(-7200, 7200),
-        st.sampled_from([UTC, PLUS14, MINUS10, timezone(timedelta(hours=5, minutes=30))]),
-        st.sampled_from(["seconds", "milliseconds", "microseconds"]),
-    ),
-    st.sampled_from(["soon", "2026-05-01", "2026-W18-5", "20260501T110000Z", ""]),
-    st.none(),
-    st.integers(),
-)
-_record = st.fixed_dictionaries(
-    {"nextRunAt": _next_run_at},
-    optional={
-        "state": st.sampled_from(["active", "active", "paused"]),
-        "deletedAt": st.sampled_from([None, "", False, "2026-01-01T00:00:00Z"]),
-        "agentId": st.sampled_from(["a1", "a2", "", None, 7]),
-    },
-).map(lambda r: {"state": "active", **r})
-_key = st.tuples(st.sampled_from(["u1", "u2", "u3"]), st.sampled_from("abcdefgh"))
-
-
-def expected(records: dict[tuple[str, str], dict[str, Any]], now: datetime) -> list[Due]:
-    """The rule, restated plainly: every record due at `now`, oldest first."""
-    due = []
-    for (user_id, mission_id), record in records.items():
-        at = due_instant(record)
-        if at is not None and at <= now:
-            due.append(Due(Occurrence(user_id, mission_id, record["nextRunAt"], at), record))
-    return sorted(due, key=lambda d: (d.occ.due_at, d.occ.user_id, d.occ.mission_id))
-
-
-# --------------------------------------------------------------------------- pure rules
-
-
-@given(
-    records=st.dictionaries(_key, _record, max_size=30),
-    index=st.lists(st.integers(-7200, 7200), min_size=30, max_size=30),
-)
-def test_pick_keeps_what_the_record_says_is_due_oldest_first(
-    records: dict[tuple[str, str], dict[str, Any]], index: list[int]
-) -> None:
-    """Whatever instant the index row carries (a hand edit), the record decides."""
-    rows = [
-        DueMission(u, m, r["nextRunAt"] if isinstance(r["nextRunAt"], str) else None, r,
-                   NOW + timedelta(seconds=shift))
-        for ((u, m), r), shift in zip(records.items(), index, strict=False)
-    ]
-    assert pick(rows, NOW) == expected(records, NOW)
-    assert pick(reversed(rows), NOW) == pick(rows, NOW)
-
-
-def test_key_agents_finds_agents_by_their_record_id() -> None:
-    rows = [
-        AgentRow("u1", "k1", {"id": "real"}),
-        AgentRow("u1", "k2", {"id": "real", "name": "greatest key"}),
-        AgentRow("u1", "k3", {}),  # no id (the projection always writes one): read as null
-        AgentRow("u2", "k1", {"id": 7}),
-    ]
-    assert key_agents(rows) == {
-        ("u1", "real"): {"id": "real", "name": "greatest key"},
-        ("u1", "null"): {},
-        ("u2", "7"): {"id": 7},
-    }
-
-
-@pytest.mark.parametrize(
-    ("fields", "agent_id"),
-    [
-        ({"agentId": "a1"}, "a1"),
-        ({}, None),
-        ({"agentId": ""}, None),
-        ({"agentId": None}, None),
-        ({"agentId": 7}, None),
-    ],
-)
-def test_agent_id_of(fields: dict[str, Any], agent_id: str | None) -> None:
-    assert agent_id_of({"state": "active", **fields}) == agent_id
-
-
-def test_agent_pairs_are_the_due_missions_with_a_found_agent() -> None:
-    def due(user_id: str, mission_id: str, **fields: Any) -> Due:
-        return Due(Occurrence(user_id, mission_id, "2026-05-01T11:00:00Z", NOW), fields)
-
-    selection = Selection(
-        due=[due("u1", "m1", agentId="a1"), due("u1", "m2", agentId="gone"), due("u1", "m3"),
-             due("u2", "m1", agentId="a1")],
-        candidates=4,
-        next_due=None,
-        agents={("u1", "a1"): {"id": "a1"}, ("u3", "gone"): {"id": "gone"}},
-    )
-    assert selection.agent_pairs() == {("u1", "a1")}
-
-
-# --------------------------------------------------------------------------- on a server
 
 
 async def _select(dsn: str, now: datetime) -> Selection:
@@ -194,7 +91,7 @@ async def test_an_empty_selection_reads_no_agents(db: str) -> None:
 
 @settings(suppress_health_check=[HealthCheck.function_scoped_fixture], max_examples=25)
 @given(
-    records=st.dictionaries(_key, _record, max_size=25),
+    records=st.dictionaries(record_key, mission_record, max_size=25),
     now=st.integers(-7200, 7200).map(lambda s: NOW + timedelta(seconds=s)),
 )
 def test_selection_equals_the_rule_on_every_snapshot(

@@ -283,19 +283,3 @@ def test_due_mission_spells_next_run_at_as_the_app_does() -> None:
     plus2 = due_mission("m1", due, offset=timezone(timedelta(hours=2)), agent_id="a1")
     assert plus2["nextRunAt"] == "2026-01-01T12:00:00.123+02:00" and plus2["agentId"] == "a1"
     assert "agentId" not in due_mission("m1", due)
-
-
-def test_indexes_dropped_for_a_load_come_back_the_same(db: str) -> None:
-    import psycopg
-
-    from bench.fixtures import indexes_dropped
-
-    query = """SELECT indexname, indexdef FROM pg_indexes
-               WHERE schemaname = 'public' AND tablename = 'sync_changes' ORDER BY 1"""
-    with psycopg.connect(db, autocommit=True) as conn:
-        before = conn.execute(query).fetchall()
-        with indexes_dropped(conn, "public.sync_changes"):
-            during = conn.execute(query).fetchall()
-        assert conn.execute(query).fetchall() == before
-    assert len(during) == 1 and during[0][0] == "sync_changes_pkey"  # the constraint's stays
-    assert len(before) > 1
