@@ -30,13 +30,12 @@ from bench.common import (
     Stopwatch,
     base_parser,
     bench_sql,
-    machine_info,
+    bench_template,
     median,
     note,
     print_table,
     record,
     section,
-    server,
     verdict,
 )
 from bench.fixtures import Backlog
@@ -352,19 +351,10 @@ def run(srv: Server, template: str, args: Any, parts: list[str]) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    import logging
-
     args = parse_args(list(argv or []))
-    logging.getLogger("consumer").setLevel(logging.WARNING)
-    print("# bench_catchup: catch-up throughput (issue 11)\n", flush=True)
-    with server(args.database_url) as srv:
-        print_table("machine", ["", ""], machine_info(srv))
-        template = srv.migrated_template("catchup")
-        try:
-            run(srv, template, args, args.parts)
-        finally:
-            with contextlib.suppress(Exception):
-                srv.drop_database(template)
+    with bench_template(args, "catchup",
+                        "bench_catchup: catch-up throughput (issue 11)") as (srv, template):
+        run(srv, template, args, args.parts)
     return 0
 
 

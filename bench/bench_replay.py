@@ -19,14 +19,12 @@ import time
 import psycopg
 
 from bench.common import (
-    Server,
     base_parser,
     bench_sql,
-    machine_info,
+    bench_template,
     note,
     print_table,
     section,
-    server,
 )
 from bench.fixtures import indexes_dropped
 from consumer.replay import ProgressPrinter, run_replay
@@ -67,43 +65,38 @@ def read_plan(dsn: str) -> str:
     return plan[0][0].split("  (cost")[0].strip()
 
 
-def run(srv: Server, rows: int, batch_size: int, verify: bool) -> int:
-    name = srv.migrated_template("replay")
-    dsn = srv.dsn_for(name)
-    try:
-        section(f"loading {rows:,} log rows")
-        load_seconds = load_log(dsn, rows)
-        note(f"loaded in {load_seconds:.1f} s; read plan: {read_plan(dsn)}")
-        rss_before = _rss_mib()
+def run(dsn: str, rows: int, batch_size: int, verify: bool) -> int:
+    section(f"loading {rows:,} log rows")
+    load_seconds = load_log(dsn, rows)
+    note(f"loaded in {load_seconds:.1f} s; read plan: {read_plan(dsn)}")
+    rss_before = _rss_mib()
 
-        section("replay")
+    section("replay")
+    started = time.perf_counter()
+    code = run_replay(dsn, batch_size=batch_size, progress=ProgressPrinter(interval=5.0))
+    wall = time.perf_counter() - started
+    rss_peak = _rss_mib()
+    results: list[tuple[object, ...]] = [
+        ("replay", wall, rows / wall, rss_peak, code),
+    ]
+    if verify:
+        section("replay --verify")
         started = time.perf_counter()
-        code = run_replay(dsn, batch_size=batch_size, progress=ProgressPrinter(interval=5.0))
-        wall = time.perf_counter() - started
-        rss_peak = _rss_mib()
-        results: list[tuple[object, ...]] = [
-            ("replay", wall, rows / wall, rss_peak, code),
-        ]
-        if verify:
-            section("replay --verify")
-            started = time.perf_counter()
-            vcode = run_replay(dsn, verify=True, batch_size=batch_size,
-                               progress=ProgressPrinter(interval=5.0))
-            vwall = time.perf_counter() - started
-            results.append(("replay --verify", vwall, rows / vwall, _rss_mib(), vcode))
-        print()
-        print_table(
-            f"replay of {rows:,} log rows (batch {batch_size:,}); peak RSS before the "
-            f"replay {rss_before:.0f} MiB",
-            ["run", "wall s", "rows/s", "peak RSS MiB", "exit"],
-            results,
-        )
-        goal = 60.0 * rows / 1_000_000
-        note(f"goal: <= {goal:.0f} s for {rows:,} rows (60 s per million): "
-             + ("met" if wall <= goal else "MISSED"))
-        return 0 if code == 0 and all(r[-1] == 0 for r in results) else 1
-    finally:
-        srv.drop_database(name)
+        vcode = run_replay(dsn, verify=True, batch_size=batch_size,
+                           progress=ProgressPrinter(interval=5.0))
+        vwall = time.perf_counter() - started
+        results.append(("replay --verify", vwall, rows / vwall, _rss_mib(), vcode))
+    print()
+    print_table(
+        f"replay of {rows:,} log rows (batch {batch_size:,}); peak RSS before the "
+        f"replay {rss_before:.0f} MiB",
+        ["run", "wall s", "rows/s", "peak RSS MiB", "exit"],
+        results,
+    )
+    goal = 60.0 * rows / 1_000_000
+    note(f"goal: <= {goal:.0f} s for {rows:,} rows (60 s per million): "
+         + ("met" if wall <= goal else "MISSED"))
+    return 0 if code == 0 and all(r[-1] == 0 for r in results) else 1
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -119,9 +112,8 @@ def main(argv: list[str] | None = None) -> int:
     replay_log = logging.getLogger("consumer.replay")
     replay_log.addHandler(handler)
     replay_log.setLevel(logging.INFO)
-    with server(args.database_url) as srv:
-        print_table("machine", ["", ""], machine_info(srv))
-        return run(srv, rows, args.batch_size, args.verify)
+    with bench_template(args, "replay") as (srv, name):
+        return run(srv.dsn_for(name), rows, args.batch_size, args.verify)
 
 
 if __name__ == "__main__":

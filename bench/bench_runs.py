@@ -39,15 +39,14 @@ import psycopg
 
 from bench.common import (
     base_parser,
+    bench_template,
     command,
-    machine_info,
     median,
     note,
     percentile,
     print_table,
     record,
     section,
-    server,
     verdict,
 )
 from bench.fixtures import due_mission
@@ -273,19 +272,14 @@ def main(argv: list[str] | None = None) -> int:
     processes = args.processes or ("1,2" if args.quick else "1,2,4")
     counts = [int(x) for x in processes.split(",")]
     section("runs: throughput over processes, nextRunAt -> write-back")
-    with server(args.database_url) as srv:
-        print_table("machine", ["", ""], machine_info(srv))
-        template = srv.migrated_template("runs_tpl")
-        results: list[dict[str, Any]] = []
-        try:
-            for r in range(args.rounds):
-                for p in counts:
-                    res = one_round(srv, template, p, args, tag=f"r{r + 1}-p{p}")
-                    print(f"   round {r + 1}, {p} process(es): {res['runs_per_s']:.1f} runs/s, "
-                          f"{res['owners']} ran some", flush=True)
-                    results.append(res)
-        finally:
-            srv.drop_database(template)
+    results: list[dict[str, Any]] = []
+    with bench_template(args, "runs_tpl") as (srv, template):
+        for r in range(args.rounds):
+            for p in counts:
+                res = one_round(srv, template, p, args, tag=f"r{r + 1}-p{p}")
+                print(f"   round {r + 1}, {p} process(es): {res['runs_per_s']:.1f} runs/s, "
+                      f"{res['owners']} ran some", flush=True)
+                results.append(res)
     rows = []
     by_p: dict[int, dict[str, Any]] = {}
     for p in counts:

@@ -29,14 +29,13 @@ from psycopg.types.json import Jsonb
 
 from bench.common import (
     base_parser,
-    machine_info,
+    bench_template,
     median,
     note,
     percentile,
     print_table,
     record,
     section,
-    server,
     verdict,
 )
 from bench.fixtures import (
@@ -196,33 +195,28 @@ def main(argv: list[str] | None = None) -> int:
     else:
         lead = 2.0
 
-    with server(args.database_url) as srv:
-        print_table("machine", ["", ""], machine_info(srv))
-        template = srv.migrated_template("sched")
-        try:
-            with srv.scratch(template, tag="sched") as dsn:
-                section(f"due selection: {args.missions:,} missions, 1 in {DUE_EVERY} due")
-                filled = load_snapshots(dsn, args.missions, datetime.now(UTC))
-                indexed = filled.parser_s_for(args.missions)
-                note(f"bulk load {filled.loaded_s:.1f} s")
-                note(describe_due_fill(filled, args.missions))
-                plan = query_plan(dsn, datetime.now(UTC))
-                rows = anyio.run(selection, dsn, args.runs)
-                print_table(
-                    f"due selection, median of {args.runs} runs",
-                    ["step", "ms", "rows", "due"], rows,
-                )
-                note("plan of the due query:")
-                for line in plan:
-                    note("  " + line)
-                print()
-                big = [anyio.run(lateness, dsn, args.lateness, args.spread, lead, offsets)
-                       for offsets in (False, True)]
-            with srv.scratch(template, tag="sched") as dsn:
-                small = [anyio.run(lateness, dsn, args.lateness, args.spread, lead, offsets)
-                         for offsets in (False, True)]
-        finally:
-            srv.drop_database(template)
+    with bench_template(args, "sched") as (srv, template):
+        with srv.scratch(template, tag="sched") as dsn:
+            section(f"due selection: {args.missions:,} missions, 1 in {DUE_EVERY} due")
+            filled = load_snapshots(dsn, args.missions, datetime.now(UTC))
+            indexed = filled.parser_s_for(args.missions)
+            note(f"bulk load {filled.loaded_s:.1f} s")
+            note(describe_due_fill(filled, args.missions))
+            plan = query_plan(dsn, datetime.now(UTC))
+            rows = anyio.run(selection, dsn, args.runs)
+            print_table(
+                f"due selection, median of {args.runs} runs",
+                ["step", "ms", "rows", "due"], rows,
+            )
+            note("plan of the due query:")
+            for line in plan:
+                note("  " + line)
+            print()
+            big = [anyio.run(lateness, dsn, args.lateness, args.spread, lead, offsets)
+                   for offsets in (False, True)]
+        with srv.scratch(template, tag="sched") as dsn:
+            small = [anyio.run(lateness, dsn, args.lateness, args.spread, lead, offsets)
+                     for offsets in (False, True)]
 
     print_table(
         f"decision lateness: {args.lateness} missions due over {args.spread:g} s, "

@@ -35,17 +35,15 @@ from psycopg.types.json import Jsonb
 from bench.baseline import Row as FoldRow
 from bench.baseline import fold, js_iso, seed_row
 from bench.common import (
-    Server,
     Stopwatch,
     base_parser,
     bench_sql,
-    machine_info,
+    bench_template,
     median,
     note,
     print_table,
     record,
     section,
-    server,
     verdict,
 )
 from bench.fixtures import indexes_dropped
@@ -305,15 +303,10 @@ def parse_args(argv: list[str]) -> Any:
 
 
 def main(argv: list[str] | None = None) -> int:
-    import logging
-
     args = parse_args(list(argv or []))
-    logging.getLogger("consumer").setLevel(logging.WARNING)
-    print("# bench_tick: upstream's polling tick against our pass (issue 11)\n", flush=True)
-    results: list[dict[str, Any]] = []
-    with server(args.database_url) as srv:
-        print_table("machine", ["", ""], machine_info(srv))
-        results = _measure(srv, args)
+    with bench_template(args, "tick", "bench_tick: upstream's polling tick against our pass "
+                        "(issue 11)") as (srv, name):
+        results = _measure(srv.dsn_for(name), args)
     rows: list[list[object]] = []
     for r in results:
         t, p = r["tick_ms"], r["pass_ms"]
@@ -353,24 +346,18 @@ def main(argv: list[str] | None = None) -> int:
     return 0 if all(r["disagree"] == 0 for r in results) else 1
 
 
-def _measure(srv: Server, args: Any) -> list[dict[str, Any]]:
+def _measure(dsn: str, args: Any) -> list[dict[str, Any]]:
     results = []
-    name = srv.migrated_template("tick")
-    dsn = srv.dsn_for(name)
-    try:
-        with psycopg.connect(dsn, autocommit=True) as conn:
-            conn.execute(tick_schema())
-        loaded = 0
-        for size in args.sizes:
-            section(f"{size:,} log rows")
-            res = run_size(dsn, loaded, size, args.rounds, args.new_rows)
-            loaded = size
-            note(f"tick {median(res['tick_ms']):.1f} ms, our pass {median(res['pass_ms']):.1f} ms "
-                 f"(medians of {len(res['tick_ms'])})")
-            results.append(res)
-    finally:
-        with contextlib.suppress(Exception):
-            srv.drop_database(name)
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute(tick_schema())
+    loaded = 0
+    for size in args.sizes:
+        section(f"{size:,} log rows")
+        res = run_size(dsn, loaded, size, args.rounds, args.new_rows)
+        loaded = size
+        note(f"tick {median(res['tick_ms']):.1f} ms, our pass {median(res['pass_ms']):.1f} ms "
+             f"(medians of {len(res['tick_ms'])})")
+        results.append(res)
     return results
 
 

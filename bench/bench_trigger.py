@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import re
-import subprocess
 import sys
 import tempfile
 from typing import Any
@@ -23,13 +21,13 @@ from bench.common import (
     Server,
     base_parser,
     bench_sql,
-    machine_info,
+    bench_template,
     median,
     note,
     pg_bin,
     print_table,
+    run_pgbench,
     section,
-    server,
 )
 from bench.writes import ROW_DATA, ROW_META, Listener
 
@@ -60,13 +58,7 @@ def _pgbench(exe: str, dsn: str, script: str, clients: int, transactions: int) -
     """Microseconds per INSERT transaction (wall time / transactions, all clients)."""
     cmd = [exe, "-n", "-M", "prepared", "-c", str(clients), "-j", str(min(clients, 2)),
            "-t", str(max(transactions // clients, 1)), "-f", script, dsn]
-    out = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
-    if out.returncode != 0:
-        raise RuntimeError(f"pgbench failed: {out.stderr.strip() or out.stdout.strip()}")
-    match = re.search(r"tps = ([0-9.]+)", out.stdout)
-    if not match:
-        raise RuntimeError(f"pgbench output not understood:\n{out.stdout}")
-    return 1e6 / float(match.group(1))
+    return 1e6 / run_pgbench(cmd, timeout=600)
 
 
 def _only_trigger(admin: psycopg.Connection, name: str | None) -> None:
@@ -190,15 +182,9 @@ def run(srv: Server, template: str, args: Any) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(list(argv or []))
-    print("# bench_trigger: the journal trigger's cost on mana-sync's INSERTs\n", flush=True)
-    with server(args.database_url) as srv:
-        print_table("machine", ["", ""], machine_info(srv))
-        template = srv.migrated_template("trigger")
-        try:
-            run(srv, template, args)
-        finally:
-            with contextlib.suppress(Exception):
-                srv.drop_database(template)
+    with bench_template(args, "trigger", "bench_trigger: the journal trigger's cost on "
+                        "mana-sync's INSERTs") as (srv, template):
+        run(srv, template, args)
     return 0
 
 

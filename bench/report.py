@@ -107,6 +107,7 @@ def module_lines(module: dict[str, Any]) -> list[str]:
 
 
 def find(run: dict[str, Any], key: str) -> Any:
+    """The raw data a module recorded under `key` (the first module that did), else None."""
     for module in run.get("modules", []):
         data = module.get("data") or {}
         if key in data:
