@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import logging
 import random
+import select
 import time
 from collections.abc import Awaitable
 from typing import Any, TypeVar
@@ -48,6 +49,10 @@ FATAL = (ConfigError, CheckpointConflict, PrivilegeError)
 # Seconds between journal prunes: each prune holds the work connection, so it is kept short
 # (at 2,000 rows/s a second of rows takes a few milliseconds; ten seconds, tens).
 PRUNE_EVERY = 1.0
+# Seconds between two looks at the parked work connection: it holds the doorbell's lock,
+# so a server session that ended there (terminated, restarted) stops the rings; a look is
+# one non-blocking poll of its socket.
+WORK_CHECK = 0.5
 # The first wait before reading again while a writer keeps the doorbell from arming.
 MIN_WINDOW = 0.0005
 # Woken from parked after a pass that read at most this many rows: the pass stays armed.
@@ -58,6 +63,16 @@ QUIET_CHECKPOINT_EVERY = 1.0
 MAX_ARM_RETRY = 0.01
 
 T = TypeVar("T")
+
+def _has_input(conn: psycopg.AsyncConnection) -> bool:
+    """The server sent something to an idle connection (an error as its session ends, an
+    end of file), or the connection is gone."""
+    try:
+        fd = conn.pgconn.socket
+        return bool(select.select([fd], [], [], 0)[0])
+    except (OSError, ValueError, psycopg.OperationalError):
+        return True
+
 
 def backoff_delay(attempt: int, *, base: float = 0.2, cap: float = 30.0) -> float:
     """Exponential backoff with full jitter, so a fleet does not reconnect in lock step."""
@@ -253,11 +268,17 @@ class Follower:
             projector = self.projector
             if parked:
                 rang = False
-                async for _ in conn.notifies(timeout=s.idle_probe, stop_after=1):
+                async for _ in conn.notifies(timeout=min(WORK_CHECK, s.idle_probe), stop_after=1):
                     rang = True
                 now = time.monotonic()
                 if rang:
                     projector.ring()
+                elif _has_input(work):
+                    # The work connection holds the doorbell: if its server session ended,
+                    # writers stopped ringing. Run the pass: it meets what the server sent.
+                    pass
+                elif now - last_probe < s.idle_probe:
+                    continue
                 else:
                     # Idle: prove the connection (and our epoch) alive within the deadline.
                     await self._probe(conn, term)

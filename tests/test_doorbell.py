@@ -131,6 +131,32 @@ async def test_an_idle_consumer_wakes_on_the_first_row_within_milliseconds(db: s
         tg.cancel_scope.cancel()
 
 
+async def test_a_work_session_ended_while_parked_is_noticed_without_the_safety_poll(
+    db: str,
+) -> None:
+    """The parked consumer's work session holds the doorbell. Ended (terminated), its lock
+    goes with it and commits stop ringing: the consumer must notice within a second or so
+    (it looks at the idle work connection every WORK_CHECK), reconnect, and apply a row
+    written meanwhile, long before the safety poll or the idle probe (60 s here)."""
+    async with anyio.create_task_group() as tg:
+        ready = anyio.Event()
+        tg.start_soon(lambda: serve(settings(db), ready=ready))
+        await ready.wait()
+        await wait_for_async(lambda: armed(db), 15, "the consumer to park armed")
+        with psycopg.connect(db, autocommit=True) as admin:
+            ended = admin.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                "WHERE datname = current_database() AND application_name LIKE %s",
+                ("%/work",),
+            ).fetchall()
+            assert ended == [(True,)], ended
+            mission(admin, "after", state="active")  # nobody armed: it does not ring
+        took = await wait_for_async(applied(db, "after"), 10, "the row written after the end")
+        assert took < 5.0, took
+        await wait_for_async(lambda: armed(db), 15, "parked again on a new work session")
+        tg.cancel_scope.cancel()
+
+
 async def test_a_writer_that_began_before_the_arming_and_commits_after_it_rings(
     db: str,
 ) -> None:
