@@ -189,10 +189,12 @@ class Consumer(ConsumerProcess):
     """`consumer run [--no-scheduler]` as a child process, as an operator would start it;
     started, it has applied a row committed after its start."""
 
+    extra: list[str] = []  # more `consumer run` options (--consumer-args), for every run
+
     def __init__(self, dsn: str, scheduler: bool = False, metrics_port: int = 0,
                  profile: str | None = None) -> None:
         args = ["run", *([] if scheduler else ["--no-scheduler"]),
-                "--metrics-port", str(metrics_port)]
+                "--metrics-port", str(metrics_port), *self.extra]
         super().__init__(dsn, command=args, env={"OTEL_METRICS_EXPORTER": "none"})
         self.backends: list[int] = []
         self.metrics_port = metrics_port
@@ -384,7 +386,11 @@ def parse_args(argv: list[str]) -> Any:
     parser.add_argument("--paced-seconds", type=int, help="seconds per paced run (10; quick 3)")
     parser.add_argument("--profile", metavar="FILE",
                         help="write a CPU-time cProfile of the consumer's first paced run")
+    parser.add_argument("--consumer-args", default="", metavar="ARGS",
+                        help="more options of every `consumer run` started, one string "
+                        "(say \"--batch-max-wait 0.002\"; none by default)")
     args = parser.parse_args(argv)
+    Consumer.extra = args.consumer_args.split()
     q = args.quick
     args.writers = [int(x) for x in (args.writers or ("2" if q else "1,2,4")).split(",")]
     args.mixes = [int(x) for x in (args.mixes or ("10" if q else "10,100")).split(",")]

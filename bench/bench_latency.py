@@ -135,7 +135,8 @@ class _Seen:
 
 
 async def _latency_once(
-    dsn: str, *, rate: float, seconds: float, warmup_s: float, run: int
+    dsn: str, *, rate: float, seconds: float, warmup_s: float, run: int,
+    batch_max_wait: float | None = None,
 ) -> dict[str, Any]:
     from consumer.config import Settings
     from consumer.db import Connector
@@ -144,6 +145,8 @@ async def _latency_once(
     from consumer.projection import Projector
 
     settings = Settings(database_url=dsn, scheduler=False, metrics_port=0)
+    if batch_max_wait is not None:
+        settings.batch_max_wait = batch_max_wait
     health = Health(lag_threshold_seconds=settings.lag_threshold)
     seen = _Seen()
     timer = StatementTimer(keep=True)
@@ -263,7 +266,7 @@ async def _floor(dsn: str, n: int = 500) -> tuple[float, float]:
 
 
 def bench_latency(srv: Server, template: str, *, runs: int, rate: float, seconds: float,
-                  floor_trips: int = 500,
+                  floor_trips: int = 500, batch_max_wait: float | None = None,
                   ) -> list[dict[str, Any]]:
     section(f"1. commit-to-snapshot latency: {rate:g} missions/s for {seconds:g} s "
             f"(+0.5 s warm-up), {runs} run(s)")
@@ -272,7 +275,7 @@ def bench_latency(srv: Server, template: str, *, runs: int, rate: float, seconds
         with srv.scratch(template, "lat") as dsn:
             res = anyio.run(
                 functools.partial(_latency_once, dsn, rate=rate, seconds=seconds,
-                                  warmup_s=0.5, run=run),
+                                  warmup_s=0.5, run=run, batch_max_wait=batch_max_wait),
                 backend="asyncio",
             )
         results.append(res)
@@ -351,6 +354,8 @@ def add_arguments(parser: Any) -> None:
     parser.add_argument("--seconds", type=float,
                         help="seconds of writing per run (6, quick 2): 3,000 commits at "
                         "500/s, enough for a p99 from 30 above it")
+    parser.add_argument("--batch-max-wait", type=float, metavar="SECONDS",
+                        help="the consumer's collection window (its default)")
 
 
 def finish_args(args: Any) -> Any:
@@ -365,7 +370,8 @@ def run(srv: Server, template: str, args: Any) -> None:
     latency: dict[str, list[float]] = {}
     for rate in args.rates:
         runs = bench_latency(srv, template, runs=args.runs, rate=rate, seconds=args.seconds,
-                             floor_trips=100 if args.quick else 500)
+                             floor_trips=100 if args.quick else 500,
+                             batch_max_wait=args.batch_max_wait)
         latency[f"{rate:g}"] = [round(x, 3) for r in runs for x in r["latencies"]]
         record(f"latency_runs_{rate:g}", [
             {k: v for k, v in r.items() if k != "latencies"} for r in runs])
