@@ -234,14 +234,29 @@ def _parts(text: str) -> dict[str, str]:
 
 
 _WRITE = _parts(load("snapshots/write.tmpl"))
+
+
+# The write statement's CTEs: (name, its part in the file, table, key column), in the
+# order the tables are locked in (replay/lock_live.tmpl.sql). A batch's member of the
+# same name holds its rows.
+_PARTS: tuple[tuple[str, str, str, str], ...] = (
+    ("clocks", "clocks", "clocks", ""),
+    ("due", "due", "due", ""),
+    ("missions", "upsert", "missions", "mission_id"),
+    ("missions_gone", "gone", "missions", "mission_id"),
+    ("agents", "upsert", "agents", "agent_id"),
+    ("agents_gone", "gone", "agents", "agent_id"),
+    ("quarantined", "quarantined", "", ""),
+    ("moved", "moved", "", ""),
+)
 _UPSERTS = ("missions", "agents")  # the parts that return (inserted)
 
 
 @cache
-def _write_query(targets: Targets, names: tuple[str, ...], arm: bool) -> bytes:
-    """The write statement with the parts `names` (in the file's order, which is the order
-    the tables are locked in). Only identifiers and the file's own text go in. As bytes,
-    composed once: psycopg would compose a `sql.Composed` again at every execution."""
+def _write_query(targets: Targets, names: frozenset[str], arm: bool) -> bytes:
+    """The write statement with the parts `names`. Only identifiers and the file's own
+    text go in. As bytes, composed once: psycopg would compose a `sql.Composed` again at
+    every execution."""
     upserts = [n for n in _UPSERTS if n in names]
     answer = sql.SQL(_WRITE["answer"]).format(
         inserted=sql.SQL(
@@ -255,18 +270,18 @@ def _write_query(targets: Targets, names: tuple[str, ...], arm: bool) -> bytes:
         moved=sql.SQL("(SELECT count(*) FROM moved)" if "moved" in names else "0"),
         arm=sql.SQL("TRUE" if arm else "FALSE"),
     )
-    ctes = sql.SQL(",\n").join(
-        sql.SQL(_WRITE[n].strip()).format(
-            clocks=targets.ident(targets.clocks),
-            due=targets.ident(targets.due),
-            missions=targets.ident(targets.missions),
-            agents=targets.ident(targets.agents),
+    ctes = [
+        sql.SQL(_WRITE[shape].strip()).format(
+            name=sql.Identifier(name),
+            part=sql.Literal(name),
+            table=targets.ident(getattr(targets, table)) if table else sql.SQL(""),
+            key=sql.Identifier(key) if key else sql.SQL(""),
         )
-        for n in _WRITE
-        if n in names
-    )
-    query = answer if not names else sql.SQL("WITH ") + ctes + sql.SQL("\n") + answer
-    return query.as_bytes(None)
+        for name, shape, table, key in _PARTS
+        if name in names
+    ]
+    query = sql.SQL("WITH ") + sql.SQL(",\n").join(ctes) + sql.SQL("\n") + answer
+    return (query if ctes else answer).as_bytes(None)
 
 
 def _hex(state: bytes) -> str:
@@ -318,9 +333,9 @@ async def _write(
             {"change_id": change_id, "reason": MISSING, "raw": {"id": change_id, "xid": xid}}
             for change_id, xid in missing
         ]
-    names = tuple(batch) + (("moved",) if finish.name is not None else ())
+    names = frozenset(batch) | ({"moved"} if finish.name is not None else set())
     cur = await conn.execute(
-        _write_query(targets, tuple(n for n in _WRITE if n in names), finish.arm),
+        _write_query(targets, names, finish.arm),
         {
             "batch": _json.encode(batch).decode(),
             "cp_name": finish.name,

@@ -1,9 +1,10 @@
 -- One batch of merged records in one statement: one round trip, and an atomic transaction of
--- its own on an autocommit connection. Its parts (each after a "-- part <name>" line) are
--- the CTEs of one WITH; a batch uses only those it needs (consumer/apply.py `_write_query`),
--- so a lone record's statement plans and starts only what it writes. The rows come in one
--- JSON value, %(batch)s: {"clocks": [...], "due": [...], "missions": [...], ...}, each an
--- array of objects whose keys are the column names below.
+-- its own on an autocommit connection. Its parts (each after a "-- part <shape>" line) are
+-- the CTEs of one WITH, each named {name} and reading the member {part} of the batch; a
+-- batch uses only those it needs, in the order of consumer/apply.py `_PARTS` (missions and
+-- agents share the shapes "upsert" and "gone"), so a lone record's statement plans and
+-- starts only what it writes. The rows come in one JSON value, %(batch)s: {"clocks": [...],
+-- "due": [...], "missions": [...], ...}, each an array of objects keyed by column name.
 -- The tables come in the order every writer of them locks them (replay/lock_live.tmpl.sql):
 -- a statement locks its tables as it names them. The answer (the "answer" parts, summed or
 -- listed): how many snapshots were inserted (xmax is 0 only on a fresh insert) and how many
@@ -11,10 +12,10 @@
 -- as it was), whether the doorbell is armed ({arm}: the statement arms it, as
 -- journal/doorbell_arm.sql does).
 -- part clocks
-clocks AS (
-    INSERT INTO {clocks} AS k (kind, user_id, record_id, state)
+{name} AS (
+    INSERT INTO {table} AS k (kind, user_id, record_id, state)
     SELECT kind, user_id, record_id, state
-    FROM jsonb_to_recordset(%(batch)s::jsonb -> 'clocks')
+    FROM jsonb_to_recordset(%(batch)s::jsonb -> {part})
          AS x(kind text, user_id text, record_id text, state bytea)
     ON CONFLICT (kind, user_id, record_id) DO UPDATE SET state = EXCLUDED.state
 )
@@ -22,63 +23,48 @@ clocks AS (
 -- A NULL due_at: the mission cannot fall due (not active, deleted, no nextRunAt in a due
 -- spelling), its row goes. An unchanged instant is not rewritten (no dead tuple).
 due_in AS (
-    SELECT * FROM jsonb_to_recordset(%(batch)s::jsonb -> 'due')
+    SELECT * FROM jsonb_to_recordset(%(batch)s::jsonb -> {part})
         AS x(user_id text, mission_id text, due_at timestamptz)
 ), due_gone AS (
-    DELETE FROM {due} d USING due_in x
+    DELETE FROM {table} d USING due_in x
     WHERE x.due_at IS NULL AND d.user_id = x.user_id AND d.mission_id = x.mission_id
 ), due_set AS (
-    INSERT INTO {due} AS d (user_id, mission_id, due_at)
+    INSERT INTO {table} AS d (user_id, mission_id, due_at)
     SELECT user_id, mission_id, due_at FROM due_in WHERE due_at IS NOT NULL
     ON CONFLICT (user_id, mission_id) DO UPDATE SET due_at = EXCLUDED.due_at
         WHERE d.due_at IS DISTINCT FROM EXCLUDED.due_at
 )
--- part missions
-missions AS (
-    INSERT INTO {missions} (user_id, mission_id, record, last_applied_at, updated_at)
+-- part upsert
+-- The missions or the agents ({name}) that are visible: upserted into {table} by {key}.
+{name} AS (
+    INSERT INTO {table} (user_id, {key}, record, last_applied_at, updated_at)
     SELECT user_id, record_id, record, last_applied_at, now()
-    FROM jsonb_to_recordset(%(batch)s::jsonb -> 'missions')
+    FROM jsonb_to_recordset(%(batch)s::jsonb -> {part})
          AS x(user_id text, record_id text, record jsonb, last_applied_at timestamptz)
-    ON CONFLICT (user_id, mission_id) DO UPDATE
+    ON CONFLICT (user_id, {key}) DO UPDATE
         SET record = EXCLUDED.record, last_applied_at = EXCLUDED.last_applied_at,
             updated_at = now()
     RETURNING (xmax = 0) AS inserted
 )
--- part missions_gone
-missions_gone AS (
-    DELETE FROM {missions} t
-    USING jsonb_to_recordset(%(batch)s::jsonb -> 'missions_gone') AS x(user_id text, record_id text)
-    WHERE t.user_id = x.user_id AND t.mission_id = x.record_id
-)
--- part agents
-agents AS (
-    INSERT INTO {agents} (user_id, agent_id, record, last_applied_at, updated_at)
-    SELECT user_id, record_id, record, last_applied_at, now()
-    FROM jsonb_to_recordset(%(batch)s::jsonb -> 'agents')
-         AS x(user_id text, record_id text, record jsonb, last_applied_at timestamptz)
-    ON CONFLICT (user_id, agent_id) DO UPDATE
-        SET record = EXCLUDED.record, last_applied_at = EXCLUDED.last_applied_at,
-            updated_at = now()
-    RETURNING (xmax = 0) AS inserted
-)
--- part agents_gone
-agents_gone AS (
-    DELETE FROM {agents} t
-    USING jsonb_to_recordset(%(batch)s::jsonb -> 'agents_gone') AS x(user_id text, record_id text)
-    WHERE t.user_id = x.user_id AND t.agent_id = x.record_id
+-- part gone
+-- The missions or the agents ({name}) that are no longer visible: deleted.
+{name} AS (
+    DELETE FROM {table} t
+    USING jsonb_to_recordset(%(batch)s::jsonb -> {part}) AS x(user_id text, record_id text)
+    WHERE t.user_id = x.user_id AND t.{key} = x.record_id
 )
 -- part quarantined
-quarantined AS (
+{name} AS (
     INSERT INTO mana_ai.quarantine (change_id, reason, raw)
     SELECT change_id, reason, raw
-    FROM jsonb_to_recordset(%(batch)s::jsonb -> 'quarantined')
+    FROM jsonb_to_recordset(%(batch)s::jsonb -> {part})
          AS x(change_id uuid, reason text, raw jsonb)
     ON CONFLICT (change_id) DO NOTHING
     RETURNING reason
 )
 -- part moved
 -- The checkpoint's compare-and-set (checkpoint/cas.sql says how it refuses).
-moved AS MATERIALIZED (
+{name} AS MATERIALIZED (
     SELECT mana_ai.advance_checkpoint(%(cp_name)s::text, %(cp_version)s::bigint,
                                       %(cp_below)s::xid8, false, %(epoch)s::bigint) AS version
 )
