@@ -55,8 +55,11 @@ PRUNE_EVERY = 1.0
 WORK_CHECK = 0.5
 # The first wait before reading again while a writer keeps the doorbell from arming.
 MIN_WINDOW = 0.0005
-# Woken from parked after a pass that read at most this many rows: the pass stays armed.
+# Woken from parked after a pass that read at most this many rows, the pass stays armed;
+# with a collection window, only after a quiet spell of this many windows since rows last
+# came (a stream keeps collecting: its rows do not ring).
 KEEP_ARMED_ROWS = 1
+QUIET_WINDOWS = 10
 # Seconds between checkpoint moves of passes that read nothing.
 QUIET_CHECKPOINT_EVERY = 1.0
 # The longest wait between two attempts to arm the doorbell while writers keep holding it.
@@ -236,31 +239,33 @@ class Follower:
         """The doorbell rings only while this consumer is parked on it (armed: the work
         connection holds the doorbell lock, schema/migrations/0010_armed_doorbell.sql):
 
-        - every pass arms the doorbell with its last write (`catch_up(arm=True)`), and the
-          next pass's read lets it go when it finds rows: while rows keep coming, writers
-          are rung only in the moment between a write and the next read;
-        - woken from parked while rows come one at a time (the last pass read at most
-          one), the pass keeps the doorbell armed: a commit after its read rings, so it
-          parks again without reading once more (a row costs a ring, a read and a write);
         - a pass that began armed and read nothing leaves the consumer parked: every row
-          committed before the arming was read, and every later commit rings. No timed
-          waits: a row that comes while parked is read at once, and a busy consumer reads
-          what came during its last pass, so a pass carries what arrived meanwhile;
+          committed before the arming was read, and every later commit rings; a ring
+          starts a pass at once;
+        - a pass's first read lets the doorbell go when it finds rows (the consumer is
+          busy: writers stop ringing);
+        - while rows keep coming, a pass that read rows does not arm: the consumer waits
+          the collection window (`--batch-max-wait`, 1 ms) and reads what came, unrung, so
+          each pass carries a window's rows; a pass that reads nothing arms (with the
+          statement that writes its last chunk, or one of its own) and reads once more;
+        - without a window (0), every pass arms with its last write and reads again at
+          once: a consumer that keeps up parks between rows, and every row rings;
+        - woken after a quiet spell by a lone row (the last pass read at most one; with a
+          window, none came for QUIET_WINDOWS windows), the pass keeps the doorbell armed:
+          a commit after its read rings, so it parks again without reading once more (a
+          lone row costs a ring, a read and a write);
         - not armed after a pass that read nothing: a writer of ours is committing (it
           holds the lock shared); its rows come with its commit: poll again shortly.
 
-        While parked, the idle probe proves the listener connection and the epoch, and the
-        safety poll reads in case a ring was lost.
-
-        With a collection window (`--batch-max-wait` above 0), a pass that read rows does
-        not arm: the consumer waits the window and reads what came, unrung, so each pass
-        carries a window's rows (less CPU per row, that much more latency); a pass that
-        reads nothing arms."""
+        While parked, the idle probe proves the listener connection and the epoch, the
+        work connection's socket is looked at every WORK_CHECK, and the safety poll reads
+        in case a ring was lost."""
         s = self.settings
         collect = s.batch_max_wait > 0
         parked = False
         retry = 0.0
         last_poll = last_prune = last_probe = time.monotonic()
+        rows_at = 0.0  # when the last pass that read rows ended
         # A quiet pass moves the checkpoint only now and then: it carries no snapshot write,
         # and the rows it would move past were applied (a restart re-reads them harmlessly).
         self.projector.quiet_checkpoint_every = QUIET_CHECKPOINT_EVERY
@@ -290,11 +295,18 @@ class Follower:
             was_armed = projector.armed
             if collect and projector.last_read and not parked:
                 await anyio.sleep(s.batch_max_wait)  # rows keep coming: let more come
-            # Woken while rows come one at a time: stay armed through the pass, so that it
-            # needs no read before parking again (a commit meanwhile rings).
-            keep = parked and projector.last_read <= KEEP_ARMED_ROWS and not collect
+            # Woken while rows come one at a time (and, with a collection window, after a
+            # quiet spell): stay armed through the pass, so that it needs no read before
+            # parking again (a commit meanwhile rings).
+            keep = (
+                parked
+                and projector.last_read <= KEEP_ARMED_ROWS
+                and time.monotonic() - rows_at >= QUIET_WINDOWS * s.batch_max_wait
+            )
             await self._catch_up(work, release=was_armed and not keep, arm=True, idle_only=collect)
             parked = was_armed and projector.armed and (keep or not projector.last_read)
+            if projector.last_read:
+                rows_at = time.monotonic()
             if not projector.armed and not projector.last_read:
                 # A writer of ours is committing (it holds the lock shared): its rows come
                 # with its commit. Poll again, backing off in case it stays (a writer that

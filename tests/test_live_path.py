@@ -84,7 +84,10 @@ async def test_a_lone_row_goes_at_once_and_rows_that_keep_coming_are_collected(
         await wait_for_async(applied(db, "next3"), 5, "next3 applied")
         tg.cancel_scope.cancel()
     assert batches[0] == {"lone"}
-    assert {f"next{i}" for i in range(4)} in batches[1:], batches
+    # The first row of the stream rings a consumer parked after the lone row; the rest
+    # come during its window and go in one pass.
+    assert set().union(*batches[1:]) == {f"next{i}" for i in range(4)}, batches
+    assert len(batches[1:]) <= 2, batches
 
 
 async def test_rows_that_keep_coming_are_applied_without_a_ring_each(db: str) -> None:
