@@ -121,6 +121,11 @@ def _key_before(xid: str, change_id: str) -> tuple[str, str]:
     return (str(int(xid) - 1), MAX_UUID)
 
 
+# Reads come back in binary format: a record's stored clocks (bytea) then arrive as they
+# are, not hex-encoded by the server and decoded again here (in a catch-up window every row
+# carries its record's clocks), and the timestamps need no text parsing.
+
+
 async def send_read(
     conn: psycopg.AsyncConnection,
     prev: str,
@@ -132,7 +137,8 @@ async def send_read(
     the keyset position `after`; `received` turns the cursor into a chunk. In pipeline mode
     the server reads while the caller does other work. `release`: let the doorbell go if
     there are rows (see journal/read.sql)."""
-    return await conn.execute(load("journal/read"), _bounds(prev, after, limit, release=release))
+    return await conn.execute(load("journal/read"), _bounds(prev, after, limit, release=release),
+                              binary=True)
 
 
 async def received(cur: psycopg.AsyncCursor) -> JournalChunk:
@@ -157,7 +163,7 @@ async def read_one(conn: psycopg.AsyncConnection, xid: str, change_id: str) -> J
     key = (xid, change_id)
     prev = f"{xid}:{xid}:"  # every xid below this one visible: this one is read
     cur = await conn.execute(
-        load("journal/read"), _bounds(prev, _key_before(xid, change_id), 1, upto=key)
+        load("journal/read"), _bounds(prev, _key_before(xid, change_id), 1, upto=key), binary=True
     )
     return _chunk(await cur.fetchall())
 

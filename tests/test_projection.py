@@ -7,7 +7,7 @@ import uuid
 import psycopg
 import pytest
 from psycopg.conninfo import make_conninfo
-from psycopg.types.string import TextLoader
+from psycopg.types.string import TextBinaryLoader, TextLoader
 
 from consumer.db import aconnect
 from consumer.errors import CheckpointConflict, ConfigError, is_transient
@@ -325,6 +325,15 @@ class _PoisonLoader(TextLoader):
         return super().load(data)
 
 
+class _PoisonBinaryLoader(TextBinaryLoader):
+    """The same for a value in binary format."""
+
+    def load(self, data):  # type: ignore[no-untyped-def]
+        if bytes(data) == b"poison-load":
+            raise psycopg.DataError("cannot load this value")
+        return super().load(data)
+
+
 POISON_TRIGGER = """
 CREATE FUNCTION mana_ai.test_poison() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
@@ -353,6 +362,7 @@ async def test_a_chunk_that_fails_as_a_whole_is_applied_row_by_row(
     projector = Projector(batch_size=batch_size)
     async with await aconnect(db, role="test") as conn:
         conn.adapters.register_loader("text", _PoisonLoader)
+        conn.adapters.register_loader("text", _PoisonBinaryLoader)  # journal reads are binary
         await projector.bootstrap(conn)
         await projector.catch_up(conn)
         await projector.catch_up(conn)  # and the next pass goes on from there
