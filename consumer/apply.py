@@ -435,6 +435,10 @@ class Window:
         pipeline mode the server writes one part while the next is encoded. Then the
         quarantine. Returns the states by their bytes, for the next window's `hot`. Counts
         settle later."""
+        with gc_paused():
+            return await self._write(conn, targets, part)
+
+    async def _write(self, conn: psycopg.AsyncConnection, targets: Targets, part: int) -> Hot:
         result = self.result
         hot: Hot = {}
         changed: list[tuple[Key, RecordState, bytes]] = []

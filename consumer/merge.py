@@ -66,7 +66,7 @@ __all__ = [
 ]
 
 
-class Cell(msgspec.Struct, array_like=True):
+class Cell(msgspec.Struct, array_like=True, gc=False):
     """The current winner of one field, with the key that made it win."""
 
     stamp: int  # field stamp, us since epoch UTC: field_meta time, else row created_at
@@ -75,7 +75,7 @@ class Cell(msgspec.Struct, array_like=True):
     value: Any  # the field value (any JSON)
 
 
-class FirstRow(msgspec.Struct, array_like=True):
+class FirstRow(msgspec.Struct, array_like=True, gc=False):
     """The record's first row (smallest (created_at, change id)): its values and clocks."""
 
     created: int  # row created_at, us since epoch
@@ -84,7 +84,7 @@ class FirstRow(msgspec.Struct, array_like=True):
     clocks: dict[str, int]  # every field_meta key -> its stamp, else the row's created_at
 
 
-class RecordState(msgspec.Struct):
+class RecordState(msgspec.Struct, gc=False):
     """Merge state of one record: enough to apply any further row without the log."""
 
     fields: dict[str, Cell] = msgspec.field(default_factory=dict)  # winners of later rows

@@ -211,3 +211,47 @@ async def test_a_window_killed_midway_leaves_a_checkpoint_the_snapshots_agree_wi
 
     await project(db, Projector(batch_size=4, window_rows=16))
     assert actual_snapshots(db) == expected_snapshots(db)
+
+
+async def test_after_a_failed_window_the_pass_goes_back_to_windows(db: str) -> None:
+    """A window that fails goes chunk by chunk over the rows it had read (a row that fails
+    alone is quarantined), then the pass opens windows again; it ends where the row path
+    does."""
+    rows: list[tuple] = [(i % 5, "write", "title", i, i, None) for i in range(40)]
+    # Unmergeable, and the record's latest write (so it wins in a window's fold): the
+    # window holding it fails.
+    rows[3] = (3, "huge-int", "title", 0, 1000, None)
+    with psycopg.connect(db, autocommit=True) as conn:
+        conn.execute("UPDATE mana_ai.checkpoint SET bootstrapped = true")
+        start = conn.execute(
+            "SELECT applied_below::text FROM mana_ai.checkpoint WHERE name = 'projection'"
+        ).fetchone()
+    assert start is not None
+    load_traffic(db, rows, [1] * len(rows))
+    await project(db, Projector(batch_size=1, window_rows=0))
+    by_row = stored(db)
+    reset(db, start)
+
+    # Windows of 2 chunks (over 2 records at most), as many rows as they like.
+    projector = Projector(batch_size=2, window_rows=1000, window_records=2)
+    outcomes: list[object] = []
+    window = projector._window
+
+    async def watched(*args: Any) -> Any:
+        try:
+            step = await window(*args)
+        except Exception:
+            outcomes.append("failed")
+            raise
+        outcomes.append(step.rows)
+        return step
+
+    projector._window = watched  # type: ignore[method-assign]
+    await project(db, projector)
+    assert outcomes[0] == "failed"
+    # Windows again once the failed window's rows (3 chunks: 6) and one chunk more went by
+    # chunks, not after window_rows more rows; the first chunk of the pass was a chunk too.
+    assert len(outcomes) >= 2 and all(isinstance(n, int) for n in outcomes[1:]), outcomes
+    assert sum(outcomes[1:]) == len(rows) - 2 - (6 + 2), outcomes  # type: ignore[arg-type]
+    assert stored(db) == by_row
+    assert [reason for _, reason in by_row["quarantine"]][0].startswith("unmergeable")
