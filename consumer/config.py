@@ -21,7 +21,7 @@ class Settings(msgspec.Struct, kw_only=True):
     batch_size: int = 2000
     # Seconds the follower collects rows while they keep coming (a lone row after a quiet
     # spell goes at once): a pass carries a window's rows, not one.
-    batch_max_wait: float = 0.001
+    batch_max_wait: float = 0.0
     safety_poll: float = 30.0  # seconds between polls that cover a lost doorbell
     idle_probe: float = 5.0  # seconds of silence before the listener probes its connection
     max_row_bytes: int = 1_000_000

@@ -244,12 +244,14 @@ class Follower:
           starts a pass at once;
         - a pass's first read lets the doorbell go when it finds rows (the consumer is
           busy: writers stop ringing);
-        - while rows keep coming, a pass that read rows does not arm: the consumer waits
-          the collection window (`--batch-max-wait`, 1 ms) and reads what came, unrung, so
-          each pass carries a window's rows; a pass that reads nothing arms (with the
-          statement that writes its last chunk, or one of its own) and reads once more;
-        - without a window (0), every pass arms with its last write and reads again at
-          once: a consumer that keeps up parks between rows, and every row rings;
+        - without a collection window (`--batch-max-wait` 0, the default), every pass arms
+          with its last write and reads again at once: a consumer that keeps up parks
+          between rows, and every row rings; one that does not keep up reads several rows
+          a pass;
+        - with a window, a pass that read rows does not arm: the consumer waits the window
+          and reads what came, unrung, so each pass carries a window's rows; a pass that
+          reads nothing arms (with the statement that writes its last chunk, or one of its
+          own) and reads once more;
         - woken after a quiet spell by a lone row (the last pass read at most one; with a
           window, none came for QUIET_WINDOWS windows), the pass keeps the doorbell armed:
           a commit after its read rings, so it parks again without reading once more (a
