@@ -275,7 +275,7 @@ def _write_query(targets: Targets, names: frozenset[str], arm: bool) -> bytes:
     ctes = [
         sql.SQL(_WRITE[shape].strip()).format(
             name=sql.Identifier(name),
-            part=sql.Literal(name),
+            part=sql.Placeholder(name),
             table=targets.ident(getattr(targets, table)) if table else sql.SQL(""),
             key=sql.Identifier(key) if key else sql.SQL(""),
         )
@@ -284,10 +284,6 @@ def _write_query(targets: Targets, names: frozenset[str], arm: bool) -> bytes:
     ]
     query = sql.SQL("WITH ") + sql.SQL(",\n").join(ctes) + sql.SQL("\n") + answer
     return (query if ctes else answer).as_bytes(None)
-
-
-def _hex(state: bytes) -> str:
-    return "\\x" + state.hex()  # bytea's input form, inside the JSON batch
 
 
 async def _write(
@@ -306,7 +302,7 @@ async def _write(
     clocks = batch.setdefault("clocks", []) if changed else []
     for (kind, user_id, record_id), state, encoded in changed:
         clocks.append(
-            {"kind": kind, "user_id": user_id, "record_id": record_id, "state": _hex(encoded)}
+            {"kind": kind, "user_id": user_id, "record_id": record_id, "state": encoded}
         )
         record = materialize(record_id, state)
         table = "missions" if kind == "mission" else "agents"
@@ -339,7 +335,7 @@ async def _write(
     cur = await conn.execute(
         _write_query(targets, names, finish.arm),
         {
-            "batch": _json.encode(batch).decode(),
+            **{name: _json.encode(rows).decode() for name, rows in batch.items()},
             "cp_name": finish.name,
             "cp_version": finish.version,
             "cp_below": str(finish.applied_below),
