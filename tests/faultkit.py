@@ -237,6 +237,33 @@ def sessions(dsn: str, application_name: str) -> int:
     return int(row[0]) if row else 0
 
 
+def advisory_lock(dsn: str, key: int) -> list[tuple[int, str, bool, str]]:
+    """(pid, mode, granted, application_name) of every session of this database holding or
+    waiting for the advisory lock `key` (consumer.locks), holders first."""
+    with psycopg.connect(dsn, autocommit=True) as admin:
+        return admin.execute(
+            """SELECT l.pid, l.mode, l.granted, coalesce(a.application_name, '')
+               FROM pg_locks l LEFT JOIN pg_stat_activity a ON a.pid = l.pid
+               WHERE l.locktype = 'advisory' AND l.objsubid = 1
+                 AND l.database = (SELECT oid FROM pg_database
+                                   WHERE datname = current_database())
+                 AND ((l.classid::bigint << 32) | l.objid::bigint) = %s
+               ORDER BY l.granted DESC, l.pid""",
+            (key,),
+        ).fetchall()
+
+
+def session_pids(dsn: str, application_name: str) -> list[int]:
+    """Backend pids of this database's sessions with that application_name."""
+    with psycopg.connect(dsn, autocommit=True) as admin:
+        rows = admin.execute(
+            """SELECT pid FROM pg_stat_activity
+               WHERE datname = current_database() AND application_name = %s ORDER BY pid""",
+            (application_name,),
+        ).fetchall()
+    return [int(pid) for (pid,) in rows]
+
+
 def write_probe(dsn: str, record_id: str, within: float = 30.0) -> None:
     """Commit one mission row, retrying while the server is not accepting connections."""
     deadline = time.monotonic() + within
