@@ -50,27 +50,34 @@ def test_sigkill_at_random_moments_during_a_storm_loses_nothing(db: str) -> None
     kills = 0
     version = checkpoint_version(db)
     with WriteStorm(db, writers=2, pause=0.004) as storm:
-        for i in range(20):
+        for i in range(24):
             # The killed process's sessions end when the server notices its closed socket.
             wait_for(lambda: sessions(db, WORK_APP) == 0, 10, "the old sessions to end")
+            before = checkpoint_version(db)
             consumer.start()
-            # Every phase gets killed: half the kills come at a random moment after the
-            # start (importing, migrating, connecting), half at a random moment after the
-            # work connection is up (bootstrap, catch-up, following the storm).
-            if i % 2:
+            # Every phase gets killed, a third of the kills each: at a random moment after
+            # the start (importing, migrating, connecting); at a random moment after the
+            # work connection is up (bootstrap, catch-up, following the storm); and at a
+            # random moment after this run has moved the checkpoint, so that kills surely
+            # land while the consumer applies the storm, however long a loaded machine
+            # takes to start it.
+            if i % 3 == 0:
+                time.sleep(rng.uniform(0.05, 1.0))
+            elif i % 3 == 1:
                 wait_for(lambda: sessions(db, WORK_APP) > 0, 30, "the work connection")
                 time.sleep(rng.uniform(0.0, 0.6))
             else:
-                time.sleep(rng.uniform(0.05, 1.0))
+                wait_for(lambda b=before: checkpoint_version(db) > b, 30,
+                         "this run to move the checkpoint")
+                time.sleep(rng.uniform(0.0, 0.3))
             assert consumer.alive(), f"the consumer exited on its own:\n{consumer.output()}"
             consumer.kill()
             kills += 1
-    assert kills >= 20 and storm.rows > 100
+    assert kills >= 24 and storm.rows > 100
     assert checkpoint_version(db) > version, "no kill left the consumer time to apply"
     with consumer.start():
         wait_converged(db, 30)
     replay_verify(db)
-
 
 
 def follow_started(dsn: str) -> None:
