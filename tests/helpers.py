@@ -120,6 +120,18 @@ def run_cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess[
     )
 
 
+def stop_process(proc: subprocess.Popen[str], timeout: float = 15) -> str:
+    """SIGTERM (a graceful stop), SIGKILL after `timeout` s; the process's output."""
+    if proc.poll() is None:
+        proc.terminate()
+    try:
+        out, _ = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        out, _ = proc.communicate()
+    return out or ""
+
+
 # --------------------------------------------------------------------------- database reads
 
 
@@ -131,6 +143,16 @@ def snapshot(dsn: str, mission_id: str) -> dict[str, Any]:
         ).fetchone()
     assert row is not None, f"no snapshot of mission {mission_id}"
     return row[0]
+
+
+def checkpoint_version(dsn: str) -> int:
+    """The projection checkpoint's version: one more with every write of the checkpoint."""
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        row = conn.execute(
+            "SELECT version FROM mana_ai.checkpoint WHERE name = 'projection'"
+        ).fetchone()
+    assert row is not None
+    return int(row[0])
 
 
 def catalog(dsn: str) -> dict[str, object]:

@@ -31,17 +31,8 @@ from tests.faultkit import (
     wait_converged,
     write_probe,
 )
-from tests.helpers import wait_for
+from tests.helpers import checkpoint_version, wait_for
 from tests.logtools import actual_snapshots, expected_snapshots, write
-
-
-def checkpoint_version(dsn: str) -> int:
-    with psycopg.connect(dsn, autocommit=True) as conn:
-        row = conn.execute(
-            "SELECT version FROM mana_ai.checkpoint WHERE name = 'projection'"
-        ).fetchone()
-    assert row is not None
-    return int(row[0])
 
 
 def test_sigkill_at_random_moments_during_a_storm_loses_nothing(db: str) -> None:

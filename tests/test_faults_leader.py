@@ -36,7 +36,7 @@ from consumer.service import _decide_while_leading, serve
 from consumer.sql import load
 from consumer.status import collect
 from tests.faultkit import WriteStorm, assert_nothing_lost
-from tests.helpers import at, free_port, http_json, open_pool, wait_for_async
+from tests.helpers import at, free_port, http_json, open_pool, stop_process, wait_for_async
 from tests.helpers import settings as base_settings
 from tests.logtools import actual_snapshots, agent, mission
 from tests.planner_stub import PlannerStub
@@ -243,17 +243,6 @@ def role_of(port: int) -> str | None:
         return None
 
 
-def stop(proc: subprocess.Popen[str]) -> str:
-    if proc.poll() is None:
-        proc.terminate()
-    try:
-        out, _ = proc.communicate(timeout=15)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        out, _ = proc.communicate()
-    return out or ""
-
-
 async def test_sigkilled_leader_the_standby_decides_within_5_s(db: str) -> None:
     ports = [free_port(), free_port()]
     with PlannerStub() as stub:
@@ -280,7 +269,7 @@ async def test_sigkilled_leader_the_standby_decides_within_5_s(db: str) -> None:
             assert planned(stub, "obj-before") == 1 and planned(stub, "obj-after") == 1
             assert failover < FAILOVER_BOUND_S, f"failover took {failover:.2f} s"
         finally:
-            outputs = [stop(p) for p in procs]
+            outputs = [stop_process(p) for p in procs]
     assert procs[1].returncode == 0, outputs[1]
     print(f"failover (SIGKILL -> the standby's run started): {failover * 1000:.0f} ms")
 

@@ -16,7 +16,16 @@ import pytest
 
 from consumer.db import APPLICATION_NAME
 from consumer.service import serve
-from tests.helpers import free_port, http_get, http_json, metric, settings, wait_for, wait_for_async
+from tests.helpers import (
+    free_port,
+    http_get,
+    http_json,
+    metric,
+    settings,
+    stop_process,
+    wait_for,
+    wait_for_async,
+)
 from tests.logtools import actual_snapshots, expected_snapshots, mission
 
 pytestmark = pytest.mark.anyio
@@ -181,12 +190,7 @@ def test_run_subprocess_serves_metrics_health_and_status(db: str) -> None:
         assert report["missions"] == 1 and report["agents"] == 0
         assert report["quarantined"] == 0 and isinstance(report["lag_rows"], int)
     finally:
-        proc.terminate()
-        try:
-            output, _ = proc.communicate(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            output, _ = proc.communicate()
+        output = stop_process(proc)
     assert proc.returncode == 0, output
     assert "stopped" in output
 

@@ -13,20 +13,11 @@ from consumer.apply import Applied
 from consumer.config import Settings
 from consumer.projection import Projector
 from consumer.service import serve
-from tests.helpers import wait_for_async
+from tests.helpers import checkpoint_version, wait_for_async
 from tests.logtools import mission
 from tests.test_doorbell import Bell, applied, armed
 
 pytestmark = pytest.mark.anyio
-
-
-def checkpoint_version(dsn: str) -> int:
-    with psycopg.connect(dsn, autocommit=True) as conn:
-        row = conn.execute(
-            "SELECT version FROM mana_ai.checkpoint WHERE name = 'projection'"
-        ).fetchone()
-    assert row is not None
-    return int(row[0])
 
 
 async def test_quiet_passes_move_the_checkpoint_only_now_and_then(db: str) -> None:
