@@ -430,51 +430,41 @@ class Projector:
         doorbell when asked and this is the pass's last chunk."""
         assert self.prev is not None
         async with one_statement(conn):  # (a connection that does not autocommit: one txn)
-            return await self._read_write(conn, cp, after, pass_snapshot, release, arm, idle_only)
-
-    async def _read_write(
-        self,
-        conn: psycopg.AsyncConnection,
-        cp: Checkpoint,
-        after: tuple[str, str],
-        pass_snapshot: str | None,
-        release: bool,
-        arm: bool,
-        idle_only: bool,
-    ) -> Step:
-        assert self.prev is not None
-        chunk = await journal.read(conn, self.prev, after, self.batch_size, release)
-        if chunk.released:
-            self.armed = False
-        missing = missing_rows(chunk)
-        rows = chunk.rows
-        last = rows[-1].key if rows else None
-        full = len(rows) == self.batch_size
-        moved, new_below = self._below(cp, last and last[0], full, pass_snapshot or chunk.snapshot)
-        arming = arm and not full and not self.armed and not (idle_only and rows)
-        finish = Finish(
-            name=CHECKPOINT if moved else None,
-            version=cp.version,
-            applied_below=new_below,
-            epoch=self.epoch,
-            arm=arming,
-            key=locks.DOORBELL,
-        )
-        with conflicts(cp):
-            applied = await apply_rows(
-                conn,
-                journal_raws(chunk),
-                max_bytes=self.max_row_bytes,
-                targets=self.targets,
-                states=_states(rows) if self.targets == LIVE else None,
-                missing=missing,
-                finish=finish,
+            chunk = await journal.read(conn, self.prev, after, self.batch_size, release)
+            if chunk.released:
+                self.armed = False
+            missing = missing_rows(chunk)
+            rows = chunk.rows
+            last = rows[-1].key if rows else None
+            full = len(rows) == self.batch_size
+            moved, new_below = self._below(
+                cp, last and last[0], full, pass_snapshot or chunk.snapshot
             )
-        if arming:
-            self.armed = bool(applied.armed)
-        step = Step(chunk.snapshot, len(rows), last, full, applied, moved, new_below)
-        step.armed_tried = arming or self.armed
-        return step
+            arming = arm and not full and not self.armed and not (idle_only and rows)
+            finish = Finish(
+                name=CHECKPOINT if moved else None,
+                version=cp.version,
+                applied_below=new_below,
+                epoch=self.epoch,
+                arm=arming,
+                key=locks.DOORBELL,
+            )
+            with conflicts(cp):
+                applied = await apply_rows(
+                    conn,
+                    journal_raws(chunk),
+                    max_bytes=self.max_row_bytes,
+                    targets=self.targets,
+                    states=_states(rows) if self.targets == LIVE else None,
+                    missing=missing,
+                    finish=finish,
+                )
+            if arming:
+                self.armed = bool(applied.armed)
+            return Step(
+                chunk.snapshot, len(rows), last, full, applied, moved, new_below,
+                armed_tried=arming or self.armed,
+            )
 
     async def _window(
         self,
