@@ -394,18 +394,20 @@ class Window:
     def _add(self, rows: Sequence[JournalRow]) -> None:
         folds = self.folds
         result = self.result
+        max_bytes = self.max_bytes
         for row in rows:
             if row.missing:
                 self.missing.append((row.change_id, row.xid))
                 continue
-            raw = row.raw()
             try:
-                checked = validate(raw, self.max_bytes)
+                # A journal row with its log row has RawChange's fields: no copy to validate.
+                checked = validate(row, max_bytes)  # type: ignore[arg-type]
             except Exception as exc:  # as in apply_rows: the window goes on
                 checked = Rejected(f"invalid row: {type(exc).__name__}: {exc}")
-            if isinstance(checked, Rejected):
-                self.rejected.append((raw, checked.reason))
+            if type(checked) is Rejected:
+                self.rejected.append((row.raw(), checked.reason))
                 continue
+            assert type(checked) is Change
             key = (KIND_BY_TABLE[checked.table_name], checked.user_id, checked.record_id)
             fold = folds.get(key)
             if fold is None:

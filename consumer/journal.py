@@ -49,6 +49,11 @@ class JournalRow(msgspec.Struct, gc=False):
         """The keyset position of this row: (xid, change id)."""
         return (self.xid, self.change_id)
 
+    @property
+    def id(self) -> str:
+        """The change id, under RawChange's name for it (validate reads either)."""
+        return self.change_id
+
     def raw(self) -> RawChange:
         """The log row, not yet validated (only for a row that is not `missing`)."""
         return RawChange(

@@ -42,12 +42,13 @@ its ``created_at``) until ``consumer replay`` rebuilds them.
 from __future__ import annotations
 
 from collections.abc import Iterable
+from datetime import timedelta
 from typing import Any
 
 import msgspec
 
-from .instants import parse_us, to_us
-from .model import Change
+from .instants import EPOCH, parse_us, to_us
+from .model import Change, MetaEntry
 
 __all__ = [
     "Cell",
@@ -64,6 +65,8 @@ __all__ = [
     "materialize",
     "parse_stamp",
 ]
+
+_US = timedelta(microseconds=1)
 
 
 class Cell(msgspec.Struct, array_like=True, gc=False):
@@ -110,7 +113,8 @@ def is_legacy(state: RecordState) -> bool:
 def parse_stamp(value: Any) -> int | None:
     """A ``field_meta[k]`` value -> its instant in microseconds, or None for "no stamp".
 
-    Legacy shape: a plain ISO-8601 string. Current shape: ``{"at": ISO-8601, ...}``.
+    Legacy shape: a plain ISO-8601 string. Current shape: ``{"at": ISO-8601, ...}`` (a
+    dict, or a MetaEntry as validate decodes it).
     Anything else (number, list, null, object without a string "at", a string that does
     not parse) is "no stamp".
     """
@@ -120,6 +124,9 @@ def parse_stamp(value: Any) -> int | None:
         at = value.get("at")
         if type(at) is str:
             return parse_us(at)
+    elif type(value) is MetaEntry:
+        if type(value.at) is str:
+            return parse_us(value.at)
     return None
 
 
@@ -137,6 +144,8 @@ def _stamps(meta: dict[str, Any], names: Iterable[str], created: int) -> tuple[l
         if m is not None:
             if type(m) is dict:
                 m = m.get("at")
+            elif type(m) is MetaEntry:
+                m = m.at
             if type(m) is str:
                 parsed = parse_us(m)
                 if parsed is None:
@@ -173,15 +182,22 @@ def _merge_row(
     count of stamps that did not parse."""
     bad = 0
     get = meta.get if meta else None
+    # One write usually stamps every field with the same text: parse it once per row.
+    text: str | None = None
+    parsed: int | None = None
     for name, value in data.items():
         stamp = created
         if get is not None:
             m = get(name)
             if m is not None:
-                if type(m) is dict:
+                if type(m) is MetaEntry:
+                    m = m.at
+                elif type(m) is dict:
                     m = m.get("at")
                 if type(m) is str:
-                    parsed = parse_us(m)
+                    if m != text:
+                        text = m
+                        parsed = parse_us(m)
                     if parsed is None:
                         bad += 1
                     else:
@@ -209,9 +225,12 @@ def apply_change(state: RecordState, change: Change) -> int:
     (plain, or an object's "at") but did not parse; those fields use ``created_at``.
     A missing stamp, or one of another type, is "no stamp" and not counted.
     """
-    created = to_us(change.created_at)
+    at = change.created_at
+    created = (at - EPOCH) // _US if at.tzinfo is not None else to_us(at)  # to_us, in line
     last = state.last_applied_us
-    legacy = last is not None and is_legacy(state)
+    first = state.first
+    # is_legacy(state), read before this row counts (a state with `first` never is).
+    legacy = first is None and last is not None and (bool(state.fields) or not state.deleted)
     if last is None or created > last:
         state.last_applied_us = created
     if change.op == "delete":
@@ -220,8 +239,13 @@ def apply_change(state: RecordState, change: Change) -> int:
 
     change_id = change.id.lower()
     data = change.data
-    first = state.first
-    if legacy or (first is not None and (created, change_id) > (first.created, first.change_id)):
+    if legacy or (
+        first is not None
+        and (
+            created > first.created
+            or (created == first.created and change_id > first.change_id)
+        )
+    ):
         return _merge_row(state.fields, data, change.field_meta, created, change_id)
     if first is None:
         state.first, bad = _first_row(change, created, change_id)
@@ -255,7 +279,9 @@ def _first_row(change: Change, created: int, change_id: str) -> tuple[FirstRow, 
     if meta:
         for name, m in meta.items():
             stamp = created
-            if type(m) is dict:
+            if type(m) is MetaEntry:
+                m = m.at
+            elif type(m) is dict:
                 m = m.get("at")
             if type(m) is str:
                 parsed = parse_us(m)

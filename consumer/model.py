@@ -34,6 +34,25 @@ class RawChange(msgspec.Struct, frozen=True):
     created_at_text: str | None = None
 
 
+class Actor(msgspec.Struct, forbid_unknown_fields=True, gc=False):
+    """Who wrote a field (a `MetaEntry`'s "actor"), in the shape mana's clients write."""
+
+    kind: str | None = None
+    principalId: str | None = None  # noqa: N815 - the JSON key
+
+
+class MetaEntry(msgspec.Struct, forbid_unknown_fields=True, gc=False):
+    """A field_meta entry of the object shape ``{"at": ..., "actor": {...}, "origin": ...}``,
+    decoded without building its dicts (validate's typed decode). Only exactly these keys,
+    fully decoded: any other key or type makes validate decode the whole field_meta as
+    plain JSON instead, so both ways accept and reject the same texts. The merge reads
+    `at` as it reads a dict entry's "at"."""
+
+    at: Any = None
+    actor: Actor | None = None
+    origin: str | None = None
+
+
 class Change(msgspec.Struct, frozen=True):
     """A validated change of one of our records, ready to merge."""
 
@@ -43,6 +62,8 @@ class Change(msgspec.Struct, frozen=True):
     record_id: str
     op: str  # 'insert' | 'update' | 'delete'
     data: dict[str, Any]
+    # The entries as written (JSON), except that an entry of upstream's object shape may
+    # come as a MetaEntry (see there).
     field_meta: dict[str, Any]
     created_at: datetime  # timezone-aware
 

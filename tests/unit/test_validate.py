@@ -6,7 +6,7 @@ from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
 
-from consumer.model import Change, RawChange
+from consumer.model import Change, MetaEntry, RawChange
 from consumer.validate import Rejected, validate
 
 WHEN = datetime(2024, 5, 1, 12, 0, 0, 123456, tzinfo=UTC)
@@ -39,7 +39,8 @@ def test_good_row() -> None:
         data={"state": "active", "nextRunAt": "2024-05-01T12:00:00Z"},
         field_meta={
             "state": "2024-05-01T11:59:00Z",
-            "nextRunAt": {"at": "2024-05-01T11:59:00Z"},
+            # upstream's object shape comes typed (the merge reads its `at`)
+            "nextRunAt": MetaEntry(at="2024-05-01T11:59:00Z"),
         },
         created_at=WHEN,
     )
