@@ -395,6 +395,9 @@ class Window:
         folds = self.folds
         result = self.result
         max_bytes = self.max_bytes
+        # Counted here and added at the end: a row that fails the merge fails the window,
+        # whose result is then dropped whole.
+        added = bad = 0
         for row in rows:
             if row.missing:
                 self.missing.append((row.change_id, row.xid))
@@ -422,8 +425,10 @@ class Window:
                 else:
                     state = RecordState()
                 fold = folds[key] = (before, state)
-            result.bad_stamps += apply_change(fold[1], checked)
-            result.rows += 1
+            bad += apply_change(fold[1], checked)
+            added += 1
+        result.bad_stamps += bad
+        result.rows += added
 
     async def write(
         self, conn: psycopg.AsyncConnection, targets: Targets = LIVE, part: int = 2000

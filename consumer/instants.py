@@ -8,7 +8,6 @@ one clock read: the pure core is handed the time by its caller.
 
 from __future__ import annotations
 
-import functools
 import re
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -32,7 +31,11 @@ _LONG_FRACTION = re.compile(r"([.,]\d{6})\d+")
 # --------------------------------------------------------------------------- parsing
 
 
-@functools.lru_cache(maxsize=16384)
+_PARSED: dict[str, int | None] = {}
+_PARSED_MAX = 16384
+_MISS = object()
+
+
 def parse_us(text: str) -> int | None:
     """ISO-8601 date-time -> integer microseconds since epoch, or None if it does not parse.
 
@@ -40,8 +43,21 @@ def parse_us(text: str) -> int | None:
     digits (more are truncated to microseconds). A naive value (no offset) is read as UTC:
     mana-sync's clients write UTC (JS ``toISOString``), and a missing offset is far more
     likely an omitted 'Z' than a local time. Cached: one write usually stamps every field
-    with the same string, and re-delivered rows repeat them.
+    with the same string, and re-delivered rows repeat them. The cache is a plain dict
+    emptied when full, not an LRU: most stamps of a catch-up are new, and an LRU's miss
+    (its bookkeeping and eviction) cost more than the parse itself.
     """
+    us = _PARSED.get(text, _MISS)
+    if us is not _MISS:
+        return us  # type: ignore[return-value]
+    us = _parse_us(text)
+    if len(_PARSED) >= _PARSED_MAX:
+        _PARSED.clear()
+    _PARSED[text] = us
+    return us
+
+
+def _parse_us(text: str) -> int | None:
     try:
         dt = datetime.fromisoformat(text)
     except ValueError:

@@ -6,6 +6,7 @@ stable strings (an operator greps for them).
 
 from __future__ import annotations
 
+from datetime import UTC
 from typing import Any
 
 import msgspec
@@ -72,8 +73,8 @@ def validate(raw: RawChange, max_bytes: int) -> Change | Rejected:
     if op not in OPS:
         shown = op if len(op) <= 40 else op[:40] + "..."
         return Rejected(f"unknown op {shown!r}")
-    value = raw.id
-    if not value or value.isspace():
+    change_id = raw.id
+    if not change_id or change_id.isspace():
         return Rejected("empty id")
     value = raw.record_id
     if not value or value.isspace():
@@ -86,7 +87,7 @@ def validate(raw: RawChange, max_bytes: int) -> Change | Rejected:
     created_at = raw.created_at
     if created_at is None:
         return Rejected(f"created_at out of range ({raw.created_at_text})")
-    if created_at.utcoffset() is None:  # also when naive (no tzinfo)
+    if created_at.tzinfo is not UTC and created_at.utcoffset() is None:  # also when naive
         return Rejected("created_at has no time zone")
 
     data_text = raw.data
@@ -127,5 +128,5 @@ def validate(raw: RawChange, max_bytes: int) -> Change | Rejected:
     # Positional, in field order: id, user_id, table_name, record_id, op, data,
     # field_meta, created_at.
     return Change(
-        raw.id, raw.user_id, raw.table_name, raw.record_id, op, data, meta, created_at
+        change_id, raw.user_id, raw.table_name, raw.record_id, op, data, meta, created_at
     )

@@ -180,3 +180,16 @@ def test_any_text_parses_or_gives_none(text: str) -> None:
     assert us is None or isinstance(us, int)
     parsed = parse_instant(text)
     assert parsed is None or (parsed.tzinfo is UTC and us == to_us(parsed))
+
+
+def test_the_parse_cache_stays_bounded_and_answers_as_the_parse() -> None:
+    from consumer import instants
+
+    base = datetime(2025, 1, 1, tzinfo=UTC)
+    texts = [(base + timedelta(milliseconds=i)).isoformat()
+             for i in range(instants._PARSED_MAX + 10)]
+    texts += ["not-a-date", texts[0]]
+    for text in texts:
+        assert parse_us(text) == instants._parse_us(text)
+        assert len(instants._PARSED) <= instants._PARSED_MAX
+    assert parse_us("not-a-date") is None  # a cached None is an answer, not a miss
