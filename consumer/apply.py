@@ -141,10 +141,7 @@ async def apply_rows(
     changes: dict[Key, list[tuple[Change, RawChange]]] = defaultdict(list)
     rejected: list[tuple[RawChange, str]] = []
     for raw in raws:
-        try:
-            checked = validate(raw, max_bytes)
-        except Exception as exc:  # a row validate did not foresee must not stop the batch
-            checked = Rejected(f"invalid row: {type(exc).__name__}: {exc}")
+        checked = checked_row(raw, max_bytes)
         if isinstance(checked, Rejected):
             rejected.append((raw, checked.reason))
         else:
@@ -171,6 +168,30 @@ async def apply_rows(
     if not defer_counts:
         await result.settle()
     return result
+
+
+_probe = msgspec.msgpack.Encoder()
+
+
+def checked_row(raw: RawChange, max_bytes: int) -> Change | Rejected:
+    """`validate`, and the row's data must be storable in the clocks (MessagePack holds no
+    integer past 64 bits). Checked row by row, so that such a row is quarantined as
+    unmergeable whatever rows it comes with: folded with a later row of its record that
+    overwrites the field, the state would encode, and the row apply silently in a chunk
+    or a window while the row path quarantines it."""
+    try:
+        checked = validate(raw, max_bytes)
+        if not isinstance(checked, Rejected):
+            _probe.encode(checked.data)
+    except (OverflowError, msgspec.EncodeError) as exc:
+        return Rejected(_unmergeable(exc))
+    except Exception as exc:  # a row validate did not foresee must not stop the batch
+        return Rejected(f"invalid row: {type(exc).__name__}: {exc}")
+    return checked
+
+
+def _unmergeable(exc: BaseException) -> str:
+    return f"unmergeable: {type(exc).__name__}: {exc}"
 
 
 def _merge(
@@ -200,7 +221,7 @@ def _merge_each(
             encoded = encode_state(state)
         except Exception as exc:
             state = decode_state(encoded)  # back to the last state that encoded
-            rejected.append((raw, f"unmergeable: {type(exc).__name__}: {exc}"))
+            rejected.append((raw, _unmergeable(exc)))
             continue
         result.bad_stamps += bad
         result.rows += 1
@@ -364,6 +385,12 @@ def gc_paused() -> Iterator[None]:
         gc.enable()
 
 
+# Records per statement of a window's write. A part's JSON (about 1.5 KB a record) then
+# fits the socket's buffer: the server takes the part whole and writes it while we make the
+# next one. Parts of 2,000 records ran at half the speed, with twice the client CPU per
+# row (bench_catchup, docs/benchmarks.md).
+WINDOW_PART = 250
+
 Hot = dict[Key, tuple[bytes, RecordState]]  # decoded clocks, by the bytes they encode to
 
 
@@ -402,11 +429,8 @@ class Window:
             if row.missing:
                 self.missing.append((row.change_id, row.xid))
                 continue
-            try:
-                # A journal row with its log row has RawChange's fields: no copy to validate.
-                checked = validate(row, max_bytes)  # type: ignore[arg-type]
-            except Exception as exc:  # as in apply_rows: the window goes on
-                checked = Rejected(f"invalid row: {type(exc).__name__}: {exc}")
+            # A journal row with its log row has RawChange's fields: no copy to validate.
+            checked = checked_row(row, max_bytes)  # type: ignore[arg-type]
             if type(checked) is Rejected:
                 self.rejected.append((row.raw(), checked.reason))
                 continue
@@ -431,7 +455,7 @@ class Window:
         result.rows += added
 
     async def write(
-        self, conn: psycopg.AsyncConnection, targets: Targets = LIVE, part: int = 2000
+        self, conn: psycopg.AsyncConnection, targets: Targets = LIVE, part: int = WINDOW_PART
     ) -> Hot:
         """Write every changed record once, in parts of `part` records (each part one
         statement that locks the tables in the one order, snapshots/write.tmpl.sql): in
