@@ -117,6 +117,18 @@ def load_traffic(dsn: str, rows: list[tuple], groups: list[int]) -> None:
                 conn.execute("DELETE FROM public.sync_changes WHERE id = %s", (change_id,))
 
 
+def bootstrapped(dsn: str) -> tuple:
+    """Mark the bootstrap done (the log has nothing older than the journal); returns the
+    checkpoint to `reset` to."""
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute("UPDATE mana_ai.checkpoint SET bootstrapped = true")
+        start = conn.execute(
+            "SELECT applied_below::text FROM mana_ai.checkpoint WHERE name = 'projection'"
+        ).fetchone()
+    assert start is not None
+    return start
+
+
 def reset(dsn: str, checkpoint: tuple) -> None:
     with psycopg.connect(dsn, autocommit=True) as conn:
         conn.execute(RESET)
@@ -143,11 +155,7 @@ async def test_windows_write_exactly_what_the_row_path_writes(
         conn.execute(
             "ALTER TABLE public.sync_changes DROP CONSTRAINT IF EXISTS sync_changes_op_check"
         )
-        conn.execute("UPDATE mana_ai.checkpoint SET bootstrapped = true")
-        start = conn.execute(
-            "SELECT applied_below::text FROM mana_ai.checkpoint WHERE name = 'projection'"
-        ).fetchone()
-    assert start is not None
+    start = bootstrapped(db)
     load_traffic(db, rows, groups + [len(rows)])
     # The row path: one row per chunk, never a window.
     await project(db, Projector(batch_size=1, window_rows=0, max_row_bytes=500))
@@ -229,12 +237,7 @@ async def test_an_unmergeable_row_is_quarantined_whatever_rows_it_comes_with(db:
         (2, "huge-int", "title", 0, 2, None),
         (2, "write", "title", 3, 3, None),
     ]
-    with psycopg.connect(db, autocommit=True) as conn:
-        conn.execute("UPDATE mana_ai.checkpoint SET bootstrapped = true")
-        start = conn.execute(
-            "SELECT applied_below::text FROM mana_ai.checkpoint WHERE name = 'projection'"
-        ).fetchone()
-    assert start is not None
+    start = bootstrapped(db)
     load_traffic(db, rows, [len(rows)])
     results = []
     for projector in (
@@ -259,12 +262,7 @@ async def test_after_a_failed_window_the_pass_goes_back_to_windows(
     opens windows again; it ends where the row path does."""
     rows: list[tuple] = [(i % 5, "write", "title", i, i, None) for i in range(40)]
     rows[3] = (3, "huge-int", "title", 0, 1000, None)  # quarantined on every path
-    with psycopg.connect(db, autocommit=True) as conn:
-        conn.execute("UPDATE mana_ai.checkpoint SET bootstrapped = true")
-        start = conn.execute(
-            "SELECT applied_below::text FROM mana_ai.checkpoint WHERE name = 'projection'"
-        ).fetchone()
-    assert start is not None
+    start = bootstrapped(db)
     load_traffic(db, rows, [1] * len(rows))
     await project(db, Projector(batch_size=1, window_rows=0))
     by_row = stored(db)
