@@ -181,12 +181,13 @@ def checked_row(raw: RawChange, max_bytes: int) -> Change | Rejected:
     or a window while the row path quarantines it."""
     try:
         checked = validate(raw, max_bytes)
-        if not isinstance(checked, Rejected):
-            _probe.encode(checked.data)
-    except (OverflowError, msgspec.EncodeError) as exc:
-        return Rejected(_unmergeable(exc))
     except Exception as exc:  # a row validate did not foresee must not stop the batch
         return Rejected(f"invalid row: {type(exc).__name__}: {exc}")
+    if not isinstance(checked, Rejected):
+        try:
+            _probe.encode(checked.data)
+        except Exception as exc:  # whatever the clocks' encoder refuses, as _merge_each
+            return Rejected(_unmergeable(exc))
     return checked
 
 
