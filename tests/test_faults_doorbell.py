@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import signal
 import time
+from collections.abc import Callable
 
 import pytest
 
@@ -73,6 +74,18 @@ def the_ring_still_works(dsn: str) -> float:
     return took
 
 
+def recovered_whole(dsn: str, proc: ConsumerProcess, parked_anew: Callable[[], bool]) -> float:
+    """After a fault: the consumer parks armed again (`parked_anew`), on the doorbell of
+    the only leader's work session; a later row rings once and applies; the process is
+    alive and nothing is lost. Returns the seconds that later row took."""
+    wait_for(parked_anew, PROMPT, "the consumer parked armed again")
+    assert_armed_by_the_only_leader(dsn)
+    later = the_ring_still_works(dsn)
+    assert proc.alive(), proc.output()
+    assert_nothing_lost(dsn)
+    return later
+
+
 @pytest.mark.parametrize("moment", ["parked", "ring in flight"])
 def test_a_leader_killed_while_armed_hands_over_and_no_row_waits_for_the_safety_poll(
     db: str, moment: str
@@ -106,11 +119,7 @@ def test_a_leader_killed_while_armed_hands_over_and_no_row_waits_for_the_safety_
                 )
             since_kill = time.monotonic() - killed
             # The new leader parks on an arming of its own; the old session's is gone.
-            wait_for(lambda: parked(db) not in (None, old), PROMPT, "the standby parked armed")
-            assert_armed_by_the_only_leader(db)
-            later = the_ring_still_works(db)
-            assert standby.alive(), standby.output()
-            assert_nothing_lost(db)
+            later = recovered_whole(db, standby, lambda: parked(db) not in (None, old))
     print(f"\nleader killed ({moment}): rows applied {since_kill:.2f} s after the kill "
           f"(waited {took:.2f} s); a row afterwards {later:.3f} s")
 
@@ -130,10 +139,6 @@ def test_a_server_restart_while_armed_rearms_on_the_new_work_session_only(
         wait_for(lambda: applied(db, "after"), PROMPT, "a row after the restart applied")
         took = time.monotonic() - up
         # Idle again: parked, and the doorbell is held by the new work session alone.
-        wait_for(lambda: parked(db) is not None, PROMPT, "the consumer parked armed again")
-        assert_armed_by_the_only_leader(db)
-        later = the_ring_still_works(db)
-        assert consumer.alive(), consumer.output()
-        assert_nothing_lost(db)
+        later = recovered_whole(db, consumer, lambda: parked(db) is not None)
     print(f"\nserver restart while armed: a row applied {took:.2f} s after the server was up;"
           f" a row afterwards {later:.3f} s")
