@@ -179,7 +179,9 @@ async def test_a_window_killed_midway_leaves_a_checkpoint_the_snapshots_agree_wi
     load_traffic(db, rows, [3] * 20)  # 20 transactions: the checkpoint can stop between
     with psycopg.connect(db) as conn:
         journal = conn.execute(
-            "SELECT xid::text, change_id::text FROM mana_ai.journal ORDER BY xid, change_id"
+            # Qualified: a bare `xid` would name the text output column, and '1000' < '999'.
+            "SELECT j.xid::text, j.change_id::text FROM mana_ai.journal j "
+            "ORDER BY j.xid, j.change_id"
         ).fetchall()
 
     with psycopg.connect(db) as conn:
