@@ -235,8 +235,10 @@ def test_a_deposed_leaders_window_moves_nothing_and_it_stands_by(db: str) -> Non
             assert row is not None and int(row[0]) == epoch + 1
             assert windows_at_the_gate(db, gate) == [pid]
             gate.open()
-            # The window's compare-and-set is refused: the old leader stands by.
-            wait_for(lambda: "deposed" in old.output(), WITHIN, "the old leader deposed")
+            # The window's compare-and-set is refused (not the idle probe: the pass never
+            # ended), and the old leader stands by.
+            refused = f"deposed: leader epoch {epoch} of checkpoint {CHECKPOINT} is gone"
+            wait_for(lambda: refused in old.output(), WITHIN, "the window's CAS refused")
             wait_for(lambda: role_of(port) == "standby", WITHIN, "the old leader stands by")
             assert sessions(db, WORK_APP) == 0, "a standby holds no work connection"
             # Its window moved nothing: the checkpoint is the first chunk's, the snapshots
