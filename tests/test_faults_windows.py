@@ -1,9 +1,10 @@
 """Faults in the middle of a catch-up window, against a real server and `consumer run`
 processes: the server restarts, the work connection is terminated, the leader is SIGKILLed
-with a second copy standing by, the leader is deposed. Each time the consumer (or its
-successor) applies the whole backlog: the snapshots equal the fold of the log (`consumer
-replay --verify` agrees), exactly the rows that cannot apply are quarantined, once, and the
-checkpoint is past every journal row.
+with a second copy standing by, the leader is deposed, the window stalls past stall_after
+(the watchdog severs it). Each time the consumer (or its successor) applies the whole
+backlog: the snapshots equal the fold of the log (`consumer replay --verify` agrees),
+exactly the rows that cannot apply are quarantined, once, and the checkpoint is past every
+journal row.
 
 Mid-window, for certain. The backlog is written while no consumer runs; the rows it must
 quarantine come after the pass's first chunk, so only a window's last write statement (the
@@ -260,3 +261,24 @@ def test_a_deposed_leaders_window_moves_nothing_and_it_stands_by(db: str) -> Non
         finished_whole(db, bad, old)
         leader = [app for _, _, granted, app in advisory_lock(db, locks.LEADER) if granted]
         assert leader == [LISTENER_APP]
+
+
+def test_a_window_stalled_past_stall_after_is_severed_and_a_new_term_finishes(db: str) -> None:
+    bad = backlog(db)
+    version = checkpoint_version(db)
+    with Gate(db) as gate, ConsumerProcess(db, [*RUN, "--stall-after", "2"]) as consumer:
+        pid = window_in_flight(db, gate, version + 1)
+        epoch = leader_epoch(db)
+        # Nothing commits for 2 s: the watchdog severs the work connection, the term ends
+        # and a new one begins (a new epoch) while the window waits at the gate still.
+        severed = "apply pass: nothing committed: no answer within 2 s"
+        wait_for(lambda: severed in consumer.output(), WITHIN, "the stalled window severed")
+        wait_for(lambda: leader_epoch(db) > epoch, WITHIN, "a new term")
+        # The severed window's server session waits on (it does not look at its client),
+        # holding the rows it wrote; the new term's first chunk waits for them. Let it
+        # through: it meets the new epoch and commits nothing (had it moved the checkpoint,
+        # the new term's compare-and-set would find the version moved and stop the process).
+        assert pid in windows_at_the_gate(db, gate)
+        gate.open()
+        wait_for(lambda: pid not in session_pids(db, WORK_APP), WITHIN, "its session ends")
+        finished_whole(db, bad, consumer)
