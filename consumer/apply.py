@@ -129,6 +129,7 @@ async def apply_rows(
     defer_counts: bool = False,
     missing: Sequence[tuple[str, str]] = (),
     finish: Finish = NO_FINISH,
+    cursor: psycopg.AsyncCursor | None = None,
 ) -> Applied:
     """Validate, merge and write `raws`. `states`: the stored clocks of every record the
     rows touch (None: not stored yet), when the caller already read them; otherwise they
@@ -136,7 +137,9 @@ async def apply_rows(
     in pipeline mode nothing waits for a result before the caller's COMMIT. `missing`:
     (change id, xid) of journaled rows whose log row is gone; they are quarantined as
     `log-row-missing` with the rejected rows. `finish`: what the writing statement also does
-    (it runs even with nothing else to write)."""
+    (it runs even with nothing else to write). `cursor`: a cursor of `conn` to write with (a
+    new one when None); its answer is read before this returns, so not with defer_counts."""
+    assert cursor is None or not defer_counts, "a kept cursor's answer must be read at once"
     result = Applied()
     changes: dict[Key, list[tuple[Change, RawChange]]] = defaultdict(list)
     rejected: list[tuple[RawChange, str]] = []
@@ -164,7 +167,7 @@ async def apply_rows(
             kind, user_id, record_id = key
             (result.missions if kind == "mission" else result.agents).add((user_id, record_id))
     if changed or rejected or missing or finish.name is not None or finish.arm:
-        await _write(conn, changed, targets, result, finish, rejected, missing)
+        await _write(conn, changed, targets, result, finish, rejected, missing, cursor)
     if not defer_counts:
         await result.settle()
     return result
@@ -316,10 +319,12 @@ async def _write(
     finish: Finish = NO_FINISH,
     rejected: Sequence[tuple[RawChange, str]] = (),
     missing: Sequence[tuple[str, str]] = (),
+    cursor: psycopg.AsyncCursor | None = None,
 ) -> None:
     """Write `changed` and quarantine `rejected` and `missing` ((change id, xid) of journaled
-    rows whose log row is gone: `log-row-missing`) in one statement, with `finish`. Its
-    answers are left to `settle`: in pipeline mode nothing waits for them."""
+    rows whose log row is gone: `log-row-missing`) in one statement, with `finish`, on
+    `cursor` (a new one when None). Its answers are left to `settle`: in pipeline mode
+    nothing waits for them."""
     batch: dict[str, list[dict[str, Any]]] = {}
     clocks = batch.setdefault("clocks", []) if changed else []
     for (kind, user_id, record_id), state, encoded in changed:
@@ -354,7 +359,8 @@ async def _write(
             for change_id, xid in missing
         ]
     names = frozenset(batch) | ({"moved"} if finish.name is not None else set())
-    cur = await conn.execute(
+    cur = cursor if cursor is not None else conn.cursor()
+    await cur.execute(
         _write_query(targets, names, finish.arm),
         {
             **{name: _json.encode(rows).decode() for name, rows in batch.items()},

@@ -137,13 +137,15 @@ async def send_read(
     after: tuple[str, str],
     limit: int,
     release: bool = False,
+    cursor: psycopg.AsyncCursor | None = None,
 ) -> psycopg.AsyncCursor:
     """Send the read of up to `limit` journal rows not visible in the snapshot `prev`, after
     the keyset position `after`; `received` turns the cursor into a chunk. In pipeline mode
     the server reads while the caller does other work. `release`: let the doorbell go if
-    there are rows (see journal/read.sql)."""
-    return await conn.execute(load("journal/read"), _bounds(prev, after, limit, release=release),
-                              binary=True)
+    there are rows (see journal/read.sql). `cursor`: a binary cursor of `conn` to run it on
+    (a new one when None)."""
+    cur = cursor if cursor is not None else conn.cursor(binary=True)
+    return await cur.execute(load("journal/read"), _bounds(prev, after, limit, release=release))
 
 
 async def received(cur: psycopg.AsyncCursor) -> JournalChunk:
@@ -156,9 +158,10 @@ async def read(
     after: tuple[str, str],
     limit: int,
     release: bool = False,
+    cursor: psycopg.AsyncCursor | None = None,
 ) -> JournalChunk:
     """One chunk of journal rows not visible in `prev`, after the keyset position `after`."""
-    return await received(await send_read(conn, prev, after, limit, release))
+    return await received(await send_read(conn, prev, after, limit, release, cursor))
 
 
 async def read_one(conn: psycopg.AsyncConnection, xid: str, change_id: str) -> JournalChunk:

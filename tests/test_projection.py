@@ -393,3 +393,24 @@ async def test_bootstrap_applies_a_failing_batch_row_by_row(db: str) -> None:
     await project(db)
     assert set(quarantine(db)) == {rejected}
     assert set(actual_snapshots(db)["missions"]) == {("u1", "g1"), ("u1", "g2")}
+
+
+async def test_a_projector_moved_to_a_new_connection_reads_and_writes_on_it(db: str) -> None:
+    """The chunk path keeps its cursors per work connection: after a reconnect (with or
+    without `forget`) every pass runs on the connection it is given, not on a closed one."""
+    projector = Projector()
+    with psycopg.connect(db, autocommit=True) as conn:
+        mission(conn, "m1", state="active")
+    async with await aconnect(db, role="test") as first:
+        await projector.bootstrap(first)
+        assert (await projector.catch_up(first)).rows == 1
+    with psycopg.connect(db, autocommit=True) as conn:
+        mission(conn, "m2", state="active")
+    async with await aconnect(db, role="test") as second:  # the first one is closed
+        assert (await projector.catch_up(second)).rows == 1
+        projector.forget()
+        with psycopg.connect(db, autocommit=True) as conn:
+            mission(conn, "m3", state="active")
+        assert (await projector.catch_up(second)).rows >= 1
+    assert set(actual_snapshots(db)["missions"]) == {("u1", "m1"), ("u1", "m2"), ("u1", "m3")}
+    assert actual_snapshots(db) == expected_snapshots(db)
