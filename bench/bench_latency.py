@@ -3,10 +3,13 @@ a test.
 
 The consumer runs in this process (the same Projector + Follower + pool that
 `consumer.service.serve` builds, with the projector's on_applied wrapped to time each
-mission); writers in separate processes insert one mission per transaction, paced by the
-monotonic clock, and note time.monotonic() when each COMMIT returns. CLOCK_MONOTONIC is
-system-wide on Linux, so latency = applied - committed. Goals: p50 <= 2 ms at 500/s and
-p99 <= 10 ms at 2,000/s, each on the median of runs.
+mission). The writers are pgbench clients paced at the rate (-R), one new mission per
+transaction in mana-sync's shape; pgbench's per-transaction log (-l) says when each COMMIT
+returned, in wall-clock time, and the consumer side notes time.time() when each mission's
+pass committed: latency = applied - committed. (pgbench, not Python writers: a Python
+writer spends about half a millisecond of CPU per transaction, and at 2,000/s its
+processes took a core of the two from the consumer and the server.) Goals: p50 <= 2 ms at
+500/s and p99 <= 10 ms at 2,000/s, each on the median of runs.
 
     python -m bench.bench_latency [--quick] [--rates 500,2000] [--runs 3] [--seconds 6]
 """
@@ -15,10 +18,13 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import glob
 import math
-import multiprocessing as mp
+import os
 import sys
+import tempfile
 import time
+from pathlib import Path
 from typing import Any
 
 import anyio
@@ -31,62 +37,90 @@ from bench.common import (
     median,
     note,
     percentile,
+    pgbench,
     print_table,
     record,
+    run_pgbench,
     section,
     verdict,
 )
 from bench.statements import StatementTimer
-from bench.writes import INSERT_MISSION, mission_payload
+from bench.writes import mission_payload
 
 GOAL_P50_MS = 2.0
 GOAL_P99_MS = 10.0
 
-def _writer(dsn: str, prefix: str, rate: float, count: int, warmup: int, pipe: Any) -> None:
-    """Separate process: `warmup + count` mission inserts at `rate`/s, one per transaction
-(fewer when commits cannot keep the pace).
+# mana-sync's transaction shape: BEGIN; set_config(user); a one-row INSERT; COMMIT. Every
+# row is a new mission with an id of its own, so each row's snapshot is timed apart; the
+# pgbench client's number goes into client_id, so each client's rows can be matched, in
+# xid order, with its lines of the per-transaction log.
+WRITER_SCRIPT = """\\set u random(0, 49)
+\\set r random(1, 9000000000000000000)
+BEGIN;
+SELECT set_config('app.current_user_id', 'user-' || :u, true);
+INSERT INTO public.sync_changes
+    (app_id, table_name, record_id, user_id, op, data, field_meta, client_id)
+VALUES ('ai', 'aiMissions', 'lat-' || :r, 'user-' || :u, 'insert',
+        '{data}'::jsonb, '{meta}'::jsonb, 'lat-' || :client_id);
+COMMIT;
+"""
 
-    Sends back [(mission_id, monotonic time after COMMIT returned)] for the measured rows,
-    and the transaction durations.
-    """
-    try:
-        with psycopg.connect(dsn, autocommit=True) as conn:
-            conn.execute("SELECT 1")
-            pipe.send("ready")
-            pipe.recv()  # go
-            committed: list[tuple[str, float]] = []
-            txn_us: list[float] = []
-            interval = 1.0 / rate
-            t0 = time.monotonic()
-            # Commits slower than the pace (a busy disk) would stretch the run without
-            # bound: stop at twice the planned span; the report flags the rate reached.
-            stop_at = t0 + 2 * (warmup + count) * interval + 1.0
-            # The warm-up is its span, not its rows: behind the pace, rows still get measured.
-            warm_until = t0 + warmup * interval
-            for i in range(warmup + count):
-                if time.monotonic() > stop_at:
-                    break
-                user = f"user-{i % 50:03d}"
-                mission_id = f"{prefix}-{i:06d}"
-                data, meta = mission_payload(i, user)
-                target = t0 + i * interval
-                delay = target - time.monotonic()
-                if delay > 0:
-                    time.sleep(delay)
-                begun = time.monotonic()
-                # mana-sync's shape: BEGIN; set_config(user); INSERT; COMMIT.
-                with conn.transaction():
-                    conn.execute(
-                        "SELECT set_config('app.current_user_id', %s, true)", (user,)
-                    )
-                    conn.execute(INSERT_MISSION, (mission_id, user, data, meta))
-                done = time.monotonic()
-                if begun >= warm_until:
-                    committed.append((mission_id, done))
-                    txn_us.append((done - begun) * 1e6)
-            pipe.send(("ok", committed, txn_us, len(data) if count else 0, len(meta)))
-    except BaseException as exc:  # noqa: BLE001 - reported by the parent
-        pipe.send(("error", repr(exc)))
+ROWS_BY_CLIENT = """SELECT client_id, record_id FROM public.sync_changes
+    WHERE client_id LIKE 'lat-%' ORDER BY client_id, xmin::text::bigint"""
+
+
+def writer_clients(rate: float) -> int:
+    """pgbench clients for a rate: each durable commit takes about a millisecond here, so a
+    client paces about 250-500 rows/s without falling behind its schedule."""
+    return 4 if rate <= 1000 else 8
+
+
+def _write_load(dsn: str, exe: str, rate: float, clients: int, seconds: int, data: str,
+                meta: str) -> list[tuple[str, float, float]]:
+    """Run the pgbench writers; (mission id, commit wall time, transaction us) of every row
+    they wrote."""
+    with tempfile.TemporaryDirectory() as tmp:
+        script = os.path.join(tmp, "lat.sql")
+        Path(script).write_text(WRITER_SCRIPT.format(data=data, meta=meta))
+        prefix = os.path.join(tmp, "tx")
+        run_pgbench([exe, "-n", "-M", "prepared", "-c", str(clients), "-j", "2",
+                     "-R", f"{rate:g}", "-T", str(seconds), "-l", "--log-prefix", prefix,
+                     "-f", script, dsn])
+        with psycopg.connect(dsn) as conn:
+            written = [(str(c), str(m)) for c, m in conn.execute(ROWS_BY_CLIENT).fetchall()]
+        return _commits(prefix, written)
+
+
+def _commits(log_prefix: str, rows: list[tuple[str, str]]) -> list[tuple[str, float, float]]:
+    """(mission id, wall time when its COMMIT returned, transaction us) for every row, from
+    pgbench's per-transaction logs (one file per thread; a line: client, transaction number,
+    us, script, epoch s, us, ...). A client runs one transaction at a time, so its rows in
+    xid order are its transactions in order."""
+    lines: dict[str, list[tuple[int, float, float]]] = {}
+    for path in glob.glob(log_prefix + ".*"):
+        with open(path) as f:
+            for line in f:
+                fields = line.split()
+                client = f"lat-{fields[0]}"
+                done = int(fields[4]) + int(fields[5]) / 1e6
+                lines.setdefault(client, []).append((int(fields[1]), done, float(fields[2])))
+    by_client: dict[str, list[str]] = {}
+    for client, mission_id in rows:
+        by_client.setdefault(client, []).append(mission_id)
+    if sorted(by_client) != sorted(lines) or any(
+        len(by_client[c]) != len(lines[c]) for c in lines
+    ):
+        raise RuntimeError(
+            "pgbench's log does not match the rows written: "
+            f"{ {c: len(v) for c, v in lines.items()} } lines, "
+            f"{ {c: len(v) for c, v in by_client.items()} } rows"
+        )
+    commits = []
+    for client, logged in lines.items():
+        logged.sort()
+        for mission_id, (_no, done, us) in zip(by_client[client], logged, strict=True):
+            commits.append((mission_id, done, us))
+    return commits
 
 
 class _Seen:
@@ -108,7 +142,7 @@ class _Seen:
         self.calls = 0
 
     def __call__(self, applied: Any) -> None:
-        now = time.monotonic()
+        now = time.time()
         self.calls += 1
         self.pass_seconds.append(now - self.pass_started)
         for _user, mission_id in applied.missions:
@@ -122,12 +156,12 @@ class _Seen:
         inner_pass = projector.catch_up
 
         async def follow(work: Any, *args: Any, **kwargs: Any) -> Any:
-            self.follow_started = time.monotonic()
+            self.follow_started = time.time()
             return await inner_follow(work, *args, **kwargs)
 
         async def catch_up(conn: Any, *args: Any, **kwargs: Any) -> Any:
             self.passes += 1
-            self.pass_started = time.monotonic()
+            self.pass_started = time.time()
             return await inner_pass(conn, *args, **kwargs)
 
         follower._catch_up = follow
@@ -135,7 +169,7 @@ class _Seen:
 
 
 async def _latency_once(
-    dsn: str, *, rate: float, seconds: float, warmup_s: float, run: int,
+    dsn: str, pgbench_exe: str, *, rate: float, seconds: float, warmup_s: float,
     batch_max_wait: float | None = None,
 ) -> dict[str, Any]:
     from consumer.config import Settings
@@ -159,20 +193,9 @@ async def _latency_once(
     # connection it opens (the follower's work connection too: in pipeline mode a
     # statement's time is only its queueing; the pass total is what counts).
     connector = Connector(dsn, settings.bounds(), configure=configure)
-    # One Python writer paces 500/s well but cannot reach 1,000/s here (a durable commit
-    # takes about a millisecond): beyond 500/s the rate is split over writers of up to
-    # 500/s each, started together (their commits share flushes).
-    n_writers = max(1, math.ceil(rate / 500))
-    each = rate / n_writers
-    count = int(each * seconds)
-    warmup = int(each * warmup_s)
-    ctx = mp.get_context("spawn")
-    pipes = [ctx.Pipe() for _ in range(n_writers)]
-    writers = [
-        ctx.Process(target=_writer, args=(dsn, f"lat{run}w{k}", each, count, warmup, child),
-                    daemon=True)
-        for k, (_parent, child) in enumerate(pipes)
-    ]
+    data, meta = mission_payload(0, "user-0")
+    clients = writer_clients(rate)
+    total_s = math.ceil(warmup_s + seconds)
     async with connector.open_pool("runner", max_size=6):
         projector = Projector(
             batch_size=settings.batch_size, max_row_bytes=settings.max_row_bytes, on_applied=seen
@@ -184,35 +207,23 @@ async def _latency_once(
             with anyio.fail_after(30):
                 while not (health.listener_connected and projector.prev is not None):  # noqa: ASYNC110
                     await anyio.sleep(0.01)
-            for writer in writers:
-                writer.start()
-            for parent, _child in pipes:
-                ready = await anyio.to_thread.run_sync(parent.recv)
-                if ready != "ready":
-                    raise RuntimeError(f"writer failed: {ready!r}")
             await anyio.sleep(0.2)
             timer.stmt.clear()
             timer.calls.clear()
             timer.each = {}
             passes_before = seen.passes
-            for parent, _child in pipes:
-                parent.send("go")
-            committed, txn_us = [], []
-            data_bytes = meta_bytes = 0
-            for (parent, _child), writer in zip(pipes, writers, strict=True):
-                result = await anyio.to_thread.run_sync(parent.recv)
-                await anyio.to_thread.run_sync(writer.join, 10)
-                if result[0] != "ok":
-                    raise RuntimeError(f"writer failed: {result[1]}")
-                committed += result[1]
-                txn_us += result[2]
-                data_bytes, meta_bytes = result[3], result[4]
-            committed.sort(key=lambda c: c[1])
+            commits = await anyio.to_thread.run_sync(functools.partial(
+                _write_load, dsn, pgbench_exe, rate, clients, total_s, data, meta))
             deadline = time.monotonic() + 5.0  # stragglers
-            while time.monotonic() < deadline and any(m not in seen.at for m, _ in committed):  # noqa: ASYNC110
+            while time.monotonic() < deadline and any(m not in seen.at for m, _, _ in commits):  # noqa: ASYNC110
                 await anyio.sleep(0.02)
             passes = seen.passes - passes_before
             tg.cancel_scope.cancel()
+    # The warm-up is the run's first warmup_s seconds of commits.
+    commits.sort(key=lambda c: c[1])
+    start = commits[0][1] + warmup_s if commits else 0.0
+    committed = [(m, t) for m, t, _ in commits if t >= start]
+    txn_us = [us for _, t, us in commits if t >= start]
     done = [(m, t) for m, t in committed if m in seen.at]
     latencies = [(seen.at[m] - t) * 1000 for m, t in done]
     doorbell = [(seen.marks_of[m][0] - t) * 1000 for m, t in done]
@@ -225,7 +236,6 @@ async def _latency_once(
         "p99": percentile(latencies, 99),
         "max": max(latencies) if latencies else float("nan"),
         "latencies": latencies,
-        "writers": n_writers,
         "min": min(latencies) if latencies else float("nan"),
         "count": len(latencies),
         "missing": sum(1 for m, _ in committed if m not in seen.at),
@@ -243,8 +253,9 @@ async def _latency_once(
         "calls_per_pass": {k: v / max(passes, 1) for k, v in timer.calls.items()},
         "stmt_p50_us": {k: 1e6 * percentile(v, 50) for k, v in (timer.each or {}).items()},
         "stmt_p99_us": {k: 1e6 * percentile(v, 99) for k, v in (timer.each or {}).items()},
-        "data_bytes": data_bytes,
-        "meta_bytes": meta_bytes,
+        "data_bytes": len(data),
+        "meta_bytes": len(meta),
+        "clients": clients,
     }
 
 
@@ -270,12 +281,15 @@ def bench_latency(srv: Server, template: str, *, runs: int, rate: float, seconds
                   ) -> list[dict[str, Any]]:
     section(f"1. commit-to-snapshot latency: {rate:g} missions/s for {seconds:g} s "
             f"(+0.5 s warm-up), {runs} run(s)")
-    results = []
+    results: list[dict[str, Any]] = []
+    exe = pgbench()
+    if exe is None:
+        return results
     for run in range(runs):
         with srv.scratch(template, "lat") as dsn:
             res = anyio.run(
-                functools.partial(_latency_once, dsn, rate=rate, seconds=seconds,
-                                  warmup_s=0.5, run=run, batch_max_wait=batch_max_wait),
+                functools.partial(_latency_once, dsn, exe, rate=rate, seconds=seconds,
+                                  warmup_s=0.5, batch_max_wait=batch_max_wait),
                 backend="asyncio",
             )
         results.append(res)
@@ -321,7 +335,8 @@ def bench_latency(srv: Server, template: str, *, runs: int, rate: float, seconds
     )
     r0 = results[0]
     note(f"row: data {r0['data_bytes']} B, field_meta {r0['meta_bytes']} B (object stamps); "
-         "writer txn = BEGIN; set_config; INSERT; COMMIT")
+         f"writers: {r0['clients']} pgbench clients, -R {rate:g}, one transaction per row: "
+         "BEGIN; set_config; INSERT; COMMIT")
     with srv.scratch(template, "floor") as dsn:
         trip, commit = anyio.run(_floor, dsn, floor_trips, backend="asyncio")
     note(f"floor on this machine: one async round trip (SELECT 1) p50 {trip:.0f} us; "
