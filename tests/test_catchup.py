@@ -198,8 +198,14 @@ async def test_a_window_killed_midway_leaves_a_checkpoint_the_snapshots_agree_wi
             nonlocal calls
             calls += 1
             if calls == 9:  # the 1st chunk, a whole window (4 reads + its commit), 3 reads
+                # Wait until the session is gone (the timeout argument): the signal alone
+                # leaves it running until it is scheduled, and on a loaded machine the rest
+                # of this window, commit included, could get through before it dies.
                 with psycopg.connect(db, autocommit=True) as admin:
-                    admin.execute("SELECT pg_terminate_backend(%s)", (pid,))
+                    gone = admin.execute(
+                        "SELECT pg_terminate_backend(%s, 10000)", (pid,)
+                    ).fetchone()
+                    assert gone == (True,)
 
         projector.on_progress = progressed
         await projector.bootstrap(work)
