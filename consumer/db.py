@@ -44,6 +44,9 @@ def application_name(role: str) -> str:
     return f"{APPLICATION_NAME}/{role}"
 
 
+CLIENT_CHECK_MS = 1000
+
+
 class Bounds(msgspec.Struct, frozen=True, kw_only=True):
     """How long any wait on a connection may last."""
 
@@ -64,6 +67,11 @@ class Bounds(msgspec.Struct, frozen=True, kw_only=True):
             "tcp_keepalives_interval": interval,
             "tcp_keepalives_count": count,
             "tcp_user_timeout": user_timeout_ms,
+            # A session whose client is gone (killed, its socket cut) ends within a second
+            # even while its statement waits on a lock: otherwise it holds the rows it wrote
+            # until the lock comes or the statement times out, and a new leader's first
+            # write waits behind them.
+            "client_connection_check_interval": CLIENT_CHECK_MS,
         }
         if self.statement_timeout > 0:  # else the role's or the database's default holds
             server["statement_timeout"] = int(self.statement_timeout * 1000)

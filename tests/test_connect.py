@@ -164,3 +164,45 @@ def test_every_connection_of_the_service_and_a_replay_shows_its_role(db: str) ->
     assert names and all(NAMED.fullmatch(n) for n in names), names
     roles = {m[1] for n in names if (m := NAMED.fullmatch(n))}
     assert {"listener", "work", "scheduler", "runner", "replay"} <= roles <= ROLES, roles
+
+
+CHILD = """
+import sys, psycopg
+from consumer.db import Bounds
+conn = psycopg.connect(sys.argv[1], autocommit=True, **Bounds().kwargs("work"))
+print(conn.info.backend_pid, flush=True)
+conn.execute("SELECT count(*) FROM public.gate")  # waits on the test's lock
+"""
+
+
+def test_a_killed_clients_session_waiting_on_a_lock_ends_within_seconds(db: str) -> None:
+    """The session of a consumer killed while its statement waits on a lock must not live on
+    (holding what it wrote) until the lock comes or the statement times out (30 s)."""
+    with psycopg.connect(db, autocommit=True) as admin:
+        admin.execute("CREATE TABLE public.gate (x int)")
+        with psycopg.connect(db) as holder:
+            holder.execute("LOCK TABLE public.gate IN ACCESS EXCLUSIVE MODE")
+            child = subprocess.Popen([sys.executable, "-c", CHILD, db], stdout=subprocess.PIPE,
+                                     text=True, env=ENV)
+            assert child.stdout is not None
+            pid = int(child.stdout.readline())
+
+            def waiting() -> bool:
+                row = admin.execute(
+                    "SELECT wait_event_type FROM pg_stat_activity WHERE pid = %s", (pid,)
+                ).fetchone()
+                return row is not None and row[0] == "Lock"
+
+            deadline = time.monotonic() + 10
+            while not waiting():
+                assert time.monotonic() < deadline, "the child never waited on the lock"
+                time.sleep(0.05)
+            child.kill()
+            child.wait(10)
+            killed = time.monotonic()
+            while admin.execute(
+                "SELECT 1 FROM pg_stat_activity WHERE pid = %s", (pid,)
+            ).fetchone():
+                assert time.monotonic() - killed < 5, "the session outlived its client"
+                time.sleep(0.05)
+            holder.rollback()  # the lock was held all along
