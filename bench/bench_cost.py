@@ -66,23 +66,11 @@ from bench.common import (
     verdict,
 )
 from bench.procs import ConsumerProcess, consumer_env, proc_cpu
-from bench.writes import ROW_DATA, ROW_META
+from bench.writes import ROW_DATA, ROW_META, pgbench_script
 
 GOAL_LISTENER_10 = 0.95  # throughput with the listener, 10 % ours, against no trigger
 GOAL_CONSUMER_10 = 0.90  # with the consumer running, 10 % ours, 2 writers
 GOAL_CLIENT_US_PER_ROW = 150  # consumer process CPU per applied row at 500 rows/s
-
-# mana-sync's transaction, one row per transaction; :u and :r are pgbench variables.
-WRITER_SCRIPT = """\\set r random(1, 20000)
-\\set u random(1, 1000)
-BEGIN;
-SELECT set_config('app.current_user_id', 'user-' || :u, true);
-INSERT INTO public.sync_changes
-    (app_id, table_name, record_id, user_id, op, data, field_meta, client_id)
-VALUES ('{app}', '{table}', 'rec-' || :r, 'user-' || :u, 'update',
-        '{data}'::jsonb, '{meta}'::jsonb, 'pgbench');
-COMMIT;
-"""
 
 VARIANTS = ("trigger", "listener", "consumer")
 
@@ -139,7 +127,8 @@ def write_scripts(folder: str) -> dict[str, str]:
     for name, app, table in (("ours", "ai", "aiMissions"), ("other", "notes", "notes")):
         path = os.path.join(folder, f"{name}.sql")
         Path(path).write_text(
-            WRITER_SCRIPT.format(app=app, table=table, data=ROW_DATA, meta=ROW_META))
+            pgbench_script(app=app, table=table, records=20000, users="1, 1000", prefix="rec-",
+                           op="update", data=ROW_DATA, meta=ROW_META, client="'pgbench'"))
         paths[name] = path
     return paths
 

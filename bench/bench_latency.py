@@ -45,26 +45,14 @@ from bench.common import (
     verdict,
 )
 from bench.statements import StatementTimer
-from bench.writes import mission_payload
+from bench.writes import mission_payload, pgbench_script
 
 GOAL_P50_MS = 2.0
 GOAL_P99_MS = 10.0
 
-# mana-sync's transaction shape: BEGIN; set_config(user); a one-row INSERT; COMMIT. Every
-# row is a new mission with an id of its own, so each row's snapshot is timed apart; the
-# pgbench client's number goes into client_id, so each client's rows can be matched, in
-# xid order, with its lines of the per-transaction log.
-WRITER_SCRIPT = """\\set u random(0, 49)
-\\set r random(1, 9000000000000000000)
-BEGIN;
-SELECT set_config('app.current_user_id', 'user-' || :u, true);
-INSERT INTO public.sync_changes
-    (app_id, table_name, record_id, user_id, op, data, field_meta, client_id)
-VALUES ('ai', 'aiMissions', 'lat-' || :r, 'user-' || :u, 'insert',
-        '{data}'::jsonb, '{meta}'::jsonb, 'lat-' || :client_id);
-COMMIT;
-"""
-
+# Every row is a new mission with an id of its own, so each row's snapshot is timed apart;
+# the pgbench client's number goes into client_id, so each client's rows can be matched,
+# in xid order, with its lines of the per-transaction log.
 ROWS_BY_CLIENT = """SELECT client_id, record_id FROM public.sync_changes
     WHERE client_id LIKE 'lat-%' ORDER BY client_id, xmin::text::bigint"""
 
@@ -81,7 +69,9 @@ def _write_load(dsn: str, exe: str, rate: float, clients: int, seconds: int, dat
     they wrote."""
     with tempfile.TemporaryDirectory() as tmp:
         script = os.path.join(tmp, "lat.sql")
-        Path(script).write_text(WRITER_SCRIPT.format(data=data, meta=meta))
+        Path(script).write_text(pgbench_script(
+            app="ai", table="aiMissions", records=9_000_000_000_000_000_000, users="0, 49",
+            prefix="lat-", op="insert", data=data, meta=meta, client="'lat-' || :client_id"))
         prefix = os.path.join(tmp, "tx")
         run_pgbench([exe, "-n", "-M", "prepared", "-c", str(clients), "-j", "2",
                      "-R", f"{rate:g}", "-T", str(seconds), "-l", "--log-prefix", prefix,

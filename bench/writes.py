@@ -41,6 +41,28 @@ def mission_payload(i: int, user: str) -> tuple[str, str]:
     return json.dumps(data, separators=(",", ":")), json.dumps(meta, separators=(",", ":"))
 
 
+# mana-sync's transaction for pgbench: BEGIN; set_config(user); a one-row INSERT; COMMIT.
+# :r (the record's number) and :u (the user's) are drawn per transaction.
+_PGBENCH_TXN = """\\set r random(1, {records})
+\\set u random({users})
+BEGIN;
+SELECT set_config('app.current_user_id', 'user-' || :u, true);
+INSERT INTO public.sync_changes
+    (app_id, table_name, record_id, user_id, op, data, field_meta, client_id)
+VALUES ('{app}', '{table}', '{prefix}' || :r, 'user-' || :u, '{op}',
+        '{data}'::jsonb, '{meta}'::jsonb, {client});
+COMMIT;
+"""
+
+
+def pgbench_script(*, app: str, table: str, records: int, users: str, prefix: str, op: str,
+                   data: str, meta: str, client: str) -> str:
+    """A pgbench script of one mana-sync transaction. `users`: "low, high" of the user
+    number; `client`: the SQL expression stored as client_id."""
+    return _PGBENCH_TXN.format(app=app, table=table, records=records, users=users,
+                               prefix=prefix, op=op, data=data, meta=meta, client=client)
+
+
 # One row for pgbench writers: a mission's update, ~300 bytes of data and string stamps.
 ROW_DATA = json.dumps({
     "title": "Weekly competitor scan", "state": "active", "agentId": "agent-0001",
