@@ -47,6 +47,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+import anyio
 import psycopg
 
 from bench.common import (
@@ -332,7 +333,24 @@ def run_paced(srv: Server, template: str, exe: str, rate: int, seconds: int,
             "idle_backend_cores": (idle1[1] - idle0[1]) / (t1 - t0)}
 
 
-def report_paced(runs: list[dict[str, Any]]) -> None:
+async def _trip_cpu(dsn: str, n: int) -> float:
+    """Client CPU us of one async psycopg round trip (SELECT 1), in this process."""
+    async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
+        for _ in range(100):
+            await conn.execute("SELECT 1")
+        started = time.thread_time()
+        for _ in range(n):
+            await conn.execute("SELECT 1")
+        return 1e6 * (time.thread_time() - started) / n
+
+
+def trip_floor(srv: Server, template: str, n: int = 2000) -> float:
+    """The floor under a pass's cost on this machine: the client CPU of one statement."""
+    with srv.scratch(template, "trip") as dsn:
+        return float(anyio.run(_trip_cpu, dsn, n, backend="asyncio"))
+
+
+def report_paced(runs: list[dict[str, Any]], trip_us: float) -> None:
     rows = []
     for r in runs:
         n = r["rows"] or math.nan
@@ -354,7 +372,10 @@ def report_paced(runs: list[dict[str, Any]]) -> None:
             per_row = 1e6 * r["client_s"] / r["rows"]
             verdict(f"500 rows/s: client CPU {per_row:.0f} us per applied row <= "
                     f"{GOAL_CLIENT_US_PER_ROW} us", per_row <= GOAL_CLIENT_US_PER_ROW)
+    note(f"floor on this machine: one async round trip (SELECT 1) costs {trip_us:.0f} us of "
+         "client CPU; a lone row's pass is a ring, a read and a write (two statements)")
     record("cost_paced", runs)
+    record("cost_trip_cpu_us", trip_us)
 
 
 def parse_args(argv: list[str]) -> Any:
@@ -410,7 +431,7 @@ def main(argv: list[str] | None = None) -> int:
             paced.append(run_paced(srv, template, exe, rate, args.paced_seconds,
                                    profile=args.profile if i == 0 else None))
         if paced:
-            report_paced(paced)
+            report_paced(paced, trip_floor(srv, template))
         for mix in args.mixes:
             for writers in args.writers:
                 section(f"{writers} writer(s), {mix} % of rows ours")
