@@ -42,12 +42,11 @@ its ``created_at``) until ``consumer replay`` rebuilds them.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from datetime import timedelta
 from typing import Any
 
 import msgspec
 
-from .instants import EPOCH, parse_us, to_us
+from .instants import parse_us, to_us
 from .model import Change, MetaEntry
 
 __all__ = [
@@ -65,9 +64,6 @@ __all__ = [
     "materialize",
     "parse_stamp",
 ]
-
-_US = timedelta(microseconds=1)
-
 
 class Cell(msgspec.Struct, array_like=True, gc=False):
     """The current winner of one field, with the key that made it win."""
@@ -225,12 +221,10 @@ def apply_change(state: RecordState, change: Change) -> int:
     (plain, or an object's "at") but did not parse; those fields use ``created_at``.
     A missing stamp, or one of another type, is "no stamp" and not counted.
     """
-    at = change.created_at
-    created = (at - EPOCH) // _US if at.tzinfo is not None else to_us(at)  # to_us, in line
+    created = to_us(change.created_at)
     last = state.last_applied_us
     first = state.first
-    # is_legacy(state), read before this row counts (a state with `first` never is).
-    legacy = first is None and last is not None and (bool(state.fields) or not state.deleted)
+    legacy = last is not None and is_legacy(state)  # read before this row counts
     if last is None or created > last:
         state.last_applied_us = created
     if change.op == "delete":
