@@ -34,6 +34,10 @@ def _utf8_len(text: str | None) -> int:
     return len(text) if text.isascii() else len(text.encode("utf-8", "surrogatepass"))
 
 
+def _blank(value: str) -> bool:
+    return not value or value.isspace()
+
+
 def _object(text: str | None, what: str, null_ok: bool) -> dict[str, Any] | Rejected:
     """Decode the text of a JSON object. SQL NULL or JSON null -> {} when ``null_ok``."""
     value = None
@@ -67,20 +71,16 @@ def validate(raw: RawChange, max_bytes: int) -> Change | Rejected:
 
     A journal row that is not `missing` does as well (it has the same fields, `id` being
     its change id): the catch-up then builds no RawChange for a row that validates. The
-    checks are written out in line (this runs once per row of a catch-up), in the order
-    their reasons are given."""
+    checks come in the order their reasons are given."""
     op = raw.op
     if op not in OPS:
         shown = op if len(op) <= 40 else op[:40] + "..."
         return Rejected(f"unknown op {shown!r}")
-    change_id = raw.id
-    if not change_id or change_id.isspace():
+    if _blank(raw.id):
         return Rejected("empty id")
-    value = raw.record_id
-    if not value or value.isspace():
+    if _blank(raw.record_id):
         return Rejected("empty record_id")
-    value = raw.user_id
-    if not value or value.isspace():
+    if _blank(raw.user_id):
         return Rejected("empty user_id")
     if raw.table_name not in TABLES:
         return Rejected("not our table")
@@ -92,11 +92,7 @@ def validate(raw: RawChange, max_bytes: int) -> Change | Rejected:
 
     data_text = raw.data
     meta_text = raw.field_meta
-    size = 0
-    if data_text is not None:
-        size = len(data_text) if data_text.isascii() else _utf8_len(data_text)
-    if meta_text is not None:
-        size += len(meta_text) if meta_text.isascii() else _utf8_len(meta_text)
+    size = _utf8_len(data_text) + _utf8_len(meta_text)
     if size > max_bytes:
         return Rejected(f"payload too large ({size} bytes > limit {max_bytes})")
 
@@ -128,5 +124,5 @@ def validate(raw: RawChange, max_bytes: int) -> Change | Rejected:
     # Positional, in field order: id, user_id, table_name, record_id, op, data,
     # field_meta, created_at.
     return Change(
-        change_id, raw.user_id, raw.table_name, raw.record_id, op, data, meta, created_at
+        raw.id, raw.user_id, raw.table_name, raw.record_id, op, data, meta, created_at
     )
