@@ -310,4 +310,3 @@ async def test_after_a_failed_window_the_pass_goes_back_to_windows(
     assert sum(outcomes[1:]) == len(rows) - 2 - (6 + 2), outcomes  # type: ignore[arg-type]
     assert stored(db) == by_row
     assert [reason for _, reason in by_row["quarantine"]][0].startswith("unmergeable")
-
