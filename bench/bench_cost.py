@@ -62,6 +62,7 @@ from bench.common import (
     print_table,
     ratio_interval,
     record,
+    round_trips,
     run_pgbench,
     section,
     verdict,
@@ -336,12 +337,8 @@ def run_paced(srv: Server, template: str, exe: str, rate: int, seconds: int,
 async def _trip_cpu(dsn: str, n: int) -> float:
     """Client CPU us of one async psycopg round trip (SELECT 1), in this process."""
     async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
-        for _ in range(100):
-            await conn.execute("SELECT 1")
-        started = time.thread_time()
-        for _ in range(n):
-            await conn.execute("SELECT 1")
-        return 1e6 * (time.thread_time() - started) / n
+        await round_trips(conn, 100)  # warm-up
+        return (await round_trips(conn, n))[1]
 
 
 def trip_floor(srv: Server, template: str, n: int = 2000) -> float:

@@ -40,6 +40,7 @@ from bench.common import (
     pgbench,
     print_table,
     record,
+    round_trips,
     run_pgbench,
     section,
     verdict,
@@ -251,13 +252,10 @@ async def _latency_once(
 
 async def _floor(dsn: str, n: int = 500) -> tuple[float, float]:
     """p50 us of one async round trip (SELECT 1), and of a durable 1-row write txn."""
-    trips, commits = [], []
+    commits = []
     async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
         await conn.execute("CREATE TABLE IF NOT EXISTS public.bench_floor (x int)")
-        for _ in range(n):
-            t = time.perf_counter()
-            await conn.execute("SELECT 1")
-            trips.append(time.perf_counter() - t)
+        trips, _cpu = await round_trips(conn, n)
         for _ in range(n // 5):
             t = time.perf_counter()
             async with conn.transaction():

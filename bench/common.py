@@ -318,6 +318,18 @@ def pgbench() -> str | None:
     return exe
 
 
+async def round_trips(conn: psycopg.AsyncConnection, n: int) -> tuple[list[float], float]:
+    """`n` async round trips (SELECT 1) on `conn`: the seconds each took, and the client
+    CPU us of one (this thread's). The floor under any statement on this machine."""
+    seconds = []
+    cpu = time.thread_time()
+    for _ in range(n):
+        started = time.perf_counter()
+        await conn.execute("SELECT 1")
+        seconds.append(time.perf_counter() - started)
+    return seconds, 1e6 * (time.thread_time() - cpu) / n
+
+
 def run_pgbench(cmd: list[str], timeout: float = 120) -> float:
     """Transactions per second pgbench reports for `cmd` (a full pgbench command line)."""
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
