@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import gc
 import glob
 import math
 import os
@@ -114,6 +115,28 @@ def _commits(log_prefix: str, rows: list[tuple[str, str]]) -> list[tuple[str, fl
     return commits
 
 
+class _Pauses:
+    """The cyclic collector's pauses in this process (gc.callbacks), by generation: a
+    pause stops every pass, so one long pause shows in the p99 of a fast stream."""
+
+    def __init__(self) -> None:
+        self.by_gen: dict[int, list[float]] = {0: [], 1: [], 2: []}
+        self._started = 0.0
+
+    def __call__(self, phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            self._started = time.perf_counter()
+        else:
+            self.by_gen[info["generation"]].append(time.perf_counter() - self._started)
+
+    def __enter__(self) -> _Pauses:
+        gc.callbacks.append(self)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        gc.callbacks.remove(self)
+
+
 class _Seen:
     """on_applied hook: first monotonic time each mission id was reported applied, and
     the marks of the pass that applied it (to split the latency):
@@ -168,6 +191,7 @@ async def _latency_once(
     from consumer.health import Health
     from consumer.listener import Follower
     from consumer.projection import Projector
+    from consumer.service import settle_heap
 
     settings = Settings(database_url=dsn, scheduler=False, metrics_port=0)
     if batch_max_wait is not None:
@@ -193,6 +217,7 @@ async def _latency_once(
         )
         follower = Follower(settings, projector, health, connector)
         seen.wrap(follower, projector)
+        settle_heap()  # as consumer.service.serve does before it starts its tasks
         async with anyio.create_task_group() as tg:
             tg.start_soon(follower.run)
             with anyio.fail_after(30):
@@ -203,8 +228,9 @@ async def _latency_once(
             timer.calls.clear()
             timer.each = {}
             passes_before = seen.passes
-            commits = await anyio.to_thread.run_sync(functools.partial(
-                _write_load, dsn, pgbench_exe, rate, clients, total_s, data, meta))
+            with _Pauses() as pauses:
+                commits = await anyio.to_thread.run_sync(functools.partial(
+                    _write_load, dsn, pgbench_exe, rate, clients, total_s, data, meta))
             deadline = time.monotonic() + 5.0  # stragglers
             while time.monotonic() < deadline and any(m not in seen.at for m, _, _ in commits):  # noqa: ASYNC110
                 await anyio.sleep(0.02)
@@ -247,6 +273,8 @@ async def _latency_once(
         "data_bytes": len(data),
         "meta_bytes": len(meta),
         "clients": clients,
+        "gc_pauses": {g: len(v) for g, v in pauses.by_gen.items()},
+        "gc_max_ms": {g: 1000 * max(v, default=0.0) for g, v in pauses.by_gen.items()},
     }
 
 
@@ -283,7 +311,9 @@ def bench_latency(srv: Server, template: str, *, runs: int, rate: float, seconds
         results.append(res)
         note(f"run {run + 1}: p50 {res['p50']:.2f} ms, p99 {res['p99']:.2f} ms, "
              f"max {res['max']:.2f} ms, n={res['count']}, missing={res['missing']}, "
-             f"rate {res['rate']:.0f}/s, {res['passes']} catch-up passes")
+             f"rate {res['rate']:.0f}/s, {res['passes']} catch-up passes; collector pauses "
+             f"(gen 0/1/2) {'/'.join(str(n) for n in res['gc_pauses'].values())}, longest "
+             f"{max(res['gc_max_ms'].values()):.1f} ms")
     keys = ["p50", "p90", "p99", "max", "min"]
     rows: list[list[object]] = [
         [f"run {i + 1}", *[r[k] for k in keys], r["count"], r["missing"], r["rate"],

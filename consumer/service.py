@@ -3,6 +3,7 @@ one anyio task group on the asyncio backend, until SIGINT/SIGTERM."""
 
 from __future__ import annotations
 
+import gc
 import logging
 import signal
 from collections.abc import Callable
@@ -56,6 +57,17 @@ def run_service(settings: Settings) -> int:
     finally:
         telemetry.shutdown()
     return 0
+
+
+def settle_heap() -> None:
+    """Collect what the start left behind, then freeze the rest (modules, pools, settings)
+    out of the collector's reach. A full collection scans every tracked object, and the
+    start leaves some 50,000 of them (the libraries' modules and types): about 25 ms on
+    these machines, in which no row is applied (a 2,000 rows/s stream would see it in its
+    p99). Frozen, those objects are never scanned again; what is made later is collected
+    as before."""
+    gc.collect()
+    gc.freeze()
 
 
 def _first_leaf(error: BaseException) -> BaseException:
@@ -120,6 +132,7 @@ async def serve(
                     "nothing; run `consumer migrate` (or the statement it prints)",
                     WRITE_ROLE,
                 )
+        settle_heap()
         async with anyio.create_task_group() as tg:
             tg.start_soon(_stop_on_signal, tg.cancel_scope)
             tg.start_soon(follower.run)
