@@ -342,7 +342,7 @@ def bench_latency(srv: Server, template: str, *, runs: int, rate: float, seconds
     )
     labels = list(dict.fromkeys(k for r in results for k in r["stmt_ms_per_pass"]))
     print_table(
-        "per catch-up pass, statements of the work connection (median over runs; time = "
+        "per catch-up pass, statements of the consumer's connections (median over runs; time = "
         "parameter dumping + round trip + server; BEGIN and COMMIT are not statements here)",
         ["", "mean ms/pass", "calls/pass", "p50 us/call", "p99 us/call"],
         [[lab, median([r["stmt_ms_per_pass"].get(lab, 0.0) for r in results]),
