@@ -76,9 +76,10 @@ class StatementTimer:
 
     @staticmethod
     def label(text: str) -> str:
+        # Comments go, whole lines or trailing ("WITH -- ..." starts a write whose first
+        # part has a comment of its own); only the statement's start matters here.
         body = " ".join(
-            line.strip() for line in text.splitlines()
-            if line.strip() and not line.strip().startswith("--")
+            code for line in text.splitlines() if (code := line.split("--", 1)[0].strip())
         )
         if not body:
             return "pool check (empty query)"

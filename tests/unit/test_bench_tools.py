@@ -283,3 +283,23 @@ def test_due_mission_spells_next_run_at_as_the_app_does() -> None:
     plus2 = due_mission("m1", due, offset=timezone(timedelta(hours=2)), agent_id="a1")
     assert plus2["nextRunAt"] == "2026-01-01T12:00:00.123+02:00" and plus2["agentId"] == "a1"
     assert "agentId" not in due_mission("m1", due)
+
+
+def test_the_statement_timer_names_the_projections_own_statements() -> None:
+    # The latency report's per-pass table is only as good as these labels: the live path's
+    # read and its write (with or without a record) must not fall into "other".
+    from bench.statements import StatementTimer
+    from consumer.apply import LIVE, _write_query
+    from consumer.sql import load
+
+    label = StatementTimer.label
+    assert label(load("journal/read")) == "journal read"
+    for names in ({"clocks", "due", "missions", "moved"}, {"clocks", "agents"}):
+        assert label(_write_query(LIVE, frozenset(names), False).decode()) == (
+            "snapshots write (+ CAS)"
+        )
+    assert label(_write_query(LIVE, frozenset({"quarantined", "moved"}), True).decode()) == (
+        "quarantine (+ CAS)"
+    )
+    assert label(_write_query(LIVE, frozenset({"moved"}), False).decode()) == "checkpoint CAS"
+    assert label(load("journal/prune")) == "journal prune"
