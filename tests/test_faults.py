@@ -26,6 +26,7 @@ from tests.faultkit import (
     journal_applied,
     reconnect_after_restart,
     replay_verify,
+    session_pids,
     sessions,
     terminate_backends,
     wait_converged,
@@ -107,6 +108,55 @@ def test_terminated_listener_and_work_connections_lose_nothing(db: str) -> None:
                 )
         assert consumer.alive(), consumer.output()
         assert_nothing_lost(db)
+
+
+def test_sigkill_between_a_chunks_read_and_its_commit_applies_it_once_after_restart(
+    db: str,
+) -> None:
+    """The live path at its worst line: the pass's read has answered (on the cursor the
+    projector keeps) and its write, sent, waits at a lock the test holds on the quarantine
+    (the chunk has a row to quarantine), when the process is SIGKILLed. Nothing of the chunk
+    commits, the checkpoint stays; the next process applies the good row and quarantines the
+    bad one, once each."""
+    from tests.test_faults_windows import Gate
+
+    with ConsumerProcess(db) as first:
+        write_probe(db, "probe")
+        wait_for(lambda: applied(db, "probe"), 30, "the consumer following the log")
+        with Gate(db) as gate:
+            with psycopg.connect(db, autocommit=True) as conn, conn.transaction():
+                write(conn, "aiMissions", "m-good", {"state": "active"}, user="u0")
+                bad = write(conn, "aiMissions", "m-bad", {"state": "active"}, user="")
+            waiting: list[int] = []
+
+            def write_waits_at_the_gate() -> bool:
+                with psycopg.connect(db, autocommit=True) as admin:
+                    waiting[:] = [pid for (pid,) in admin.execute(
+                        """SELECT pid FROM pg_stat_activity
+                           WHERE application_name = %s AND %s = ANY(pg_blocking_pids(pid))
+                             AND query LIKE 'WITH "clocks"%%'""",
+                        (WORK_APP, gate.pid),
+                    )]
+                return bool(waiting)
+
+            wait_for(write_waits_at_the_gate, 20, "the chunk's write waiting at the gate")
+            version = checkpoint_version(db)
+            first.kill()
+            # The dead client's session ends within the client check interval (1 s), though
+            # it waits on a lock: its write rolls back with everything it did.
+            wait_for(lambda: waiting[0] not in session_pids(db, WORK_APP), 10,
+                     "the killed process's session to end")
+        assert not applied(db, "m-good")
+        assert checkpoint_version(db) == version
+    with ConsumerProcess(db) as second:
+        wait_for(lambda: applied(db, "m-good"), 20, "the good row applied after the restart")
+        assert_nothing_lost(db)
+        with psycopg.connect(db) as conn:
+            reasons = conn.execute(
+                "SELECT reason FROM mana_ai.quarantine WHERE change_id = %s", (bad,)
+            ).fetchall()
+        assert len(reasons) == 1 and reasons[0][0].startswith("empty user_id"), reasons
+        assert second.alive(), second.output()
 
 
 def test_a_transaction_held_open_20s_holds_back_no_other_row(db: str) -> None:
