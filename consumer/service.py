@@ -63,9 +63,9 @@ def settle_heap() -> None:
     """Collect what the start left behind, then freeze the rest (modules, pools, settings)
     out of the collector's reach. A full collection scans every tracked object, and the
     start leaves some 50,000 of them (the libraries' modules and types): about 25 ms on
-    these machines, in which no row is applied (a 2,000 rows/s stream would see it in its
-    p99). Frozen, those objects are never scanned again; what is made later is collected
-    as before."""
+    these machines, in which no row is applied (a 2,000 rows/s stream sees it in its tail
+    latency). Frozen, those objects are never scanned again; what is made later is
+    collected as before."""
     gc.collect()
     gc.freeze()
 
