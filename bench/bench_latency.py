@@ -117,7 +117,7 @@ def _commits(log_prefix: str, rows: list[tuple[str, str]]) -> list[tuple[str, fl
 
 class _Pauses:
     """The cyclic collector's pauses in this process (gc.callbacks), by generation: a
-    pause stops every pass, so one long pause shows in the p99 of a fast stream."""
+    pause stops every pass, so one long pause shows in the tail of a fast stream."""
 
     def __init__(self) -> None:
         self.by_gen: dict[int, list[float]] = {0: [], 1: [], 2: []}

@@ -1,6 +1,7 @@
-"""What mana-sync writes, as the benchmarks write it: a realistic new mission per
-transaction (latency), one fixed row for pgbench scripts (trigger, cost), and a LISTEN
-connection that drains the doorbell the way the consumer's listener would.
+"""What mana-sync writes, as the benchmarks write it: a realistic new mission's payload
+(latency), mana-sync's transaction as a pgbench script (latency, cost), one fixed row for
+pgbench (trigger, cost), and a LISTEN connection that drains the doorbell the way the
+consumer's listener would.
 """
 
 from __future__ import annotations
@@ -10,10 +11,6 @@ import threading
 from datetime import UTC, datetime, timedelta
 
 import psycopg
-
-INSERT_MISSION = """INSERT INTO public.sync_changes
-    (app_id, table_name, record_id, user_id, op, data, field_meta, client_id)
-    VALUES ('ai', 'aiMissions', %s, %s, 'insert', %s::jsonb, %s::jsonb, 'bench-writer')"""
 
 
 def _iso(dt: datetime) -> str:

@@ -25,7 +25,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from psycopg_pool import AsyncConnectionPool
 
-from consumer.db import aconnect, application_name
+from consumer.db import aconnect
 from consumer.errors import Deposed
 from consumer.instants import parse_instant
 from consumer.migrate import WRITE_ROLE, ensure_write_role
@@ -35,6 +35,7 @@ from consumer.runner import Runner
 from consumer.scheduler import Scheduler
 from consumer.status import collect
 from consumer.telemetry import in_memory_provider, tracer
+from tests.faultkit import LISTENER_APP, sessions
 from tests.helpers import at, metric, open_pool, snapshot, wait_for
 from tests.logtools import agent, mission, write
 from tests.planner_stub import PlannerStub, max_overlap
@@ -469,15 +470,6 @@ def consumers(dsn: str, stub: PlannerStub | None, n: int, *extra: str,
                 p.communicate()
 
 
-def listener_sessions(dsn: str) -> int:
-    with psycopg.connect(dsn, autocommit=True) as conn:
-        row = conn.execute(
-            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
-            "AND application_name = %s", (application_name("listener"),)
-        ).fetchone()
-    return int(row[0]) if row else 0
-
-
 def seed(dsn: str, n_missions: int, limits: dict[str, int], due: str) -> None:
     with psycopg.connect(dsn, autocommit=True) as conn:
         for name, limit in limits.items():
@@ -563,7 +555,7 @@ def test_a_server_restart_with_runs_in_flight_runs_each_occurrence_once(
         # and the standby's waiting for the lock). One still starting when the server goes
         # down stops there in one line (exit 2), as a start against an unreachable database
         # does: that failed this test once on a loaded machine.
-        wait_for(lambda: listener_sessions(db) == 2, 30, "both consumers started")
+        wait_for(lambda: sessions(db, LISTENER_APP) == 2, 30, "both consumers started")
         seed(db, n, {"a": 3, "b": 3}, at(-1))
         wait_for(lambda: len(stub.requests) >= n, 30, "every run waiting on the planner")
         in_flight = len(stub.requests) - len(stub.calls)  # asked, not yet answered
