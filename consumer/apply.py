@@ -19,6 +19,7 @@ from typing import Any
 import msgspec
 import psycopg
 from psycopg import sql
+from psycopg.types.json import set_json_dumps
 
 from . import metrics
 from .decisions import due_instant
@@ -374,6 +375,56 @@ async def _write(
     result.pending.append(cur)
 
 
+_COPY = _parts(load("snapshots/copy.tmpl"))
+# Binary COPY: no escaping of the records' JSON text, the clocks go as they are.
+_COPY_TYPES = {
+    "clocks": ["text", "text", "text", "bytea"],
+    "due": ["text", "text", "timestamptz"],
+    "missions": ["text", "text", "jsonb", "timestamptz"],
+    "agents": ["text", "text", "jsonb", "timestamptz"],
+}
+
+
+@cache
+def _copy_query(targets: Targets, part: str) -> bytes:
+    table = getattr(targets, "missions" if part == "missions" else part)
+    return sql.SQL(_COPY[part].strip()).format(table=targets.ident(table)).as_bytes(None)
+
+
+async def _copy_fresh(
+    conn: psycopg.AsyncConnection,
+    fresh: list[tuple[Key, RecordState, bytes]],
+    targets: Targets,
+    result: Applied,
+) -> None:
+    """Write records that nothing of is stored yet (see snapshots/copy.tmpl.sql): their
+    clocks, due entries and visible snapshots, each table by one COPY. The snapshots and
+    due instants are made while the server takes the clocks, so its work and ours overlap."""
+    later: dict[str, list[tuple[Any, ...]]] = {"due": [], "missions": [], "agents": []}
+    cur = conn.cursor()
+    set_json_dumps(_json.encode, cur)  # records as the write statement encodes them
+    async with cur.copy(_copy_query(targets, "clocks")) as copy:
+        copy.set_types(_COPY_TYPES["clocks"])
+        for (kind, user_id, record_id), state, encoded in fresh:
+            await copy.write_row((kind, user_id, record_id, encoded))
+            record = materialize(record_id, state)
+            if _visible(kind, record):
+                later["missions" if kind == "mission" else "agents"].append(
+                    (user_id, record_id, record, _us_to_dt(state.last_applied_us))
+                )
+                result.new += 1
+            if kind == "mission" and record is not None:
+                at = due_instant(record)
+                if at is not None:
+                    later["due"].append((user_id, record_id, at))
+    for part, rows in later.items():
+        if rows:
+            async with cur.copy(_copy_query(targets, part)) as copy:
+                copy.set_types(_COPY_TYPES[part])
+                for row in rows:
+                    await copy.write_row(row)
+
+
 @contextmanager
 def gc_paused() -> Iterator[None]:
     """No cyclic garbage collection for the block (reference counting still frees
@@ -464,30 +515,35 @@ class Window:
     async def write(
         self, conn: psycopg.AsyncConnection, targets: Targets = LIVE, part: int = WINDOW_PART
     ) -> Hot:
-        """Write every changed record once, in parts of `part` records (each part one
-        statement that locks the tables in the one order, snapshots/write.tmpl.sql): in
-        pipeline mode the server writes one part while the next is encoded. Then the
-        quarantine. Returns the states by their bytes, for the next window's `hot`. Counts
-        settle later."""
+        """Write every changed record once: those with no stored clocks by COPY
+        (`_copy_fresh`), the others in parts of `part` records (each part one statement
+        that locks the tables in the one order, snapshots/write.tmpl.sql), pipelined, so
+        the server writes one part while the next is encoded. Then the quarantine. Returns
+        the states by their bytes, for the next window's `hot`. Counts settle later."""
         with gc_paused():
             return await self._write(conn, targets, part)
 
     async def _write(self, conn: psycopg.AsyncConnection, targets: Targets, part: int) -> Hot:
         result = self.result
         hot: Hot = {}
-        changed: list[tuple[Key, RecordState, bytes]] = []
+        fresh: list[tuple[Key, RecordState, bytes]] = []
+        known: list[tuple[Key, RecordState, bytes]] = []
         for key, (before, state) in self.folds.items():
             encoded = encode_state(state)
             hot[key] = (encoded, state)
             if encoded == before or (before is None and state.last_applied_us is None):
                 continue  # a re-delivery that changed nothing: no write
-            changed.append((key, state, encoded))
+            (fresh if before is None else known).append((key, state, encoded))
             (result.missions if key[0] == "mission" else result.agents).add(key[1:])
-            if len(changed) >= part:
-                await _write(conn, changed, targets, result)
-                changed = []
-        if changed or self.rejected or self.missing:
-            await _write(conn, changed, targets, result, NO_FINISH, self.rejected, self.missing)
+        if fresh:
+            await _copy_fresh(conn, fresh, targets, result)
+        if not (known or self.rejected or self.missing):
+            return hot
+        async with conn.pipeline():
+            for i in range(0, len(known), part):
+                await _write(conn, known[i : i + part], targets, result)
+            if self.rejected or self.missing:
+                await _write(conn, [], targets, result, NO_FINISH, self.rejected, self.missing)
         return hot
 
 

@@ -490,9 +490,10 @@ class Projector:
         after: tuple[str, str],
         pass_snapshot: str | None,
     ) -> Step:
-        """One window in one transaction (see the class): chunks read back to back, the
-        next one sent before the current one is folded, so the server reads while we
-        fold; then every record written once, the quarantine and the CAS, and COMMIT."""
+        """One window in one transaction (see the class): chunks read back to back in
+        pipeline mode, the next one sent before the current one is folded, so the server
+        reads while we fold; then (out of pipeline mode: COPY cannot run in it) every
+        record written once, the quarantine and the CAS, and COMMIT."""
         assert self.prev is not None
         window = Window(self.max_row_bytes, self._hot)
         self._hot = {}  # folded into from here on; given back only if the window commits
@@ -502,31 +503,32 @@ class Projector:
         rows = self._window_read = 0
         last: tuple[str, str] | None = None
         with conflicts(cp):
-            async with conn.pipeline(), conn.transaction():
-                pending = await journal.send_read(conn, self.prev, after, limit)
-                while True:
-                    chunk = await journal.received(pending)
-                    snapshot = snapshot or chunk.snapshot
-                    rows += len(chunk.rows)
-                    self._window_read = rows
-                    full = len(chunk.rows) == limit
-                    if chunk.rows:
-                        last = chunk.rows[-1].key
-                    more = (
-                        full
-                        and rows < self.window_rows
-                        and len(window.folds) <= self.window_records
-                        and time.monotonic() < ends
-                    )
-                    if more:
-                        assert last is not None
-                        pending = await journal.send_read(conn, self.prev, last, limit)
-                    missing_rows(chunk)  # rows hidden from us: stop, as a chunk does
-                    window.add(chunk.rows)
-                    if self.on_progress is not None:
-                        self.on_progress()
-                    if not more:
-                        break
+            async with conn.transaction():
+                async with conn.pipeline():
+                    pending = await journal.send_read(conn, self.prev, after, limit)
+                    while True:
+                        chunk = await journal.received(pending)
+                        snapshot = snapshot or chunk.snapshot
+                        rows += len(chunk.rows)
+                        self._window_read = rows
+                        full = len(chunk.rows) == limit
+                        if chunk.rows:
+                            last = chunk.rows[-1].key
+                        more = (
+                            full
+                            and rows < self.window_rows
+                            and len(window.folds) <= self.window_records
+                            and time.monotonic() < ends
+                        )
+                        if more:
+                            assert last is not None
+                            pending = await journal.send_read(conn, self.prev, last, limit)
+                        missing_rows(chunk)  # rows hidden from us: stop, as a chunk does
+                        window.add(chunk.rows)
+                        if self.on_progress is not None:
+                            self.on_progress()
+                        if not more:
+                            break
                 hot = await window.write(conn, self.targets)
                 moved, new_below = self._below(
                     cp, last and last[0], full, pass_snapshot or snapshot

@@ -310,3 +310,38 @@ async def test_after_a_failed_window_the_pass_goes_back_to_windows(
     assert sum(outcomes[1:]) == len(rows) - 2 - (6 + 2), outcomes  # type: ignore[arg-type]
     assert stored(db) == by_row
     assert [reason for _, reason in by_row["quarantine"]][0].startswith("unmergeable")
+
+
+async def test_a_fresh_record_that_is_stored_after_all_goes_by_chunks(db: str) -> None:
+    """A window writes records without stored clocks by COPY (nothing of them should be
+    stored). A snapshot stored without its clocks (say from before the clocks existed)
+    makes that COPY meet the key: the window fails whole, its rows go by chunks, which
+    upsert, and the pass ends where the row path does."""
+    rows: list[tuple] = [(i % 4, "write", "title", i, i, None) for i in range(24)]
+    start = bootstrapped(db)
+    load_traffic(db, rows, [1] * len(rows))
+    await project(db, Projector(batch_size=1, window_rows=0))
+    by_row = stored(db)
+    reset(db, start)
+    with psycopg.connect(db, autocommit=True) as conn:
+        conn.execute(
+            """INSERT INTO mana_ai.mission_snapshots (user_id, mission_id, record)
+               VALUES ('u1', 'r2', '{"id": "r2", "title": "stale"}')"""
+        )
+    projector = Projector(batch_size=2, window_rows=1000)
+    outcomes: list[str] = []
+    window = projector._window
+
+    async def watched(*args: Any) -> Any:
+        try:
+            step = await window(*args)
+        except psycopg.errors.UniqueViolation:
+            outcomes.append("failed on the key")
+            raise
+        outcomes.append("applied")
+        return step
+
+    projector._window = watched  # type: ignore[method-assign]
+    await project(db, projector)
+    assert outcomes[0] == "failed on the key", outcomes
+    assert stored(db) == by_row

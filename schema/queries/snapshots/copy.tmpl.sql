@@ -1,0 +1,15 @@
+-- A catch-up window's records that had no stored clocks when it read them: nothing of them
+-- is stored anywhere (their clocks, snapshot and due entry are written together, by
+-- write.tmpl.sql or here), so they go in by COPY, a plain insert without the executor's
+-- per-row upsert (consumer/apply.py `_copy_fresh`). Should a row exist after all (a
+-- database from before the clocks, a second writer the checkpoint's fence has not yet
+-- stopped), the COPY fails on the key and the window is applied again chunk by chunk.
+-- One statement per part, in the order of write.tmpl.sql (the order the tables are locked).
+-- part clocks
+COPY {table} (kind, user_id, record_id, state) FROM STDIN (FORMAT BINARY)
+-- part due
+COPY {table} (user_id, mission_id, due_at) FROM STDIN (FORMAT BINARY)
+-- part missions
+COPY {table} (user_id, mission_id, record, last_applied_at) FROM STDIN (FORMAT BINARY)
+-- part agents
+COPY {table} (user_id, agent_id, record, last_applied_at) FROM STDIN (FORMAT BINARY)
