@@ -54,6 +54,13 @@ log = logging.getLogger(__name__)
 
 CHECKPOINT = "projection"
 
+# Journal rows per read of a catch-up window. A read that small (about 150-300 KB) fits the
+# socket's buffer, so the server reads the next one whole while we fold this one; reads of
+# 2,000 rows (1.5-2.5 MB) stalled the server halfway, and we waited for the rest:
+# 22.6-24.1k against 28-33k rows/s over 20k records, 9.2-10.0k against 10.9-11.6k over
+# 200k (bench catchup's shapes, side by side). (apply.WINDOW_PART is the same for writes.)
+WINDOW_READ = 250
+
 
 class Checkpoint(msgspec.Struct):
     applied_below: int
@@ -174,9 +181,10 @@ class Projector:
     A pass reads the journal in chunks of `batch_size` rows, each chunk read, applied and
     checkpointed in one transaction. When the first chunk of a pass comes back full (a
     backlog), the rest of the pass goes by windows instead: up to `window_rows` rows over
-    up to about `window_records` records, read chunk after chunk in one transaction (the
-    next chunk is read while the current one is folded), folded by record, each record's
-    clocks and snapshot written once, then the checkpoint moved, as a chunk does."""
+    up to about `window_records` records, read `WINDOW_READ` rows at a time in one
+    transaction (the next read runs while the current one is folded), folded by record,
+    each record's clocks and snapshot written once, then the checkpoint moved, as a chunk
+    does."""
 
     def __init__(
         self,
@@ -497,7 +505,7 @@ class Projector:
         assert self.prev is not None
         window = Window(self.max_row_bytes, self._hot)
         self._hot = {}  # folded into from here on; given back only if the window commits
-        limit = self.batch_size
+        limit = min(self.batch_size, WINDOW_READ)
         ends = time.monotonic() + self.window_seconds
         snapshot: str | None = None
         rows = self._window_read = 0
