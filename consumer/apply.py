@@ -431,8 +431,9 @@ def gc_paused() -> Iterator[None]:
     everything at once). A fold allocates a few dicts per row (decoded JSON, field cells)
     and keeps many of them: with the collector on, it scans that growing heap again and
     again, about a third of a catch-up's client CPU. The rows' values are JSON trees and
-    form no cycles; the block is synchronous and bounded (one chunk), and anything cyclic
-    made meanwhile is collected by the next collection after it."""
+    form no cycles; the block is bounded (one chunk, or one catch-up window: at most
+    `window_seconds`), and anything cyclic made meanwhile, by this task or another, is
+    collected by the next collection after it."""
     if not gc.isenabled():
         yield
         return

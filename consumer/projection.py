@@ -40,6 +40,7 @@ from .apply import (
     Window,
     apply_isolated,
     apply_rows,
+    gc_paused,
     isolating,
     quarantine_from_log,
     unapplicable,
@@ -510,7 +511,10 @@ class Projector:
         snapshot: str | None = None
         rows = self._window_read = 0
         last: tuple[str, str] | None = None
-        with conflicts(cp):
+        # No collection for the whole window: its folds are a growing heap of acyclic
+        # JSON trees, and a collector let back in between reads scans them again each
+        # time (7 % of a catch-up's client CPU at 250 rows a read).
+        with gc_paused(), conflicts(cp):
             async with conn.transaction():
                 async with conn.pipeline():
                     pending = await journal.send_read(conn, self.prev, after, limit)
