@@ -391,6 +391,18 @@ def _copy_query(targets: Targets, part: str) -> bytes:
     return sql.SQL(_COPY[part].strip()).format(table=targets.ident(table)).as_bytes(None)
 
 
+@cache
+def _lock_query(targets: Targets) -> bytes:
+    """The tables a window writes, locked in the one order (replay/lock_live.tmpl.sql)."""
+    return sql.SQL(load("replay/lock_live.tmpl")).format(
+        clocks=targets.ident(targets.clocks),
+        due=targets.ident(targets.due),
+        missions=targets.ident(targets.missions),
+        agents=targets.ident(targets.agents),
+        mode=sql.SQL("ROW EXCLUSIVE"),
+    ).as_bytes(None)
+
+
 async def _copy_fresh(
     conn: psycopg.AsyncConnection,
     fresh: list[tuple[Key, RecordState, bytes]],
@@ -398,20 +410,26 @@ async def _copy_fresh(
     result: Applied,
 ) -> None:
     """Write records that nothing of is stored yet (see snapshots/copy.tmpl.sql): their
-    clocks, due entries and visible snapshots, each table by one COPY. The snapshots and
-    due instants are made while the server takes the clocks, so its work and ours overlap."""
-    later: dict[str, list[tuple[Any, ...]]] = {"due": [], "missions": [], "agents": []}
+    visible snapshots, due entries and clocks, each table by one COPY. The tables are
+    locked first, in the one order, so that the COPYs may go in the order that lets our
+    work and the server's overlap: the missions' snapshots (the server's heaviest part:
+    the JSON parsed and three indexes) while we make them and the due instants, then the
+    agents', the due entries and the clocks, which cost us little."""
+    await conn.execute(_lock_query(targets))
+    later: dict[str, list[tuple[Any, ...]]] = {"agents": [], "due": [], "clocks": []}
     cur = conn.cursor()
     set_json_dumps(_json.encode, cur)  # records as the write statement encodes them
-    async with cur.copy(_copy_query(targets, "clocks")) as copy:
-        copy.set_types(_COPY_TYPES["clocks"])
+    async with cur.copy(_copy_query(targets, "missions")) as copy:
+        copy.set_types(_COPY_TYPES["missions"])
         for (kind, user_id, record_id), state, encoded in fresh:
-            await copy.write_row((kind, user_id, record_id, encoded))
+            later["clocks"].append((kind, user_id, record_id, encoded))
             record = materialize(record_id, state)
             if _visible(kind, record):
-                later["missions" if kind == "mission" else "agents"].append(
-                    (user_id, record_id, record, _us_to_dt(state.last_applied_us))
-                )
+                row = (user_id, record_id, record, _us_to_dt(state.last_applied_us))
+                if kind == "mission":
+                    await copy.write_row(row)
+                else:
+                    later["agents"].append(row)
                 result.new += 1
             if kind == "mission" and record is not None:
                 at = due_instant(record)
