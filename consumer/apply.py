@@ -405,23 +405,28 @@ def _lock_query(targets: Targets) -> bytes:
 
 async def _copy_fresh(
     conn: psycopg.AsyncConnection,
-    fresh: list[tuple[Key, RecordState, bytes]],
+    fresh: list[tuple[Key, RecordState]],
     targets: Targets,
     result: Applied,
+    hot: Hot,
 ) -> None:
     """Write records that nothing of is stored yet (see snapshots/copy.tmpl.sql): their
-    visible snapshots, due entries and clocks, each table by one COPY. The tables are
-    locked first, in the one order, so that the COPYs may go in the order that lets our
-    work and the server's overlap: the missions' snapshots (the server's heaviest part:
-    the JSON parsed and three indexes) while we make them and the due instants, then the
-    agents', the due entries and the clocks, which cost us little."""
+    visible snapshots, due entries and clocks, each table by one COPY; their encoded
+    states go into `hot`. The tables are locked first, in the one order, so that the
+    COPYs may go in the order that lets our work and the server's overlap: the missions'
+    snapshots (the server's heaviest part: the JSON parsed and three indexes) while we
+    make them, the due instants and the clocks, then the agents', the due entries and the
+    clocks, which cost us little."""
     await conn.execute(_lock_query(targets))
     later: dict[str, list[tuple[Any, ...]]] = {"agents": [], "due": [], "clocks": []}
     cur = conn.cursor()
     set_json_dumps(_json.encode, cur)  # records as the write statement encodes them
     async with cur.copy(_copy_query(targets, "missions")) as copy:
         copy.set_types(_COPY_TYPES["missions"])
-        for (kind, user_id, record_id), state, encoded in fresh:
+        for key, state in fresh:
+            kind, user_id, record_id = key
+            encoded = encode_state(state)
+            hot[key] = (encoded, state)
             later["clocks"].append((kind, user_id, record_id, encoded))
             record = materialize(record_id, state)
             if _visible(kind, record):
@@ -545,17 +550,22 @@ class Window:
     async def _write(self, conn: psycopg.AsyncConnection, targets: Targets, part: int) -> Hot:
         result = self.result
         hot: Hot = {}
-        fresh: list[tuple[Key, RecordState, bytes]] = []
+        fresh: list[tuple[Key, RecordState]] = []  # encoded by _copy_fresh, as it copies
         known: list[tuple[Key, RecordState, bytes]] = []
         for key, (before, state) in self.folds.items():
-            encoded = encode_state(state)
-            hot[key] = (encoded, state)
-            if encoded == before or (before is None and state.last_applied_us is None):
-                continue  # a re-delivery that changed nothing: no write
-            (fresh if before is None else known).append((key, state, encoded))
+            if before is None:
+                if state.last_applied_us is None:
+                    continue  # nothing applied to a record not stored: no write
+                fresh.append((key, state))
+            else:
+                encoded = encode_state(state)
+                hot[key] = (encoded, state)
+                if encoded == before:
+                    continue  # a re-delivery that changed nothing: no write
+                known.append((key, state, encoded))
             (result.missions if key[0] == "mission" else result.agents).add(key[1:])
         if fresh:
-            await _copy_fresh(conn, fresh, targets, result)
+            await _copy_fresh(conn, fresh, targets, result, hot)
         if not (known or self.rejected or self.missing):
             return hot
         async with conn.pipeline():
