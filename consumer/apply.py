@@ -387,7 +387,7 @@ _COPY_TYPES = {
 
 @cache
 def _copy_query(targets: Targets, part: str) -> bytes:
-    table = getattr(targets, "missions" if part == "missions" else part)
+    table = getattr(targets, part)  # the parts are named as Targets names the tables
     return sql.SQL(_COPY[part].strip()).format(table=targets.ident(table)).as_bytes(None)
 
 
@@ -413,10 +413,10 @@ async def _copy_fresh(
     """Write records that nothing of is stored yet (see snapshots/copy.tmpl.sql): their
     visible snapshots, due entries and clocks, each table by one COPY; their encoded
     states go into `hot`. The tables are locked first, in the one order, so that the
-    COPYs may go in the order that lets our work and the server's overlap: the missions'
-    snapshots (the server's heaviest part: the JSON parsed and three indexes) while we
-    make them, the due instants and the clocks, then the agents', the due entries and the
-    clocks, which cost us little."""
+    COPYs may go in the order that lets our work and the server's overlap: first the
+    missions' snapshots (the server's heaviest part: the JSON parsed, three indexes),
+    taken by the server while we encode every state and make every snapshot and due
+    instant; then the agents', the due entries and the clocks, which cost us little."""
     await conn.execute(_lock_query(targets))
     later: dict[str, list[tuple[Any, ...]]] = {"agents": [], "due": [], "clocks": []}
     cur = conn.cursor()

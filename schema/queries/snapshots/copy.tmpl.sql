@@ -4,8 +4,8 @@
 -- per-row upsert (consumer/apply.py `_copy_fresh`). Should a row exist after all (a
 -- database from before the clocks, a second writer the checkpoint's fence has not yet
 -- stopped), the COPY fails on the key and the window is applied again chunk by chunk.
--- One statement per part, after the tables are locked in the one order (replay/lock_live.tmpl.sql)
--- by the caller: the parts may then run in any order.
+-- One statement per part. The caller first locks the tables in the one order
+-- (replay/lock_live.tmpl.sql), so the parts may then run in any order.
 -- part clocks
 COPY {table} (kind, user_id, record_id, state) FROM STDIN (FORMAT BINARY)
 -- part due
