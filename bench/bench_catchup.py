@@ -309,7 +309,9 @@ def add_arguments(parser: Any) -> None:
     parser.add_argument("--sweep-default-runs", type=int,
                         help="sweep: runs at the default batch 2000 (3, quick 1)")
     parser.add_argument("--batch-sizes", default=None,
-                        help="sweep: comma list for the journal path (1000,2000,5000)")
+                        help="sweep: comma list for the journal path (1000,2000,5000); "
+                        "the size of a pass's first chunk: windows read at most "
+                        "projection.WINDOW_READ (250) rows a statement whatever it is")
     parser.add_argument("--bootstrap-batch-sizes", default=None,
                         help="sweep: comma list for the bootstrap path (1000,2000,5000)")
     parser.add_argument("--profile", action="store_true",
