@@ -120,6 +120,16 @@ def _visible(kind: str, record: dict[str, Any] | None) -> bool:
     return agent_visible(record) if kind == "agent" else record is not None
 
 
+def _derived(
+    kind: str, record_id: str, state: RecordState
+) -> tuple[dict[str, Any] | None, bool, datetime | None]:
+    """What a record's state gives, whichever way it is written: its snapshot, whether the
+    snapshot is visible (stored) and, for a mission, when it falls due (None: never)."""
+    record = materialize(record_id, state)
+    at = due_instant(record) if kind == "mission" and record is not None else None
+    return record, _visible(kind, record), at
+
+
 async def apply_rows(
     conn: psycopg.AsyncConnection,
     raws: list[RawChange],
@@ -332,9 +342,9 @@ async def _write(
         clocks.append(
             {"kind": kind, "user_id": user_id, "record_id": record_id, "state": encoded}
         )
-        record = materialize(record_id, state)
+        record, visible, at = _derived(kind, record_id, state)
         table = "missions" if kind == "mission" else "agents"
-        if _visible(kind, record):
+        if visible:
             batch.setdefault(table, []).append(
                 {
                     "user_id": user_id,
@@ -348,7 +358,6 @@ async def _write(
                 {"user_id": user_id, "record_id": record_id}
             )
         if kind == "mission":
-            at = due_instant(record) if record is not None else None
             batch.setdefault("due", []).append(
                 {"user_id": user_id, "mission_id": record_id, "due_at": at}
             )
@@ -392,14 +401,15 @@ def _copy_query(targets: Targets, part: str) -> bytes:
 
 
 @cache
-def _lock_query(targets: Targets) -> bytes:
-    """The tables a window writes, locked in the one order (replay/lock_live.tmpl.sql)."""
+def lock_query(targets: Targets, mode: str) -> bytes:
+    """LOCK the four tables of `targets` in `mode` (a literal of ours), in the one order
+    every writer of them takes them in (replay/lock_live.tmpl.sql)."""
     return sql.SQL(load("replay/lock_live.tmpl")).format(
         clocks=targets.ident(targets.clocks),
         due=targets.ident(targets.due),
         missions=targets.ident(targets.missions),
         agents=targets.ident(targets.agents),
-        mode=sql.SQL("ROW EXCLUSIVE"),
+        mode=sql.SQL(mode),
     ).as_bytes(None)
 
 
@@ -417,7 +427,7 @@ async def _copy_fresh(
     missions' snapshots (the server's heaviest part: the JSON parsed, three indexes),
     taken by the server while we encode every state and make every snapshot and due
     instant; then the agents', the due entries and the clocks, which cost us little."""
-    await conn.execute(_lock_query(targets))
+    await conn.execute(lock_query(targets, "ROW EXCLUSIVE"))
     later: dict[str, list[tuple[Any, ...]]] = {"agents": [], "due": [], "clocks": []}
     cur = conn.cursor()
     set_json_dumps(_json.encode, cur)  # records as the write statement encodes them
@@ -428,18 +438,16 @@ async def _copy_fresh(
             encoded = encode_state(state)
             hot[key] = (encoded, state)
             later["clocks"].append((kind, user_id, record_id, encoded))
-            record = materialize(record_id, state)
-            if _visible(kind, record):
+            record, visible, at = _derived(kind, record_id, state)
+            if visible:
                 row = (user_id, record_id, record, _us_to_dt(state.last_applied_us))
                 if kind == "mission":
                     await copy.write_row(row)
                 else:
                     later["agents"].append(row)
                 result.new += 1
-            if kind == "mission" and record is not None:
-                at = due_instant(record)
-                if at is not None:
-                    later["due"].append((user_id, record_id, at))
+            if at is not None:
+                later["due"].append((user_id, record_id, at))
     for part, rows in later.items():
         if rows:
             async with cur.copy(_copy_query(targets, part)) as copy:
@@ -496,11 +504,8 @@ class Window:
         self.result = Applied()
 
     def add(self, rows: Sequence[JournalRow]) -> None:
-        """Validate and fold rows (a row's JSON is decoded once, by validate)."""
-        with gc_paused():
-            self._add(rows)
-
-    def _add(self, rows: Sequence[JournalRow]) -> None:
+        """Validate and fold rows (a row's JSON is decoded once, by validate). The caller
+        keeps the collector paused for the window (`gc_paused`)."""
         folds = self.folds
         result = self.result
         max_bytes = self.max_bytes
@@ -544,10 +549,6 @@ class Window:
         that locks the tables in the one order, snapshots/write.tmpl.sql), pipelined, so
         the server writes one part while the next is encoded. Then the quarantine. Returns
         the states by their bytes, for the next window's `hot`. Counts settle later."""
-        with gc_paused():
-            return await self._write(conn, targets, part)
-
-    async def _write(self, conn: psycopg.AsyncConnection, targets: Targets, part: int) -> Hot:
         result = self.result
         hot: Hot = {}
         fresh: list[tuple[Key, RecordState]] = []  # encoded by _copy_fresh, as it copies

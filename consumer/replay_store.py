@@ -15,7 +15,7 @@ from psycopg import sql
 from psycopg.rows import args_row
 
 from . import locks
-from .apply import LIVE, Targets
+from .apply import LIVE, Targets, lock_query
 from .model import RawChange
 from .sql import load
 
@@ -246,12 +246,7 @@ async def lock_live(conn: psycopg.AsyncConnection, mode: str, wait: float) -> No
     """LOCK the live tables in `mode` inside the caller's transaction, waiting at most
     `wait` seconds (LockNotAvailable then)."""
     await set_lock_timeout(conn, wait, local=True)
-    await conn.execute(
-        sql.SQL(load("replay/lock_live.tmpl")).format(
-            **{k: sql.Identifier(LIVE.schema, v) for k, v in _four(LIVE).items()},
-            mode=sql.SQL(mode),
-        )
-    )
+    await conn.execute(lock_query(LIVE, mode))
 
 
 async def table_facts(conn: psycopg.AsyncConnection) -> list[TableFacts]:
