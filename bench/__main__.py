@@ -172,7 +172,12 @@ def _run_module(name: str, args: argparse.Namespace, module_argv: list[str],
     with common.collecting() as collected:
         try:
             result = module.main(module_argv)
-        except SystemExit as exc:  # argparse errors and explicit exits
+        except SystemExit as exc:  # --help, argparse errors and explicit exits
+            if not exc.code:
+                # It printed its help (or chose to stop) and measured nothing: no report
+                # section, so `bench <module> -- --help` leaves the written report alone.
+                ran.append(f"{name} (exited, nothing measured)")
+                return
             result = exc.code if isinstance(exc.code, int) else 1
         except Exception:  # noqa: BLE001 - report it and go on with the next module
             traceback.print_exc()

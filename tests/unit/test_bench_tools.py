@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pytest
 
@@ -303,3 +304,16 @@ def test_the_statement_timer_names_the_projections_own_statements() -> None:
     )
     assert label(_write_query(LIVE, frozenset({"moved"}), False).decode()) == "checkpoint CAS"
     assert label(load("journal/prune")) == "journal prune"
+
+
+def test_a_module_help_writes_no_report(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from bench.__main__ import main
+
+    # --database-url: the shared server is then only named, never started.
+    code = main(["--database-url", "postgresql://nowhere/db", "--out", str(tmp_path),
+                 "tick", "--", "--help"])
+    assert code == 0
+    assert list(tmp_path.iterdir()) == []
+    out = capsys.readouterr().out
+    assert "--rounds" in out or "usage" in out
+    assert "tick (exited, nothing measured)" in out
