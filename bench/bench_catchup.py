@@ -22,7 +22,6 @@ import sys
 import time
 from typing import Any
 
-import anyio
 import psycopg
 
 from bench.common import (
@@ -40,6 +39,7 @@ from bench.common import (
 )
 from bench.fixtures import Backlog
 from bench.statements import STATEMENTS, StatementTimer
+from consumer import eventloop
 
 GOAL_ROWS_PER_S = 15_000.0  # the sweep's journal path at the default batch
 GOAL_GROUPED = 25_000.0  # 200k rows over 20k records (10 rows per record)
@@ -102,7 +102,7 @@ def _run_backlog(
     stats = RunStats(backlog.rows)
     with srv.scratch(template, "cu") as dsn:
         _prepare(dsn, path)
-        anyio.run(_apply_backlog, dsn, batch_size, stats, profile, backend="asyncio")
+        eventloop.run(_apply_backlog, dsn, batch_size, stats, profile)
         with psycopg.connect(dsn) as conn:
             fp = conn.execute(bench_sql("backlog_fingerprint")).fetchone()
     assert fp is not None

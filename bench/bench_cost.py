@@ -47,7 +47,6 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-import anyio
 import psycopg
 
 from bench.common import (
@@ -69,6 +68,7 @@ from bench.common import (
 )
 from bench.procs import ConsumerProcess, consumer_env, proc_cpu
 from bench.writes import ROW_DATA, ROW_META, pgbench_script
+from consumer import eventloop
 
 GOAL_LISTENER_10 = 0.95  # throughput with the listener, 10 % ours, against no trigger
 GOAL_CONSUMER_10 = 0.90  # with the consumer running, 10 % ours, 2 writers
@@ -350,7 +350,7 @@ async def _trip_cpu(dsn: str, n: int) -> float:
 def trip_floor(srv: Server, template: str, n: int = 2000) -> float:
     """The floor under a pass's cost on this machine: the client CPU of one statement."""
     with srv.scratch(template, "trip") as dsn:
-        return float(anyio.run(_trip_cpu, dsn, n, backend="asyncio"))
+        return float(eventloop.run(_trip_cpu, dsn, n))
 
 
 def report_paced(runs: list[dict[str, Any]], trip_us: float) -> None:

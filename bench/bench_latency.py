@@ -48,6 +48,7 @@ from bench.common import (
 )
 from bench.statements import StatementTimer
 from bench.writes import mission_payload, pgbench_script
+from consumer import eventloop
 
 GOAL_P50_MS = 2.0
 GOAL_P99_MS = 10.0
@@ -303,11 +304,9 @@ def bench_latency(srv: Server, template: str, *, runs: int, rate: float, seconds
         return results
     for run in range(runs):
         with srv.scratch(template, "lat") as dsn:
-            res = anyio.run(
-                functools.partial(_latency_once, dsn, exe, rate=rate, seconds=seconds,
-                                  warmup_s=0.5, batch_max_wait=batch_max_wait),
-                backend="asyncio",
-            )
+            res = eventloop.run(functools.partial(
+                _latency_once, dsn, exe, rate=rate, seconds=seconds, warmup_s=0.5,
+                batch_max_wait=batch_max_wait))
         results.append(res)
         note(f"run {run + 1}: p50 {res['p50']:.2f} ms, p99 {res['p99']:.2f} ms, "
              f"max {res['max']:.2f} ms, n={res['count']}, missing={res['missing']}, "
@@ -356,7 +355,7 @@ def bench_latency(srv: Server, template: str, *, runs: int, rate: float, seconds
          f"writers: {r0['clients']} pgbench clients, -R {rate:g}, one transaction per row: "
          "BEGIN; set_config; INSERT; COMMIT")
     with srv.scratch(template, "floor") as dsn:
-        trip, commit = anyio.run(_floor, dsn, floor_trips, backend="asyncio")
+        trip, commit = eventloop.run(_floor, dsn, floor_trips)
     note(f"floor on this machine: one async round trip (SELECT 1) p50 {trip:.0f} us; "
          f"BEGIN + 1-row INSERT + durable COMMIT p50 {commit:.0f} us")
     if med["rate"] < 0.9 * rate:

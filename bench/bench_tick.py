@@ -47,6 +47,7 @@ from bench.common import (
     verdict,
 )
 from bench.fixtures import indexes_dropped
+from consumer import eventloop
 from consumer.sql import schema_dir
 
 KINDS = (("missions", "aiMissions", False), ("agents", "agents", True))
@@ -269,7 +270,7 @@ def run_size(dsn: str, loaded: int, size: int, rounds: int, new_rows: int
     with Stopwatch() as sw:
         rebuild_ours(dsn)
     rebuild_s = sw.seconds
-    result = anyio.run(_rounds, dsn, rounds, new_rows, size, backend="asyncio")
+    result = eventloop.run(_rounds, dsn, rounds, new_rows, size)
     with psycopg.connect(dsn) as conn:
         row = conn.execute(AGREE_SQL).fetchone()
         plan = conn.execute(sql.SQL("EXPLAIN ") + stale_query("missions"),

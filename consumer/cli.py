@@ -46,6 +46,19 @@ def _add_max_row_bytes(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_event_loop(p: argparse.ArgumentParser) -> None:
+    from .eventloop import CHOICES, ENV
+
+    p.add_argument(
+        "--event-loop",
+        choices=CHOICES,
+        default=None,
+        help=f"the asyncio event loop to run on (default: ${ENV}, else uvloop where it is "
+        "installed): uvloop spends about a tenth less CPU per applied row; asyncio's own "
+        "loop rules the loop out when something misbehaves",
+    )
+
+
 def _positive_int(text: str) -> int:
     try:
         value = int(text)
@@ -86,6 +99,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("run", help="run the consumer: projection, scheduler and runner")
     _add_db(p)
     p.add_argument("--no-scheduler", action="store_true", help="run the projection alone")
+    _add_event_loop(p)
     _add_max_row_bytes(p)
     p.add_argument("--batch-size", type=int, default=2000, help="rows per apply batch (2000)")
     p.add_argument(
@@ -206,6 +220,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("replay", help="rebuild every snapshot from the start of the log")
     _add_db(p)
     _add_max_row_bytes(p)
+    _add_event_loop(p)
     p.add_argument(
         "--batch-size", type=int, default=5000, help="rows per shadow write batch (5000)"
     )
@@ -253,6 +268,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="where spans go (default: otlp when OTEL_EXPORTER_OTLP_ENDPOINT is set, "
         "else none: the view still shows them)",
     )
+    _add_event_loop(p)
     p.add_argument(
         "--plain",
         action="store_true",
@@ -360,6 +376,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         stream=sys.stderr,
     )
     try:
+        from . import eventloop
+
+        eventloop.use(getattr(args, "event_loop", None))
         return COMMANDS[args.command](args)
     except (ConfigError, PrivilegeError, Unreachable) as exc:
         print(f"consumer {args.command}: {exc}", file=sys.stderr)

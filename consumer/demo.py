@@ -29,7 +29,7 @@ from psycopg import sql
 from psycopg.conninfo import make_conninfo
 from rich.console import Console
 
-from . import runner, telemetry
+from . import eventloop, runner, telemetry
 from .config import Settings, env_float
 from .db import aconnect, connect
 from .demo_planner import DemoPlanner
@@ -228,7 +228,7 @@ def _demo(dsn: str, seconds: float, *, traces: str | None, live: bool | None) ->
 
         started = time.monotonic()
         try:
-            anyio.run(main, backend="asyncio")
+            eventloop.run(main)
         except* STOPS as group:  # a one-line error of the consumer, not a traceback
             raise _first_leaf(group) from None
         finally:

@@ -62,8 +62,8 @@ from anyio.streams.memory import MemoryObjectReceiveStream
 from psycopg import errors as pgerr
 from psycopg import sql
 
+from . import eventloop, shutdown
 from . import replay_store as store
-from . import shutdown
 from .apply import LIVE, apply_by_row, apply_rows
 from .config import first_line
 from .db import TOOL_BOUNDS, aconnect
@@ -130,7 +130,7 @@ def run_replay(
         lock_timeout=lock_timeout,
         out=out,
     )
-    code = anyio.run(_until_sigterm, job, backend="asyncio")
+    code = eventloop.run(_until_sigterm, job)
     if code is None:
         print("replay: terminated; the live snapshots are untouched", file=sys.stderr)
         return EXIT_TERMINATED

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 import anyio
 from psycopg_pool import AsyncConnectionPool
 
-from . import metrics, shutdown, telemetry
+from . import eventloop, metrics, shutdown, telemetry
 from .apply import Applied
 from .config import Settings
 from .errors import ConfigError, Unreachable
@@ -51,7 +51,7 @@ def run_service(settings: Settings) -> int:
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
     try:
-        anyio.run(lambda: serve(settings, planner_config=planner_config), backend="asyncio")
+        eventloop.run(lambda: serve(settings, planner_config=planner_config))
     except* STOPS as group:
         raise _first_leaf(group) from None
     finally:

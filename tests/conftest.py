@@ -10,12 +10,14 @@ from __future__ import annotations
 import os
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, settings
 from psycopg_pool import AsyncConnectionPool
 
 from bench.server import Server, start_embedded
+from consumer import eventloop
 from tests.helpers import open_pool
 
 TEMPLATE = "mana_ai_template"
@@ -27,8 +29,9 @@ settings.load_profile("mana-ai")
 
 
 @pytest.fixture(scope="session")
-def anyio_backend() -> str:
-    return "asyncio"
+def anyio_backend() -> tuple[str, dict[str, Any]]:
+    # The loop the service runs on (uvloop by default; MANA_AI_EVENT_LOOP=asyncio for asyncio's).
+    return "asyncio", eventloop.backend_options()
 
 
 def _docker_answers() -> bool:

@@ -8,18 +8,19 @@ import re
 import urllib.request
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 import anyio
 import pytest
 
-from consumer import httpserver, metrics
+from consumer import eventloop, httpserver, metrics
 from consumer.health import Health
 from consumer.httpserver import serve_http
 
 
 @pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
+def anyio_backend() -> tuple[str, dict[str, Any]]:
+    return "asyncio", eventloop.backend_options()
 
 
 COUNTERS = [
