@@ -34,13 +34,13 @@ from . import journal, locks, metrics
 from .apply import (
     LIVE,
     Applied,
+    CollectorPause,
     Finish,
     Hot,
     Targets,
     Window,
     apply_isolated,
     apply_rows,
-    gc_paused,
     isolating,
     quarantine_from_log,
     unapplicable,
@@ -235,6 +235,7 @@ class Projector:
         # new cursor per statement (its transformer and adapters) cost about a fifth of the
         # client CPU of a lone row's statement.
         self._cursors: dict[bool, psycopg.AsyncCursor] = {}
+        self._collector = CollectorPause()  # held by windows, released when the pass ends
 
     def _cursor(self, conn: psycopg.AsyncConnection, *, binary: bool) -> psycopg.AsyncCursor:
         """This connection's kept cursor for one result format (statements whose answers
@@ -335,6 +336,7 @@ class Projector:
                         step = await self._window(conn, cp, after, pass_snapshot)
                     except Exception as exc:
                         self._hot = {}  # its states were folded into: never reuse them
+                        self._collector.release()
                         if not isolating(exc):
                             raise
                         # Something in this window defeats folding it as a whole: the rows
@@ -372,6 +374,7 @@ class Projector:
                 await self._arm(conn)  # the pass ended by a window or row by row
         finally:
             self._hot = {}  # a quiet pass needs none of it: memory back
+            self._collector.release()
         assert pass_snapshot is not None
         self.prev = pass_snapshot
         self.pending_since = None
@@ -511,10 +514,12 @@ class Projector:
         snapshot: str | None = None
         rows = self._window_read = 0
         last: tuple[str, str] | None = None
-        # No collection for the whole window: its folds are a growing heap of acyclic
-        # JSON trees, and a collector let back in between reads scanned them again each
-        # time (847 collections in a 200k-record catch-up at 250 rows a read, 57-95 now).
-        with gc_paused(), conflicts(cp):
+        # No collection for the window, nor between it and the pass's next one: its folds
+        # are a growing heap of acyclic JSON trees, and a collector let back in between
+        # reads scanned them again each time (847 collections in a 200k-record catch-up at
+        # 250 rows a read, 57-95 with a pause per window, a handful now).
+        self._collector.hold()
+        with conflicts(cp):
             async with conn.transaction():
                 async with conn.pipeline():
                     pending = await journal.send_read(conn, self.prev, after, limit)

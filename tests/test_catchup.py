@@ -3,6 +3,7 @@ row path writes, and a window cut short leaves a checkpoint the snapshots agree 
 
 from __future__ import annotations
 
+import gc
 import json
 import uuid
 from datetime import UTC, datetime, timedelta
@@ -279,7 +280,8 @@ async def test_after_a_failed_window_the_pass_goes_back_to_windows(
     # Windows of 2 chunks (over 2 records at most), as many rows as they like.
     projector = Projector(batch_size=2, window_rows=1000, window_records=2)
     outcomes: list[object] = []
-    window = projector._window
+    window, chunk = projector._window, projector._chunk_or_rows
+    collector_on: list[tuple[str, bool]] = []  # (after what, the collector on)
 
     async def watched(*args: Any) -> Any:
         try:
@@ -288,9 +290,15 @@ async def test_after_a_failed_window_the_pass_goes_back_to_windows(
             outcomes.append("failed")
             raise
         outcomes.append(step.rows)
+        collector_on.append(("window", gc.isenabled()))
         return step
 
+    async def watched_chunk(*args: Any) -> Any:
+        collector_on.append(("chunk", gc.isenabled()))
+        return await chunk(*args)
+
     projector._window = watched  # type: ignore[method-assign]
+    projector._chunk_or_rows = watched_chunk  # type: ignore[method-assign]
     # The first window fails as it is about to write (whatever the cause: a value the
     # server refuses, a bug); windows after it do not.
     write = Window.write
@@ -310,6 +318,11 @@ async def test_after_a_failed_window_the_pass_goes_back_to_windows(
     assert sum(outcomes[1:]) == len(rows) - 2 - (6 + 2), outcomes  # type: ignore[arg-type]
     assert stored(db) == by_row
     assert [reason for _, reason in by_row["quarantine"]][0].startswith("unmergeable")
+    # The collector stays paused from one window to the next, is back for the chunks that
+    # follow a failed window, and when the pass ends.
+    assert ("window", False) in collector_on and ("window", True) not in collector_on
+    assert all(on for what, on in collector_on if what == "chunk"), collector_on
+    assert gc.isenabled()
 
 
 async def test_a_fresh_record_that_is_stored_after_all_goes_by_chunks(db: str) -> None:

@@ -6,6 +6,8 @@ from __future__ import annotations
 import gc
 import weakref
 
+import pytest
+
 from consumer.service import settle_heap
 
 
@@ -31,3 +33,37 @@ def test_settle_heap_frees_the_starts_garbage_freezes_the_rest_and_still_collect
         assert later_ref() is None
     finally:
         gc.unfreeze()
+
+
+def test_a_collector_pause_spans_holds_lets_the_collector_in_after_its_bound_and_ends(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from consumer import apply
+
+    clock = [100.0]
+    monkeypatch.setattr(apply.time, "monotonic", lambda: clock[0])
+    pause = apply.CollectorPause(bound=60.0)
+    assert gc.isenabled()
+    try:
+        pause.hold()
+        assert not gc.isenabled()
+        clock[0] += 30
+        pause.hold()  # the next window: still paused, since the first hold
+        assert not gc.isenabled()
+        enabled: list[bool] = []
+        real_enable = gc.enable
+        monkeypatch.setattr(gc, "enable", lambda: (enabled.append(True), real_enable()))
+        clock[0] += 31  # past the bound: the collector comes in, then the pause goes on
+        pause.hold()
+        assert enabled == [True] and not gc.isenabled()
+        pause.release()
+        assert gc.isenabled()
+        pause.release()  # nothing held: nothing to do
+        assert gc.isenabled() and enabled == [True, True]
+        gc.disable()  # someone else's pause: neither ended nor taken over
+        pause.hold()
+        pause.release()
+        assert not gc.isenabled()
+    finally:
+        monkeypatch.undo()
+        gc.enable()
