@@ -461,10 +461,11 @@ class CollectorPause:
     everything at once), across several blocks: a pass's windows. A fold allocates a few
     dicts per row (decoded JSON, field cells) and keeps many of them: with the collector on,
     it scans that growing heap again and again, and once let back in between two windows it
-    scans the survivors (the states the next window starts from) at once, about a tenth of a
-    catch-up's time over 200k records. The rows' values are JSON trees and form no cycles.
-    A long pass lets the collector in for a moment at least every `bound` seconds (at the
-    next `hold`), so cyclic garbage that other tasks make meanwhile waits no longer."""
+    scans the survivors (the states the next window starts from) at once: 0.5-0.66 s of a
+    200k-record catch-up, against 0.07-0.10 s held across windows. The rows' values are
+    JSON trees and form no cycles. A long pass lets the collector in for a moment at least
+    every `bound` seconds (at the next `hold`), so cyclic garbage that other tasks make
+    meanwhile waits no longer."""
 
     def __init__(self, bound: float = 60.0) -> None:
         self.bound = bound

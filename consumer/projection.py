@@ -517,7 +517,8 @@ class Projector:
         # No collection for the window, nor between it and the pass's next one: its folds
         # are a growing heap of acyclic JSON trees, and a collector let back in between
         # reads scanned them again each time (847 collections in a 200k-record catch-up at
-        # 250 rows a read, 57-95 with a pause per window, a handful now).
+        # 250 rows a read); let in between windows, it took 0.5-0.66 s of that catch-up,
+        # 0.07-0.10 s now.
         self._collector.hold()
         with conflicts(cp):
             async with conn.transaction():
