@@ -28,7 +28,7 @@ backends side by side (--paced 500; 0 skips it; --profile FILE writes a CPU-time
 of the consumer).
 
     python -m bench.bench_cost [--quick] [--writers 1,2,4] [--mixes 10,100]
-                               [--rounds 8] [--rounds-all-ours 5] [--seconds 1]
+                               [--rounds 12] [--rounds-all-ours 5] [--seconds 1]
                                [--variants trigger,listener,consumer] [--paced 500]
 """
 
@@ -38,6 +38,7 @@ import contextlib
 import math
 import os
 import re
+import resource
 import subprocess
 import sys
 import tempfile
@@ -66,7 +67,14 @@ from bench.common import (
     section,
     verdict,
 )
-from bench.procs import ConsumerProcess, consumer_env, proc_cpu
+from bench.procs import (
+    ConsumerProcess,
+    children_of,
+    consumer_env,
+    postmaster_of,
+    proc_cpu,
+    server_cpu,
+)
 from bench.writes import ROW_DATA, ROW_META, pgbench_script
 from consumer import eventloop
 
@@ -92,6 +100,7 @@ class DoorbellListener(threading.Thread):
         self.stop = threading.Event()
         self.ready = threading.Event()
         self.rings = 0
+        self.cpu_s = 0.0  # this thread's CPU from parked to stopped (its client's share)
 
     def run(self) -> None:
         from consumer.listener import CHANNEL
@@ -104,6 +113,7 @@ class DoorbellListener(threading.Thread):
             conn.execute(f"LISTEN {CHANNEL}")
             armed = False
             last_ring = 0.0
+            started = time.thread_time()
             self.ready.set()
             while not self.stop.is_set():
                 if not armed:
@@ -113,7 +123,7 @@ class DoorbellListener(threading.Thread):
                         time.sleep(self.busy)
                         continue
                 rang = False
-                for _ in conn.notifies(timeout=0.2, stop_after=1):
+                for _ in conn.notifies(timeout=0.05, stop_after=1):  # stop within 50 ms
                     rang = True
                 if rang:
                     self.rings += 1
@@ -123,6 +133,7 @@ class DoorbellListener(threading.Thread):
                         armed = False
                     last_ring = now
                     time.sleep(self.busy)
+            self.cpu_s = time.thread_time() - started
 
 
 def write_scripts(folder: str) -> dict[str, str]:
@@ -251,7 +262,11 @@ def run_block(srv: Server, template: str, exe: str, writers: int, mix: int, arms
     tps: dict[str, list[float]] = {arm: [] for arm in arms}
     cpu: list[dict[str, float]] = []
     rings: list[dict[str, float]] = []  # the listener's rings, and our rows, per round
+    # Where each arm's CPU went, per round (empty where the server is not on this machine).
+    split: dict[str, list[dict[str, float]]] = {arm: [] for arm in arms}
     with srv.scratch(template, "cost") as dsn, tempfile.TemporaryDirectory() as tmp:
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            postmaster = postmaster_of(conn.execute("SELECT pg_backend_pid()").fetchone()[0])
         scripts = write_scripts(tmp)
         cmd = pgbench_cmd(exe, dsn, scripts, writers, mix, seconds)
         shown = cmd[:-1] + ["URL"]
@@ -273,12 +288,22 @@ def run_block(srv: Server, template: str, exe: str, writers: int, mix: int, arms
                         listener.start()
                         listener.ready.wait(10)
                     before = consumer.cpu() if consumer is not None and arm != "none" else None
+                    split0 = _cpu_sample(postmaster)
                     try:
                         tps[arm].append(run_pgbench(cmd))
                     finally:
                         if listener is not None:
                             listener.stop.set()
                             listener.join(5)
+                    split1 = _cpu_sample(postmaster, split0[2] if split0 else None)
+                    if split0 is not None and split1 is not None:
+                        split[arm].append({
+                            "txns": tps[arm][-1] * seconds,
+                            "server_s": split1[0] - split0[0],
+                            "writers_s": split1[1] - split0[1],
+                            "listener_s": listener.cpu_s if listener is not None else 0.0,
+                            "rings": float(listener.rings) if listener is not None else 0.0,
+                        })
                     if listener is not None:
                         rings.append({"rings": float(listener.rings),
                                       "rows": tps[arm][-1] * seconds * mix / 100,
@@ -293,7 +318,29 @@ def run_block(srv: Server, template: str, exe: str, writers: int, mix: int, arms
             if consumer is not None:
                 consumer.stop()
             triggers(dsn, True)
-    return {"writers": writers, "mix": mix, "tps": tps, "cpu": cpu, "rings": rings}
+    return {"writers": writers, "mix": mix, "tps": tps, "cpu": cpu, "rings": rings,
+            "split": split}
+
+
+def _cpu_sample(postmaster: int | None, settled: set[int] | None = None
+                ) -> tuple[float, float, set[int]] | None:
+    """CPU seconds so far of the whole server and of this process's reaped children (the
+    pgbench runs), and the server's processes now; None when the server is not on this
+    machine. `settled`: the server's processes before the arm: a backend's CPU reaches its
+    parent's account only once it is reaped, so wait (up to 2 s) for the arm's backends
+    to be gone."""
+    if postmaster is None:
+        return None
+    deadline = time.monotonic() + 2
+    while settled is not None and children_of(postmaster) - settled:
+        if time.monotonic() > deadline:
+            break
+        time.sleep(0.005)
+    server = server_cpu(postmaster)
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    if server is None:
+        return None
+    return server, children.ru_utime + children.ru_stime, children_of(postmaster)
 
 
 def free_port() -> int:
@@ -385,7 +432,8 @@ def parse_args(argv: list[str]) -> Any:
     parser = base_parser("Trigger and consumer cost on mana-sync's writers: paired A/B.")
     parser.add_argument("--writers", help="pgbench clients, comma list (1,2,4; quick 2)")
     parser.add_argument("--mixes", help="percent of rows ours, comma list (10,100; quick 10)")
-    parser.add_argument("--rounds", type=int, help="rounds per block (8; quick 3)")
+    parser.add_argument("--rounds", type=int, help="rounds per block (12; quick 3): at 8 the "
+                        "intervals at a 10 %% mix were about +-8 %%, as wide as the costs")
     parser.add_argument("--rounds-all-ours", type=int,
                         help="rounds per block when 100 %% of rows are ours (5; quick as "
                         "--rounds): the costs there are x1.5-2.3, large beside the rounds' "
@@ -407,7 +455,7 @@ def parse_args(argv: list[str]) -> Any:
     q = args.quick
     args.writers = [int(x) for x in (args.writers or ("2" if q else "1,2,4")).split(",")]
     args.mixes = [int(x) for x in (args.mixes or ("10" if q else "10,100")).split(",")]
-    args.rounds = args.rounds or (3 if q else 8)
+    args.rounds = args.rounds or (3 if q else 12)
     args.rounds_all_ours = args.rounds_all_ours or (args.rounds if q else 5)
     args.seconds = args.seconds or 1
     args.variants = [v for v in args.variants.split(",") if v]
@@ -457,6 +505,63 @@ def main(argv: list[str] | None = None) -> int:
 
 def _ratios(block: dict[str, Any], arm: str) -> list[float]:
     return [v / b for v, b in zip(block["tps"][arm], block["tps"]["none"], strict=True) if b]
+
+
+def _per_txn(rounds: list[dict[str, float]], key: str) -> float:
+    """Median over rounds of one CPU share, us per writer transaction."""
+    return median([1e6 * r[key] / r["txns"] for r in rounds if r["txns"]])
+
+
+def split_rows(blocks: list[dict[str, Any]]) -> list[list[object]]:
+    """Where each arm's CPU went, per writer transaction (see report_split): one row per
+    block and arm that has the figures."""
+    rows: list[list[object]] = []
+    for block in blocks:
+        split = block.get("split") or {}
+        base = split.get("none")
+        if not base:
+            continue
+        base_total = _per_txn(base, "server_s") + _per_txn(base, "writers_s")
+        consumer = {"client_s": sum(c["client_s"] for c in block["cpu"]),
+                    "txns": sum(c["rows"] for c in block["cpu"]) * 100 / block["mix"]}
+        for arm, rounds in split.items():
+            if not rounds:
+                continue
+            server, writers = _per_txn(rounds, "server_s"), _per_txn(rounds, "writers_s")
+            client = (_per_txn(rounds, "listener_s") if arm == "listener"
+                      else _per_txn([consumer], "client_s") if arm == "consumer" else 0.0)
+            rings = sum(r["rings"] for r in rounds)
+            per_ring = (1e6 * sum(r["listener_s"] for r in rounds) / rings if rings
+                        else math.nan)
+            total = server + writers + client
+            rows.append([arm, block["writers"], f"{block['mix']} %", len(rounds), server,
+                         writers, client, per_ring, total, total - base_total,
+                         total / base_total if base_total else math.nan])
+    return rows
+
+
+def report_split(blocks: list[dict[str, Any]]) -> None:
+    """Where each arm's CPU went, per writer transaction: what the server spent (every
+    PostgreSQL process: the writers' backends, the trigger, the rings, the listener's and
+    the consumer's backends), the writers' own client (pgbench), and the listener's or the
+    consumer's client. On a machine where all of them share the cores, a variant's extra
+    CPU is taken from the writers."""
+    rows = split_rows(blocks)
+    if not rows:
+        return
+    print_table(
+        "CPU per transaction of mana-sync's writers, by arm (us, medians over rounds): the "
+        "server (every PostgreSQL process), the writers' client (pgbench), the listener's "
+        "or the consumer's client (and the listener's per ring), the sum and its growth "
+        "against no trigger",
+        ["arm", "writers", "ours", "rounds", "server", "writers' client", "our client",
+         "per ring", "sum", "sum - none", "sum x"],
+        rows,
+    )
+    note("a ring's server cost is the listener's server figure less the trigger's, in the "
+         "same block: the notify, its lock and the listening backend's wake-up; 'our "
+         "client' is CPU the writers would keep where the listener or the consumer runs on "
+         "another machine")
 
 
 def report(blocks: list[dict[str, Any]], args: Any) -> int:
@@ -518,6 +623,7 @@ def report(blocks: list[dict[str, Any]], args: Any) -> int:
             ["writers", "ours", "rows/s of ours", "rings/s", "rings per row of ours"],
             ring_rows,
         )
+    report_split(blocks)
     note("'costs > 5 %?': yes when the whole interval lies below x0.95, no when it lies "
          "above, can't tell when it contains x0.95: then this run does not show whether the "
          "cost exceeds 5 %, and no number should be claimed from it")

@@ -50,7 +50,7 @@ from bench.common import (
     verdict,
 )
 from bench.fixtures import due_mission
-from bench.procs import TICK, ConsumerProcess, proc_cpu, proc_ppid
+from bench.procs import TICK, ConsumerProcess, postmaster_of, proc_cpu, server_cpu
 from tests.planner_stub import PlannerStub
 
 KEY = "bench-key"
@@ -89,16 +89,11 @@ def sample_cpu(conn: psycopg.Connection, procs: list[ConsumerProcess],
            WHERE datname = current_database() AND application_name LIKE 'mana-ai%%'"""
     ).fetchall()
     backends = {pid: c for (pid,) in rows if (c := proc_cpu(pid)) is not None}
-    server_cpu = None
-    if postmaster is not None and (own := proc_cpu(postmaster, children=True)) is not None:
-        server_cpu = own
-        for entry in os.listdir("/proc"):
-            if entry.isdigit() and proc_ppid(int(entry)) == postmaster:
-                server_cpu += proc_cpu(int(entry)) or 0.0
+    server = server_cpu(postmaster) if postmaster is not None else None
     own = conn.execute("SELECT pg_backend_pid()").fetchone()
     t = os.times()
     return CpuSample(time.monotonic(), [proc_cpu(p.pid) for p in procs], backends,
-                     server_cpu, t.user + t.system,
+                     server, t.user + t.system,
                      (proc_cpu(own[0]) or 0.0) if own else 0.0, machine_busy())
 
 
@@ -158,9 +153,7 @@ def stop_profiles(spies: list[subprocess.Popen]) -> None:
 def postmaster_pid(conn: psycopg.Connection) -> int | None:
     """The server's postmaster, when it runs on this machine (else no server split)."""
     row = conn.execute("SELECT pg_backend_pid()").fetchone()
-    if row is None or proc_cpu(row[0]) is None:
-        return None
-    return proc_ppid(row[0])
+    return None if row is None else postmaster_of(row[0])
 
 
 def start(dsn: str, stub: PlannerStub, processes: int, max_runs: int) -> list[ConsumerProcess]:

@@ -140,3 +140,24 @@ def proc_ppid(pid: int) -> int | None:
             return int(f.read().rsplit(")", 1)[1].split()[1])
     except (OSError, IndexError, ValueError):
         return None
+
+
+def children_of(pid: int) -> set[int]:
+    """The processes whose parent is `pid` (a zombie counts until it is reaped)."""
+    return {int(e) for e in os.listdir("/proc") if e.isdigit() and proc_ppid(int(e)) == pid}
+
+
+def server_cpu(postmaster: int) -> float | None:
+    """CPU seconds of a PostgreSQL server on this machine: the postmaster, its reaped
+    children (exited backends) and its live children. None where /proc cannot tell."""
+    total = proc_cpu(postmaster, children=True)
+    if total is None:
+        return None
+    return total + sum(proc_cpu(pid) or 0.0 for pid in children_of(postmaster))
+
+
+def postmaster_of(backend_pid: int) -> int | None:
+    """The postmaster of a backend that runs on this machine (else None: no server split)."""
+    if proc_cpu(backend_pid) is None:
+        return None
+    return proc_ppid(backend_pid)

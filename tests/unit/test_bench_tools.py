@@ -191,6 +191,32 @@ def test_pgbench_writers_mix_by_script_weights() -> None:
     assert pgbench_cmd("pgbench", "DSN", scripts, 1, 100, 1).count("-f") == 1
 
 
+def test_cost_split_per_transaction_and_per_ring() -> None:
+    from bench.bench_cost import split_rows
+
+    def arm(server: float, writers: float, listener: float = 0.0, rings: float = 0.0) -> dict:
+        return {"txns": 1000.0, "server_s": server, "writers_s": writers,
+                "listener_s": listener, "rings": rings}
+
+    block = {"writers": 2, "mix": 10, "cpu": [], "split": {
+        "none": [arm(0.30, 0.10), arm(0.32, 0.10), arm(0.34, 0.10)],
+        "trigger": [arm(0.33, 0.10)],
+        "listener": [arm(0.33, 0.10, 0.02, 100), arm(0.33, 0.10, 0.02, 100)],
+    }}
+    rows = {r[0]: r for r in split_rows([block])}
+    none, trigger, listener = rows["none"], rows["trigger"], rows["listener"]
+    assert none[4:7] == [pytest.approx(320), pytest.approx(100), 0.0]  # medians, us/txn
+    assert trigger[9] == pytest.approx(10) and trigger[10] == pytest.approx(430 / 420)
+    assert listener[6] == pytest.approx(20) and listener[7] == pytest.approx(200)  # per ring
+    assert listener[9] == pytest.approx(30)
+    consumer_block = {"writers": 2, "mix": 10, "split": {
+        "none": [arm(0.30, 0.10)], "consumer": [arm(0.30, 0.10)]},
+        "cpu": [{"client_s": 0.05, "rows": 100.0}]}  # 100 rows of ours: 1,000 transactions
+    consumer = {r[0]: r for r in split_rows([consumer_block])}["consumer"]
+    assert consumer[6] == pytest.approx(50) and consumer[9] == pytest.approx(50)
+    assert split_rows([{"writers": 1, "mix": 10, "cpu": [], "split": {}}]) == []
+
+
 def test_report_command_line_hides_machine_specifics() -> None:
     from bench.__main__ import _parse, _shown
 
