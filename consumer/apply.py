@@ -463,19 +463,24 @@ class CollectorPause:
     it scans that growing heap again and again, and once let back in between two windows it
     scans the survivors (the states the next window starts from) at once: 0.5-0.66 s of a
     200k-record catch-up, against 0.07-0.10 s held across windows. The rows' values are
-    JSON trees and form no cycles. A long pass lets the collector in for a moment at least
-    every `bound` seconds (at the next `hold`), so cyclic garbage that other tasks make
-    meanwhile waits no longer."""
+    JSON trees and form no cycles. A long pass collects the young generation at the first
+    `hold` once `bound` seconds went by since the pause or the last such collection, so
+    cyclic garbage that other tasks make and drop meanwhile waits no longer (while paused,
+    whatever is made stays young; what survives a collection waits for the pass's end).
+    Enabling the collector for that moment would collect nothing: collections start at an
+    allocation, and the next `hold` disables it again before there is one."""
 
     def __init__(self, bound: float = 60.0) -> None:
         self.bound = bound
-        self._since: float | None = None  # when we paused it (None: not paused by us)
+        self._since: float | None = None  # when we paused it or last collected (None: not ours)
 
     def hold(self) -> None:
         now = time.monotonic()
-        if self._since is not None and now - self._since >= self.bound:
-            self.release()
-        if self._since is None and gc.isenabled():  # paused by someone else: theirs to end
+        if self._since is not None:
+            if now - self._since >= self.bound:
+                gc.collect(0)
+                self._since = now
+        elif gc.isenabled():  # paused by someone else: theirs to end
             gc.disable()
             self._since = now
 

@@ -325,6 +325,43 @@ async def test_after_a_failed_window_the_pass_goes_back_to_windows(
     assert gc.isenabled()
 
 
+class Cycle:
+    def __init__(self) -> None:
+        self.me = self  # freed only by the cyclic collector
+
+
+async def test_a_long_pass_collects_what_others_drop_while_the_collector_is_paused(
+    db: str,
+) -> None:
+    """Across a pass's windows the collector stays off, but past the pause's bound the
+    garbage other tasks made and dropped meanwhile is collected, without waiting for the
+    pass to end (here the bound is 0: at every window)."""
+    import weakref
+
+    bootstrapped(db)
+    load_traffic(db, [(i % 7, "write", "title", i, i, None) for i in range(60)], [1] * 60)
+    projector = Projector(batch_size=2, window_rows=6, window_records=100)
+    projector._collector.bound = 0.0
+    dropped: list[weakref.ref] = []
+    seen: list[tuple[bool, int]] = []  # (collector on, cycles dropped earlier and not freed)
+
+    def progress() -> None:
+        seen.append((gc.isenabled(), sum(ref() is not None for ref in dropped)))
+        dropped.append(weakref.ref(Cycle()))  # another task's garbage, made mid-pass
+
+    projector.on_progress = progress
+    assert gc.isenabled()
+    await project(db, projector)
+    paused = [left for on, left in seen if not on]
+    assert len(paused) >= 12, seen  # several windows of 3 reads, the collector off in each
+    # Each window's first read finds everything dropped before it freed: what is left is
+    # never more than one window's reads made, and it comes back to none again and again.
+    assert max(paused) <= 4, seen
+    assert sum(left == 0 for left in paused[1:]) >= 3, seen
+    assert gc.isenabled()
+    assert stored(db)["checkpoint_past_all"]
+
+
 async def test_a_fresh_record_that_is_stored_after_all_goes_by_chunks(db: str) -> None:
     """A window writes records without stored clocks by COPY (nothing of them should be
     stored). A snapshot stored without its clocks (say from before the clocks existed)

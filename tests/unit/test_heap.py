@@ -35,7 +35,7 @@ def test_settle_heap_frees_the_starts_garbage_freezes_the_rest_and_still_collect
         gc.unfreeze()
 
 
-def test_a_collector_pause_spans_holds_lets_the_collector_in_after_its_bound_and_ends(
+def test_a_collector_pause_spans_holds_collects_after_its_bound_and_ends(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     from consumer import apply
@@ -44,22 +44,36 @@ def test_a_collector_pause_spans_holds_lets_the_collector_in_after_its_bound_and
     monkeypatch.setattr(apply.time, "monotonic", lambda: clock[0])
     pause = apply.CollectorPause(bound=60.0)
     assert gc.isenabled()
+
+    def dropped_cycle() -> weakref.ref:
+        node = Node()
+        return weakref.ref(node)  # the node is garbage now, freed only by a collection
+
     try:
         pause.hold()
         assert not gc.isenabled()
+        early = dropped_cycle()
+        for _ in range(2000):  # allocations that would start a collection, were it enabled
+            Node().me = None
         clock[0] += 30
         pause.hold()  # the next window: still paused, since the first hold
-        assert not gc.isenabled()
-        enabled: list[bool] = []
-        real_enable = gc.enable
-        monkeypatch.setattr(gc, "enable", lambda: (enabled.append(True), real_enable()))
-        clock[0] += 31  # past the bound: the collector comes in, then the pause goes on
+        assert not gc.isenabled() and early() is not None
+        later = dropped_cycle()
+        clock[0] += 31  # past the bound: what was dropped meanwhile is collected
         pause.hold()
-        assert enabled == [True] and not gc.isenabled()
+        assert early() is None and later() is None
+        assert not gc.isenabled()  # and the pause goes on
+        last = dropped_cycle()
+        clock[0] += 59  # the bound counts from that collection
+        pause.hold()
+        assert last() is not None
+        clock[0] += 1
+        pause.hold()
+        assert last() is None
         pause.release()
         assert gc.isenabled()
         pause.release()  # nothing held: nothing to do
-        assert gc.isenabled() and enabled == [True, True]
+        assert gc.isenabled()
         gc.disable()  # someone else's pause: neither ended nor taken over
         pause.hold()
         pause.release()
