@@ -100,7 +100,9 @@ class DoorbellListener(threading.Thread):
         self.stop = threading.Event()
         self.ready = threading.Event()
         self.rings = 0
-        self.cpu_s = 0.0  # this thread's CPU from parked to stopped (its client's share)
+        # This thread's CPU from parked to stopped (its client's share); NaN until it ended
+        # on its stop (a listener that failed or did not stop in time has no figure).
+        self.cpu_s = math.nan
 
     def run(self) -> None:
         from consumer.listener import CHANNEL
@@ -123,7 +125,7 @@ class DoorbellListener(threading.Thread):
                         time.sleep(self.busy)
                         continue
                 rang = False
-                for _ in conn.notifies(timeout=0.05, stop_after=1):  # stop within 50 ms
+                for _ in conn.notifies(timeout=0.2, stop_after=1):
                     rang = True
                 if rang:
                     self.rings += 1
@@ -301,7 +303,8 @@ def run_block(srv: Server, template: str, exe: str, writers: int, mix: int, arms
                             "txns": tps[arm][-1] * seconds,
                             "server_s": split1[0] - split0[0],
                             "writers_s": split1[1] - split0[1],
-                            "listener_s": listener.cpu_s if listener is not None else 0.0,
+                            "listener_s": (0.0 if listener is None else math.nan
+                                           if listener.is_alive() else listener.cpu_s),
                             "rings": float(listener.rings) if listener is not None else 0.0,
                         })
                     if listener is not None:
@@ -509,7 +512,8 @@ def _ratios(block: dict[str, Any], arm: str) -> list[float]:
 
 def _per_txn(rounds: list[dict[str, float]], key: str) -> float:
     """Median over rounds of one CPU share, us per writer transaction."""
-    return median([1e6 * r[key] / r["txns"] for r in rounds if r["txns"]])
+    return median([1e6 * r[key] / r["txns"] for r in rounds
+                   if r["txns"] and not math.isnan(r[key])])
 
 
 def split_rows(blocks: list[dict[str, Any]]) -> list[list[object]]:
@@ -530,8 +534,9 @@ def split_rows(blocks: list[dict[str, Any]]) -> list[list[object]]:
             server, writers = _per_txn(rounds, "server_s"), _per_txn(rounds, "writers_s")
             client = (_per_txn(rounds, "listener_s") if arm == "listener"
                       else _per_txn([consumer], "client_s") if arm == "consumer" else 0.0)
-            rings = sum(r["rings"] for r in rounds)
-            per_ring = (1e6 * sum(r["listener_s"] for r in rounds) / rings if rings
+            timed = [r for r in rounds if not math.isnan(r["listener_s"])]
+            rings = sum(r["rings"] for r in timed)
+            per_ring = (1e6 * sum(r["listener_s"] for r in timed) / rings if rings
                         else math.nan)
             total = server + writers + client
             rows.append([arm, block["writers"], f"{block['mix']} %", len(rounds), server,

@@ -12,7 +12,8 @@ of this process's CPU time per row (wall time would count other work on the mach
     python -m bench.bench_fold [--rows 200000] [--records 20000] [--runs 7] [--batch 2000]
 
 Only the package's public names are used, so the same script times another checkout
-side by side (run it with that checkout first on PYTHONPATH).
+side by side (run it with that checkout first on PYTHONPATH; one from 17454b7 on, which
+has apply.CollectorPause).
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ import time
 import uuid
 from datetime import UTC, datetime, timedelta
 
-from consumer.apply import Window
+from consumer.apply import CollectorPause, Window
 from consumer.decisions import due_instant
 from consumer.instants import from_us
 from consumer.journal import JournalRow
@@ -92,20 +93,27 @@ def build_rows(rows: int, records: int, users: int = 1000) -> list[JournalRow]:
 
 
 def fold_once(rows: list[JournalRow], batch: int) -> tuple[float, int, list[bytes]]:
-    """One window: CPU seconds, rows folded, and each record's encoded state (to compare)."""
+    """One window: CPU seconds, rows folded, and each record's encoded state (to compare).
+    The cyclic collector is paused as a catch-up pauses it (its caller, the projector,
+    holds a CollectorPause across the pass's windows)."""
     gc.collect()
+    pause = CollectorPause()
     started = time.process_time()  # CPU time: less skewed than wall time on a shared machine
-    window = Window(max_bytes=1_000_000)
-    for lo in range(0, len(rows), batch):
-        window.add(rows[lo:lo + batch])
-    encoded: list[bytes] = []
-    for (kind, _user, record_id), (_before, state) in window.folds.items():
-        encoded.append(encode_state(state))
-        record = materialize(record_id, state)
-        if state.last_applied_us is not None:
-            from_us(state.last_applied_us)
-        if kind == "mission" and record is not None:
-            due_instant(record)
+    pause.hold()
+    try:
+        window = Window(max_bytes=1_000_000)
+        for lo in range(0, len(rows), batch):
+            window.add(rows[lo:lo + batch])
+        encoded: list[bytes] = []
+        for (kind, _user, record_id), (_before, state) in window.folds.items():
+            encoded.append(encode_state(state))
+            record = materialize(record_id, state)
+            if state.last_applied_us is not None:
+                from_us(state.last_applied_us)
+            if kind == "mission" and record is not None:
+                due_instant(record)
+    finally:
+        pause.release()
     elapsed = time.process_time() - started
     return elapsed, window.result.rows, encoded
 

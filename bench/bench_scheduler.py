@@ -45,7 +45,7 @@ from bench.fixtures import (
     has_due_index,
     load_snapshots,
 )
-from consumer import metrics
+from consumer import eventloop, metrics
 from consumer.apply import Applied
 from consumer.db import Bounds, Connector
 from consumer.decisions import Decision
@@ -203,7 +203,7 @@ def main(argv: list[str] | None = None) -> int:
             note(f"bulk load {filled.loaded_s:.1f} s")
             note(describe_due_fill(filled, args.missions))
             plan = query_plan(dsn, datetime.now(UTC))
-            rows = anyio.run(selection, dsn, args.runs)
+            rows = eventloop.run(selection, dsn, args.runs)
             print_table(
                 f"due selection, median of {args.runs} runs",
                 ["step", "ms", "rows", "due"], rows,
@@ -212,10 +212,10 @@ def main(argv: list[str] | None = None) -> int:
             for line in plan:
                 note("  " + line)
             print()
-            big = [anyio.run(lateness, dsn, args.lateness, args.spread, lead, offsets)
+            big = [eventloop.run(lateness, dsn, args.lateness, args.spread, lead, offsets)
                    for offsets in (False, True)]
         with srv.scratch(template, tag="sched") as dsn:
-            small = [anyio.run(lateness, dsn, args.lateness, args.spread, lead, offsets)
+            small = [eventloop.run(lateness, dsn, args.lateness, args.spread, lead, offsets)
                      for offsets in (False, True)]
 
     print_table(

@@ -419,16 +419,21 @@ async def _copy_fresh(
     targets: Targets,
     result: Applied,
     hot: Hot,
-) -> None:
+) -> list[tuple[Key, RecordState, bytes]]:
     """Write records that nothing of is stored yet (see snapshots/copy.tmpl.sql): their
     visible snapshots, due entries and clocks, each table by one COPY; their encoded
     states go into `hot`. The tables are locked first, in the one order, so that the
     COPYs may go in the order that lets our work and the server's overlap: first the
     missions' snapshots (the server's heaviest part: the JSON parsed, three indexes),
     taken by the server while we encode every state and make every snapshot and due
-    instant; then the agents', the due entries and the clocks, which cost us little."""
+    instant; then the agents', the due entries and the clocks, which cost us little.
+
+    Returns the records that are not visible, to be written as the upsert path writes
+    them (their snapshot and due entry deleted): a COPY of their clocks alone would meet
+    no key, and a snapshot stored without clocks (say upstream's) would stay."""
     await conn.execute(lock_query(targets, "ROW EXCLUSIVE"))
     later: dict[str, list[tuple[Any, ...]]] = {"agents": [], "due": [], "clocks": []}
+    gone: list[tuple[Key, RecordState, bytes]] = []
     cur = conn.cursor()
     set_json_dumps(_json.encode, cur)  # records as the write statement encodes them
     async with cur.copy(_copy_query(targets, "missions")) as copy:
@@ -437,15 +442,17 @@ async def _copy_fresh(
             kind, user_id, record_id = key
             encoded = encode_state(state)
             hot[key] = (encoded, state)
-            later["clocks"].append((kind, user_id, record_id, encoded))
             record, visible, at = _derived(kind, record_id, state)
-            if visible:
-                row = (user_id, record_id, record, _us_to_dt(state.last_applied_us))
-                if kind == "mission":
-                    await copy.write_row(row)
-                else:
-                    later["agents"].append(row)
-                result.new += 1
+            if not visible:
+                gone.append((key, state, encoded))
+                continue
+            later["clocks"].append((kind, user_id, record_id, encoded))
+            row = (user_id, record_id, record, _us_to_dt(state.last_applied_us))
+            if kind == "mission":
+                await copy.write_row(row)
+            else:
+                later["agents"].append(row)
+            result.new += 1
             if at is not None:
                 later["due"].append((user_id, record_id, at))
     for part, rows in later.items():
@@ -454,6 +461,7 @@ async def _copy_fresh(
                 copy.set_types(_COPY_TYPES[part])
                 for row in rows:
                     await copy.write_row(row)
+    return gone
 
 
 class CollectorPause:
@@ -581,7 +589,7 @@ class Window:
                 known.append((key, state, encoded))
             (result.missions if key[0] == "mission" else result.agents).add(key[1:])
         if fresh:
-            await _copy_fresh(conn, fresh, targets, result, hot)
+            known += await _copy_fresh(conn, fresh, targets, result, hot)
         if not (known or self.rejected or self.missing):
             return hot
         async with conn.pipeline():

@@ -378,7 +378,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         from . import eventloop
 
-        eventloop.use(getattr(args, "event_loop", None))
+        if hasattr(args, "event_loop"):  # the commands that run a loop (not migrate, status)
+            eventloop.use(args.event_loop)
         return COMMANDS[args.command](args)
     except (ConfigError, PrivilegeError, Unreachable) as exc:
         print(f"consumer {args.command}: {exc}", file=sys.stderr)

@@ -29,7 +29,7 @@ import psycopg
 import pytest
 from psycopg_pool import AsyncConnectionPool
 
-from consumer import metrics
+from consumer import eventloop, metrics
 from consumer.config import Settings
 from consumer.db import Bounds, Connector, aconnect
 from consumer.instants import iso
@@ -237,7 +237,7 @@ def project(dsn: str, projector: Projector | None = None) -> Projector:
 
     def target() -> None:
         try:
-            anyio.run(go)
+            eventloop.run(go)
         except BaseException as exc:  # noqa: BLE001 - re-raised in the caller
             errors.append(exc)
 

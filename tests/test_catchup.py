@@ -325,6 +325,45 @@ async def test_after_a_failed_window_the_pass_goes_back_to_windows(
     assert gc.isenabled()
 
 
+async def test_a_fresh_record_deleted_in_the_window_deletes_a_snapshot_stored_without_clocks(
+    db: str,
+) -> None:
+    """A record with no stored clocks whose fold is not visible (deleted) goes the upsert
+    path's way: a snapshot and due entry stored without clocks (say upstream's) are
+    deleted, as the row path deletes them, rather than left behind by a COPY of clocks
+    alone that meets no key."""
+    rows: list[tuple] = [(i % 4, "write", "title", i, i, None) for i in range(24)]
+    rows[21] = (2, "delete", "title", None, 100, None)  # r2 (a mission) deleted last
+    start = bootstrapped(db)
+    load_traffic(db, rows, [1] * len(rows))
+    await project(db, Projector(batch_size=1, window_rows=0))
+    by_row = stored(db)
+    assert not [r for r in by_row["missions"] if r[1] == "r2"]
+    reset(db, start)
+    with psycopg.connect(db, autocommit=True) as conn:
+        conn.execute(
+            """INSERT INTO mana_ai.mission_snapshots (user_id, mission_id, record)
+               VALUES ('u1', 'r2', '{"id": "r2", "title": "stale"}')"""
+        )
+        conn.execute(
+            """INSERT INTO mana_ai.mission_due (user_id, mission_id, due_at)
+               VALUES ('u1', 'r2', now())"""
+        )
+    projector = Projector(batch_size=2, window_rows=1000)
+    steps: list[int] = []
+    window = projector._window
+
+    async def watched(*args: Any) -> Any:
+        step = await window(*args)
+        steps.append(step.rows)
+        return step
+
+    projector._window = watched  # type: ignore[method-assign]
+    await project(db, projector)
+    assert steps and sum(steps) == len(rows) - 2, steps  # all by one window, none failed
+    assert stored(db) == by_row
+
+
 class Cycle:
     def __init__(self) -> None:
         self.me = self  # freed only by the cyclic collector

@@ -7,14 +7,13 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
-import anyio
 import psycopg
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from psycopg.types.json import Jsonb
 
-from consumer import ledger, snapshots
+from consumer import eventloop, ledger, snapshots
 from consumer.decisions import due_instant
 from consumer.due import DueSelector, Selection
 from consumer.ledger import Claim, Occurrence
@@ -110,7 +109,7 @@ def test_selection_equals_the_rule_on_every_snapshot(
             """INSERT INTO mana_ai.mission_due (user_id, mission_id, due_at)
                SELECT user_id, mission_id, mana_ai.mission_due_at(record)
                FROM mana_ai.mission_snapshots WHERE mana_ai.mission_due_at(record) IS NOT NULL""")
-    selection = anyio.run(_select, db, now)
+    selection = eventloop.run(_select, db, now)
     assert selection.due == expected(records, now)
     later = [at for r in records.values() if (at := due_instant(r)) is not None and at > now]
     assert selection.next_due == min(later, default=None)

@@ -4,7 +4,6 @@ after the swap, the journal hold, and row level security."""
 
 from __future__ import annotations
 
-import asyncio
 import io
 import json
 import os
@@ -24,7 +23,7 @@ import pytest
 from psycopg.conninfo import make_conninfo
 
 from bench.baseline import bench_sql
-from consumer import locks
+from consumer import eventloop, locks
 from consumer.db import Bounds, aconnect
 from consumer.progress import Progress
 from consumer.projection import Projector
@@ -203,7 +202,7 @@ def test_live_projector_keeps_its_prepared_statements_across_the_swap(db: str) -
                     mission(writer, f"new{i}", state="active")
                     await projector.catch_up(conn)
 
-    asyncio.run(go())
+    eventloop.run(go)
     snaps = actual_snapshots(db)
     assert snaps == expected_snapshots(db)
     assert snaps["missions"][("u1", "m3")]["title"] == "after swap 3"

@@ -41,6 +41,9 @@ def test_cli_bad_event_loop_fails_before_any_work() -> None:
     assert "MANA_AI_EVENT_LOOP: unknown event loop 'trio'" in result.stderr
     result = run_cli("replay", "--event-loop", "trio")
     assert result.returncode == 2 and "invalid choice: 'trio'" in result.stderr
+    # A command that runs no loop does not care: it fails (exit 2) only for its own reason.
+    result = run_cli("status", "--database-url", "postgresql://nowhere:1/x", env=env)
+    assert "event loop" not in result.stderr and "nowhere" in result.stderr, result.stderr
 
 
 def test_event_loop_choice_and_its_options(monkeypatch: pytest.MonkeyPatch) -> None:

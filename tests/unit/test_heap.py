@@ -53,11 +53,13 @@ def test_a_collector_pause_spans_holds_collects_after_its_bound_and_ends(
         pause.hold()
         assert not gc.isenabled()
         early = dropped_cycle()
-        for _ in range(2000):  # allocations that would start a collection, were it enabled
-            Node().me = None
+        # Objects kept alive: an enabled collector would have run (its young generation's
+        # count past the threshold) and freed `early`.
+        kept = [Node() for _ in range(3 * gc.get_threshold()[0])]
         clock[0] += 30
         pause.hold()  # the next window: still paused, since the first hold
         assert not gc.isenabled() and early() is not None
+        del kept
         later = dropped_cycle()
         clock[0] += 31  # past the bound: what was dropped meanwhile is collected
         pause.hold()
