@@ -185,9 +185,10 @@ def decide(
 
 # The nextRunAt spellings a mission can be due at: extended ISO-8601, a date alone, or a
 # date and hh:mm[:ss[.fraction]] with 'Z' or an offset of at most 15:59 (none means UTC).
-# The SQL twin, mana_ai.mission_due_at (migration 0008), accepts exactly these and reads
-# them to the same instant, so the due index, its backfill and this check agree. Anything
-# else (week dates, basic format, other separators) is never due.
+# The SQL twin, mana_ai.next_run_instant (migration 0011; mana_ai.mission_due_at and the
+# ledger's prune call it), accepts exactly these and reads them to the same instant, so the
+# due index, its backfill, the prune and this check agree. Anything else (week dates, basic
+# format, other separators) is never due.
 DUE_SPELLING = re.compile(
     r"[0-9]{4}-[0-9]{2}-[0-9]{2}"
     r"(?:[Tt ](?:[01][0-9]|2[0-3]):[0-5][0-9](?::[0-5][0-9](?:\.[0-9]+)?)?"

@@ -4,7 +4,7 @@ Occurrence. A due occurrence is (user, mission, nextRunAt read as a UTC instant)
 instant spelt '...00.000Z' by one client and '...00+00:00' by another is one occurrence.
 The instant comes from the package's one parser (instants.parse_instant); the due query
 compares with the due index's instant (mana_ai.mission_due.due_at), ledger/prune.sql with
-mana_ai.instant(), its SQL twin.
+mana_ai.next_run_instant(), the SQL twin that also fills that index.
 
 Lifecycle, one row per occurrence:
 

@@ -372,12 +372,19 @@ async def test_failed_run_frees_its_slot_and_is_recorded(env: Env) -> None:
 
 async def test_prune_keeps_the_current_occurrence(env: Env) -> None:
     first_at = at(-60)
+    yesterday = (datetime.now(UTC) - timedelta(days=1)).date().isoformat()
     mission(env.log, "moved", state="active", nextRunAt=first_at)
     mission(env.log, "stuck", state="active", nextRunAt=at(-50))
+    # Due spellings that upstream's parser (and the old prune) did not read: a date alone,
+    # a lower-case 't'; and a mission paused after its run, its nextRunAt unchanged.
+    mission(env.log, "stuck-date", state="active", nextRunAt=yesterday)
+    mission(env.log, "stuck-t", state="active", nextRunAt=at(-40).replace("T", "t"))
+    mission(env.log, "paused-after", state="active", nextRunAt=at(-30))
     await env.apply()
     s = env.scheduler(GatedDispatcher(gated=False))
-    await s.run_pass()
+    assert len(await s.run_pass()) == 5
     mission(env.log, "moved", nextRunAt=at(3600))  # the device advanced it
+    mission(env.log, "paused-after", state="paused")
     await env.apply()
     async with env.pool.connection() as conn:
         await ledger.record_usage(conn, "u1", "a1", 5)
@@ -386,8 +393,13 @@ async def test_prune_keeps_the_current_occurrence(env: Env) -> None:
     pruned = metric("mana_ai_ledger_pruned_rows_total", {"table": "dispatch_ledger"})
     assert await later.prune() == (1, 1)
     assert metric("mana_ai_ledger_pruned_rows_total", {"table": "dispatch_ledger"}) == pruned + 1
-    # "stuck" keeps its row: its nextRunAt never moved, so forgetting it would run it again.
-    assert [r[0] for r in ledger_rows(env.dsn)] == ["stuck"]
+    # The others keep their rows: their nextRunAt never moved, so forgetting one would run
+    # it again (once active again, for the paused one).
+    assert [r[0] for r in ledger_rows(env.dsn)] == [
+        "paused-after", "stuck", "stuck-date", "stuck-t"]
+    assert await s.run_pass() == []
+    mission(env.log, "paused-after", state="active")
+    await env.apply()
     assert await s.run_pass() == []
 
 
