@@ -140,6 +140,7 @@ class Follower:
             except Deposed as exc:
                 log.warning("deposed: %s; standing by", exc)
                 self.projector.forget()
+                self._no_lag()  # another process leads now
             except Exception as exc:
                 # Only a lost connection is retried. An error about data that escaped the
                 # projection's row-by-row isolation is a bug to see, not a reconnect loop
@@ -383,6 +384,12 @@ class Follower:
         self.health.role = STANDBY
         self.health.listener_connected = True  # a healthy standby
         self.health.release(APPLY)  # a standby applies nothing: no apply bound
+        self._no_lag()
+
+    def _no_lag(self) -> None:
+        """This process applies nothing now: it has no apply lag (see Projector.stand_by)."""
+        self.projector.stand_by()
+        self.health.lag_seconds = 0.0
         metrics.LISTENER_CONNECTED.set(1)
 
     def _step_down(self, term: Term) -> None:

@@ -250,6 +250,12 @@ class Projector:
         if self.pending_since is None:
             self.pending_since = time.monotonic()
 
+    def stand_by(self) -> None:
+        """This process applies nothing now (a standby): no ring waits on it. A pass cut
+        off by a deposition or a lost connection left its ring unanswered; a standby must
+        not report that as apply lag, which only grows while it stands by."""
+        self.pending_since = None
+
     def lag_seconds(self) -> float:
         return 0.0 if self.pending_since is None else time.monotonic() - self.pending_since
 

@@ -243,6 +243,15 @@ def role_of(port: int) -> str | None:
         return None
 
 
+def health_of(port: int) -> tuple[int, float | None] | None:
+    """(/healthz status, its apply lag), or None when it does not answer."""
+    try:
+        code, body = http_json(f"http://127.0.0.1:{port}/healthz", timeout=3)
+    except OSError:
+        return None
+    return code, body.get("lag_seconds")
+
+
 async def test_sigkilled_leader_the_standby_decides_within_5_s(db: str) -> None:
     ports = [free_port(), free_port()]
     with PlannerStub() as stub:

@@ -17,6 +17,8 @@ transaction that began before it, and that transaction has written (it has an xi
 
 from __future__ import annotations
 
+import time
+
 import psycopg
 import pytest
 
@@ -37,7 +39,7 @@ from tests.faultkit import (
 from tests.helpers import checkpoint_version, free_port, project, wait_for
 from tests.logtools import actual_snapshots, expected_snapshots, write
 from tests.test_catchup import bootstrapped
-from tests.test_faults_leader import role_of
+from tests.test_faults_leader import health_of, role_of
 
 BATCH = 50  # the pass's first chunk; the window reads the rest in reads of this size
 RUN = ("--batch-size", str(BATCH))
@@ -242,6 +244,14 @@ def test_a_deposed_leaders_window_moves_nothing_and_it_stands_by(db: str) -> Non
             wait_for(lambda: refused in old.output(), WITHIN, "the window's CAS refused")
             wait_for(lambda: role_of(port) == "standby", WITHIN, "the old leader stands by")
             assert sessions(db, WORK_APP) == 0, "a standby holds no work connection"
+            # Its cut-off pass left a ring unanswered: a standby reports no apply lag for it
+            # (that lag only grew while it stood by, and turned /healthz 503 after 30 s).
+            # The lag is sampled once a second: look for longer than that.
+            seen = []
+            for _ in range(6):
+                seen.append(health_of(port))
+                time.sleep(0.5)
+            assert all(h == (200, 0.0) for h in seen), seen
             # Its window moved nothing: the checkpoint is the first chunk's, the snapshots
             # are the fold of the first chunk's rows, nothing is quarantined.
             assert checkpoint_version(db) == version + 1
