@@ -32,7 +32,7 @@ Usage. One row per planner call; the budget gate sums the last 24 h per (user, a
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Collection
 from datetime import datetime
 from typing import Any
 
@@ -152,14 +152,27 @@ async def live_counts(
 
 
 async def take(
-    conn: psycopg.AsyncConnection, owner: str, limit: int, lease: float
+    conn: psycopg.AsyncConnection,
+    owner: str,
+    limit: int,
+    lease: float,
+    busy: Collection[tuple[str, str, datetime]] = (),
 ) -> list[Job]:
-    """Lease up to `limit` runnable occurrences for `owner` (one committed transaction)."""
+    """Lease up to `limit` runnable occurrences for `owner` (one committed transaction),
+    none of `busy` (the occurrences whose attempt `owner` still runs)."""
     if limit <= 0:
         return []
     async with one_statement(conn):
         cur = await conn.execute(
-            load("ledger/take"), {"owner": owner, "limit": limit, "lease": lease}
+            load("ledger/take"),
+            {
+                "owner": owner,
+                "limit": limit,
+                "lease": lease,
+                "busy_users": [k[0] for k in busy],
+                "busy_missions": [k[1] for k in busy],
+                "busy_due_ats": [k[2] for k in busy],
+            },
         )
         rows = await cur.fetchall()
     jobs = []

@@ -186,7 +186,7 @@ class RunWorker:
         if free <= 0:
             return []
         async with autocommit(self.pool) as conn:
-            jobs = await ledger.take(conn, self.owner, free, self.lease)
+            jobs = await ledger.take(conn, self.owner, free, self.lease, list(self.running))
         # From here to the runs' start nothing awaits: a cancellation cannot strand a lease.
         for job in jobs:
             if job.lease_expired:

@@ -241,6 +241,32 @@ async def test_a_database_error_recording_an_end_does_not_stop_the_worker(
     assert "expired" in row["last_error"]
 
 
+@pytest.mark.anyio
+async def test_a_run_whose_renewals_fail_is_not_taken_again_by_its_own_worker(
+    env: Env, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The database does not answer the renewals (say it is away) for longer than the
+    lease, while the planner call goes on: the lease runs out, but this worker does not
+    take the occurrence again beside its own live attempt (a second planner call). The
+    attempt ends, holds the fence still, and writes back once."""
+    from consumer import ledger as ledger_module
+
+    async def unreachable(*args: Any, **kwargs: Any) -> bool:
+        raise psycopg.OperationalError("server closed the connection unexpectedly")
+
+    monkeypatch.setattr(ledger_module, "renew", unreachable)
+    mission(env.log, "m1", state="active", nextRunAt=at(-5))
+    env.stub.script = [{"delay": 1.5}]  # five times the lease, within the planner's 2 s
+    s = env.make(lease=0.3)
+    async with running(s):
+        await env.until(lambda: iterations_written(env.dsn) == {"m1": 1})
+        await anyio.sleep(0.5)  # a second attempt, were one running, would show by now
+    assert len(env.stub.requests) == 1
+    (row,) = ledger(env.dsn)
+    assert (row["state"], row["attempts"]) == ("done", 1)
+    assert iterations_written(env.dsn) == {"m1": 1}
+
+
 # --------------------------------------------------------------------------- occurrences
 
 

@@ -5,10 +5,16 @@
 -- occurrence, the attempt (the lease's fence), the decision's trace, and the mission and
 -- agent as projected now (the agent as the scheduler finds it: by the record's id, with
 -- deletedAt absent or null; of two with one id, the greatest key, as snapshots/agents.sql).
+-- Not the occurrences this worker still runs (the busy_ arrays): their lease may have run out
+-- while the database was away, but their attempt lives and renews it when it is back;
+-- taking one again would call the planner a second time beside it.
 WITH c AS (
     SELECT l.user_id, l.mission_id, l.due_at, l.state AS was, l.lease_owner AS old_owner
     FROM mana_ai.dispatch_ledger l
     WHERE l.state IN ('claimed', 'running') AND l.wake_at <= now()
+      AND (l.user_id, l.mission_id, l.due_at) NOT IN (
+          SELECT * FROM unnest(%(busy_users)s::text[], %(busy_missions)s::text[],
+                               %(busy_due_ats)s::timestamptz[]))
     ORDER BY l.wake_at
     LIMIT %(limit)s
     FOR UPDATE SKIP LOCKED
