@@ -198,11 +198,18 @@ async def take(
     return jobs
 
 
-async def renew(conn: psycopg.AsyncConnection, job: Job, lease: float) -> bool:
-    """Extend the job's lease; False when it is no longer this attempt's."""
+RENEWED, FINISHED, LOST = "renewed", "finished", "lost"
+
+
+async def renew(conn: psycopg.AsyncConnection, job: Job, lease: float) -> str:
+    """Extend the job's lease: RENEWED; FINISHED when this attempt already ended the
+    occurrence (its end committed meanwhile); LOST when the lease is another's."""
     async with one_statement(conn):
         cur = await conn.execute(load("ledger/renew"), {**job.key_params(), "lease": lease})
-        return cur.rowcount == 1
+        row = await cur.fetchone()
+    if row is not None and row[0]:
+        return RENEWED
+    return FINISHED if row is not None and row[1] else LOST
 
 
 async def mark_done(

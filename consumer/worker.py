@@ -302,11 +302,13 @@ class RunWorker:
             try:
                 with shutdown.finishing():
                     async with autocommit(self.pool) as conn:
-                        ok = await ledger.renew(conn, job, self.lease)
+                        renewed = await ledger.renew(conn, job, self.lease)
             except Exception:
                 log.warning("renewing the lease of %s failed", job.mission_id, exc_info=True)
                 continue  # the fence still protects the write; try again
-            if not ok:
+            if renewed == ledger.FINISHED:
+                return  # the attempt's own end committed meanwhile: nothing to stop
+            if renewed == ledger.LOST:
                 self._lost.add((job.user_id, job.mission_id, job.due_at))
                 scope.cancel()
                 return

@@ -267,6 +267,49 @@ async def test_a_run_whose_renewals_fail_is_not_taken_again_by_its_own_worker(
     assert iterations_written(env.dsn) == {"m1": 1}
 
 
+class DoneThenLingers:
+    """A dispatcher that commits the occurrence done itself (as the Runner does, in its
+    write-back transaction), then still has work to finish: long enough for a renewal
+    of the lease to run after the commit."""
+
+    commits_done = True
+
+    def __init__(self, pool: AsyncConnectionPool, linger: float) -> None:
+        self.pool, self.linger = pool, linger
+        self.finished: list[str] = []
+
+    async def dispatch(self, job: Any) -> str | None:
+        from consumer import ledger as ledger_module
+
+        async with self.pool.connection() as conn, conn.transaction():
+            assert await ledger_module.mark_done(conn, job, "ok")
+        await anyio.sleep(self.linger)
+        self.finished.append(job.mission_id)
+        return "ok"
+
+
+@pytest.mark.anyio
+async def test_a_renewal_after_the_attempts_own_commit_does_not_call_the_run_lost(
+    env: Env,
+) -> None:
+    """A renewal that finds the occurrence already done by this attempt stops renewing;
+    it does not stop the run nor count it lost (before, it did both)."""
+    dispatcher = DoneThenLingers(env.pool, linger=0.5)
+    env.scheduler = Scheduler(
+        env.pool, tracer=env.tracer, dispatcher=dispatcher, claims=True,
+        worker_options={**FAST, "lease": 0.15}, prune_every=0)  # renewals every 50 ms
+    lost = metric("mana_ai_runs_total", {"outcome": "lost"})
+    ok = metric("mana_ai_runs_total", {"outcome": "ok"})
+    mission(env.log, "m1", state="active", nextRunAt=at(-5))
+    async with running(env.scheduler):
+        await env.until(lambda: dispatcher.finished == ["m1"])
+        await anyio.sleep(0.1)
+    assert metric("mana_ai_runs_total", {"outcome": "lost"}) == lost
+    assert metric("mana_ai_runs_total", {"outcome": "ok"}) == ok + 1
+    (row,) = ledger(env.dsn)
+    assert (row["state"], row["attempts"]) == ("done", 1)
+
+
 # --------------------------------------------------------------------------- occurrences
 
 
