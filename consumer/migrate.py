@@ -3,10 +3,14 @@ transaction, under an advisory lock so replicas booting together do not race."""
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import re
+import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 import msgspec
 import psycopg
@@ -19,6 +23,17 @@ from .errors import ConfigError, PrivilegeError
 from .sql import schema_dir
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+# A migration's DDL on mana-sync's log (CREATE or DROP TRIGGER) waits for every open
+# transaction on the table, and while it waits every new INSERT and SELECT of mana-sync
+# queues behind it. So no lock is waited for longer than LOCK_WAIT seconds: the migration's
+# transaction rolls back, and is tried again after a pause that lets the queue drain, up
+# to LOCK_TRIES times; then the command fails, saying which long transaction to look for.
+# The same bound applies, try by try, to the lock that serializes replicas' migrations.
+LOCK_WAIT = 5.0
+LOCK_TRIES = 12
 
 # Any constant works; it only has to be the same for every replica of this service.
 _NAME = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
@@ -73,8 +88,14 @@ def migrate(
     applied_now: list[str] = []
     with connect(dsn, role="migrate", autocommit=True) as conn:
         try:
+            conn.execute(
+                "SELECT set_config('lock_timeout', %s, false)", (f"{int(LOCK_WAIT * 1000)}ms",)
+            )
             # Session lock: held across the per-migration transactions below.
-            conn.execute("SELECT pg_advisory_lock(%s)", (locks.MIGRATE,))
+            _bounded(
+                lambda: conn.execute("SELECT pg_advisory_lock(%s)", (locks.MIGRATE,)),
+                "the migration lock (another consumer is migrating this database)",
+            )
             try:
                 if with_sync_schema:
                     with conn.transaction():
@@ -104,9 +125,15 @@ def migrate(
                                 migration.name,
                             )
                         continue
-                    _apply(conn, migration)
+                    _bounded(
+                        functools.partial(_apply, conn, migration),
+                        f"the tables migration {migration.version:04d}_{migration.name} "
+                        "changes (a long transaction holds one: see pg_stat_activity)",
+                    )
                     applied_now.append(f"{migration.version:04d}_{migration.name}")
-                statement = ensure_write_role(conn)
+                statement = _bounded(
+                    functools.partial(ensure_write_role, conn), "the log, to grant on it"
+                )
                 if statement is not None:
                     message = (
                         f"role {WRITE_ROLE} is not set up and this role may not do it; "
@@ -170,6 +197,29 @@ def ensure_write_role(conn: psycopg.Connection) -> str | None:
     # One statement to paste, whatever is missing.
     body = " ".join(m.as_string(conn) + ";" for m in missing)
     return f"DO $$ BEGIN {body} END $$;"
+
+
+def _bounded(step: Callable[[], T], what: str) -> T:
+    """Run `step` (statements or transactions that may start again, under the session's
+    lock_timeout); when a lock wait runs out, try again after a pause, LOCK_TRIES times in
+    all."""
+    tries = LOCK_TRIES
+    for attempt in range(1, tries + 1):
+        try:
+            return step()
+        except pgerr.LockNotAvailable:
+            if attempt == tries:
+                break
+            pause = min(2.0 ** (attempt - 1), 10.0)
+            log.warning(
+                "waited %g s for %s; trying again in %g s (%d of %d)",
+                LOCK_WAIT, what, pause, attempt, tries,
+            )
+            time.sleep(pause)
+    raise ConfigError(
+        f"gave up after {tries} waits of {LOCK_WAIT:g} s for {what}; the step that waited "
+        "changed nothing: run `consumer migrate` again once the holder is gone"
+    )
 
 
 def _apply(conn: psycopg.Connection, migration: Migration) -> None:

@@ -186,3 +186,58 @@ def test_cli_migrate_applies_then_reports_up_to_date(empty_db: str) -> None:
     assert first.stdout.startswith("applied 0001_seed")
     second = run_cli("migrate", "--with-sync-schema", "--database-url", empty_db)
     assert second.returncode == 0 and second.stdout.strip() == "schema is up to date"
+
+
+def test_a_migration_waits_for_the_log_no_longer_than_its_bound(
+    empty_db: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A transaction of mana-sync stays open on the log: the trigger's DDL cannot lock it.
+    The migration gives up each wait after LOCK_WAIT (a writer queued behind it waits no
+    longer), tries LOCK_TRIES times, then fails with one line; once the transaction is
+    gone, it applies."""
+    import threading
+    import time
+
+    from consumer import migrate as migrate_module
+    from consumer.errors import ConfigError
+    from consumer.sql import schema_dir
+
+    monkeypatch.setattr(migrate_module, "LOCK_WAIT", 0.3, raising=False)
+    monkeypatch.setattr(migrate_module, "LOCK_TRIES", 3, raising=False)
+    insert = """INSERT INTO public.sync_changes (app_id, table_name, record_id, user_id, op,
+                    data, client_id) VALUES ('notes', 'notes', 'n', 'u', 'insert', '{}', 'c')"""
+    with psycopg.connect(empty_db, autocommit=True) as holder:
+        holder.execute((schema_dir() / "sync_changes.sql").read_text())
+        holder.execute("BEGIN")
+        holder.execute(insert)  # open: its lock on the log stays
+        failed: list[BaseException] = []
+
+        def run() -> None:
+            try:
+                migrate(empty_db)
+            except BaseException as exc:  # noqa: BLE001 - looked at below
+                failed.append(exc)
+
+        thread = threading.Thread(target=run)
+        started = time.monotonic()
+        thread.start()
+        time.sleep(0.6)  # the migration is waiting for the log by now
+        # A writer queued behind the migration's wait, for one bound at most (its own
+        # lock_timeout only keeps this test from hanging should the bound be gone).
+        with psycopg.connect(empty_db, autocommit=True, options="-c lock_timeout=3s") as writer:
+            t = time.monotonic()
+            try:
+                writer.execute(insert)
+            except psycopg.errors.LockNotAvailable:
+                pass
+            queued = time.monotonic() - t
+        thread.join(30)
+        elapsed = time.monotonic() - started
+        holder.execute("ROLLBACK")
+    assert not thread.is_alive(), "the migration waited without a bound"
+    assert queued < 1.5, queued
+    assert len(failed) == 1 and isinstance(failed[0], ConfigError), failed
+    assert "gave up after 3 waits of 0.3 s for the tables migration" in str(failed[0])
+    assert "pg_stat_activity" in str(failed[0])
+    assert elapsed < 10, elapsed  # 3 waits of 0.3 s and the pauses between them
+    assert migrate(empty_db)  # the holder is gone: everything applies
