@@ -428,7 +428,17 @@ class _Replay:
         self.synchronous_commit = await store.setting(ctl, "synchronous_commit")
         await store.set_setting(ctl, "synchronous_commit", "off", local=False)
         async with ctl.transaction():
-            await store.drop_leftovers(ctl)
+            # A reader of a leftover table (say of the *_retired ones, left after a swap
+            # whose drop gave up) must not hold us, and the replay lock, without a bound.
+            await store.set_lock_timeout(ctl, self.lock_timeout, local=True)
+            try:
+                await store.drop_leftovers(ctl)
+            except pgerr.LockNotAvailable:
+                raise ReplayError(
+                    "the tables an earlier replay left behind (its shadow, or the *_retired "
+                    f"ones) are in use: a transaction held them past {self.lock_timeout:g} s; "
+                    "let it end (pg_stat_activity) and replay again"
+                ) from None
             await store.create_shadow(ctl)
             # Committed before the build snapshot is taken: keep_from <= its xmin.
             await store.set_hold(ctl)

@@ -36,7 +36,7 @@ from consumer.replay import (
     replay,
     run_replay,
 )
-from consumer.replay_store import SHADOW
+from consumer.replay_store import RETIRED, SHADOW
 from consumer.sql import load
 from tests.helpers import QUIET, catalog, leftovers, project
 from tests.logtools import actual_snapshots, agent, expected_snapshots, mission, write
@@ -400,6 +400,34 @@ def test_leftovers_of_a_killed_run_are_dropped_by_the_next(db: str) -> None:
                      "VALUES ('replay', '1', 999999)")
     assert run_replay(db, **QUIET) == EXIT_OK
     assert set(actual_snapshots(db)["missions"]) == {("u1", "m1")}
+    assert leftovers(db) == []
+
+
+def test_a_leftover_in_use_makes_the_replay_give_up_within_its_lock_timeout(
+    db: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The *_retired tables a swap could not drop are still read by someone: the next
+    replay does not wait for that reader without a bound; it gives up within its lock
+    timeout, says why, and leaves the live snapshots untouched."""
+    import time
+
+    with psycopg.connect(db, autocommit=True) as conn:
+        mission(conn, "m1", state="active")
+        conn.execute(f"CREATE TABLE mana_ai.{RETIRED.missions} "
+                     "(LIKE mana_ai.mission_snapshots INCLUDING ALL)")
+    project(db)
+    before = live_rows(db)
+    with psycopg.connect(db) as reader:
+        reader.execute(f"SELECT count(*) FROM mana_ai.{RETIRED.missions}")  # stays open
+        started = time.monotonic()
+        code = run_replay(db, lock_timeout=0.5, **QUIET)
+        took = time.monotonic() - started
+        reader.rollback()
+    assert code == EXIT_DIFFERS
+    assert took < 10, took
+    assert "are in use" in capsys.readouterr().err
+    assert live_rows(db) == before
+    assert run_replay(db, **QUIET) == EXIT_OK  # the reader is gone: it goes through
     assert leftovers(db) == []
 
 
