@@ -27,7 +27,9 @@ name again and finds the new table. Everything the live tables held was applied
 by transactions committed before the lock, from rows committed before them: the shadow
 holds all of it, so the checkpoint row stays true untouched. A lock that does not come
 within `lock_timeout` (a long reader queued before us) is given up, so the live
-projector is never stuck behind us for long; we catch up and try again.
+projector is never stuck behind us for long; we catch up and try again. (PostgreSQL
+bounds each table's wait on its own: a try that meets the four tables busy one after the
+other may hold the first ones for up to four times `lock_timeout`.)
 
 Verify. The same build and catch-up under a SHARE lock (readers go on, the projector
 waits), then the shadow is compared with the live tables and dropped. Records with
