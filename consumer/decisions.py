@@ -183,6 +183,38 @@ def decide(
     return Verdict(Decision.RAN, f"agent {state or 'active'}: all gates passed")
 
 
+class Hold(msgspec.Struct, frozen=True):
+    """Why a claimed occurrence must not run now: `gate` is the decision that would be made
+    now (a Decision value), or "moved" when the mission is due at another instant."""
+
+    gate: str
+    reason: str
+
+
+def hold_at_attempt(
+    mission: dict[str, Any] | None,
+    agent: dict[str, Any] | None,
+    due_at: datetime,
+    tokens_used_24h: int,
+) -> Hold | None:
+    """Checked at the start of every attempt, with the records as projected now: a claim may
+    wait in the queue and a retry waits out its backoff, and meanwhile the agent may be
+    paused, archived, deleted or out of budget, or the mission moved. Upstream decides every
+    attempt afresh (a failed mission is due again at the next tick), so we do too.
+
+    The concurrency gate is not counted again: the occurrence holds its slot (a limit of 0
+    or below still lets nothing run). A mission that is gone or no longer active is left
+    to the run, which fails the occurrence for good."""
+    if mission is None or mission.get("state") != "active" or mission.get("deletedAt") is not None:
+        return None
+    if due_instant(mission) != due_at:
+        return Hold("moved", f"nextRunAt is now {js_string(mission.get('nextRunAt'))}")
+    verdict = decide(mission, agent, 0, tokens_used_24h)
+    if verdict.decision is Decision.RAN:
+        return None
+    return Hold(verdict.decision.value, verdict.reason)
+
+
 # The nextRunAt spellings a mission can be due at: extended ISO-8601, a date alone, or a
 # date and hh:mm[:ss[.fraction]] with 'Z' or an offset of at most 15:59 (none means UTC).
 # The SQL twin, mana_ai.next_run_instant (migration 0011; mana_ai.mission_due_at and the

@@ -10,7 +10,7 @@ Lifecycle, one row per occurrence:
 
     claimed --take--> running --done--> done
        ^                 |  \\--last attempt failed--> failed
-       +--attempt failed-+
+       +--attempt failed-+  \\--a gate closed before it ran--> (row deleted: due again)
        +--lease expired (taken again as it stands)
 
 - The leader inserts `claimed` rows for its `ran` decisions (`claim_many`). The primary key
@@ -23,6 +23,9 @@ Lifecycle, one row per occurrence:
 - A run that ended without writing goes back to `claimed` with a backoff, or, after the
   last attempt, ends `failed` with its reason (`mark_retry`).
 - A lease that expired makes the row runnable again: the next `take` starts a new attempt.
+- Every attempt checks the gates again before it calls the planner (a claim may wait in the
+  queue, a retry waits out its backoff). When one closed, the row is deleted (`release`):
+  the mission is due as it was and the scheduler decides it afresh.
 
 Skipped decisions are not written: they are decided again when the agent, the mission or a
 slot changes.
@@ -33,7 +36,7 @@ Usage. One row per planner call; the budget gate sums the last 24 h per (user, a
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Collection
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 import msgspec
@@ -48,6 +51,8 @@ STATE_RUNNING = "running"
 STATE_DONE = "done"
 STATE_FAILED = "failed"
 LIVE_STATES = (STATE_CLAIMED, STATE_RUNNING)
+
+BUDGET_WINDOW = timedelta(hours=24)  # the budget gate's rolling window of token usage
 
 OUTCOME_OK = "ok"
 OUTCOME_FAILED = "failed"
@@ -270,6 +275,13 @@ async def mark_retry(
             "refund": 1 if refund else 0,
         },
     )
+    return cur.rowcount == 1
+
+
+async def release(conn: psycopg.AsyncConnection, job: Job) -> bool:
+    """A gate closed before this attempt ran: the occurrence leaves the ledger, due again
+    and decided afresh by the scheduler (ledger/release.sql). False when the lease was lost."""
+    cur = await conn.execute(load("ledger/release"), job.key_params())
     return cur.rowcount == 1
 
 

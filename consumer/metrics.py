@@ -118,7 +118,8 @@ RUNS_IN_FLIGHT = Gauge(
 RUNS = Counter(
     "mana_ai_runs",
     "Run attempts that ended, by outcome: written-back, ok, retry (tried again later), "
-    "failed (after the last attempt), lost (the lease went to another process), stopped.",
+    "failed (after the last attempt), lost (the lease went to another process), stopped, "
+    "released (a gate closed before the attempt ran: decided again by the scheduler).",
     ["outcome"],
     registry=REGISTRY,
 )

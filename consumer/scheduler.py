@@ -61,14 +61,13 @@ from .decisions import agent_name as agent_name_of
 from .due import Due, DueSelector, agent_id_of
 from .errors import Deposed
 from .instants import iso, utcnow
-from .ledger import Occurrence
+from .ledger import BUDGET_WINDOW, Occurrence
 from .telemetry import tracer as default_tracer
 from .worker import Dispatcher, RunWorker
 
 log = logging.getLogger(__name__)
 
 LEGACY_AGENT_NAME = "Mana"  # display name of the default identity (legacy missions)
-BUDGET_WINDOW = timedelta(hours=24)
 WAKE_EPSILON = 0.005  # seconds added to a timed sleep: a timer may fire a hair early
 MIN_SLEEP = 0.001
 MAX_BACKOFF = 30.0

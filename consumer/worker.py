@@ -18,7 +18,13 @@ One attempt (`_attempt`):
   never sooner than the planner's Retry-After), on any process; after `attempts` attempts,
   or for a failure no retry can fix, the occurrence is `failed` with its reason and an
   interval mission's nextRunAt is advanced anyway in the same transaction;
-- cancelled (shutdown): the attempt is given back (not counted) and runnable at once.
+- cancelled (shutdown): the attempt is given back (not counted) and runnable at once;
+- before the planner is called, the gates are checked again with the records as projected
+  now (`decisions.hold_at_attempt`): a claim may wait in the queue and a retry waits out
+  its backoff, and meanwhile the agent may be paused, archived, deleted or out of budget,
+  or the mission moved to another instant. Then the occurrence is released (its ledger row
+  deleted, `released`): the mission stays due as it is and the scheduler decides it
+  afresh, as upstream's next tick would.
 
 A lease that expires (its process died, or stalled past it) is taken by the next `take`
 anywhere; the stalled process, should it wake, finds its fence gone and writes nothing.
@@ -47,8 +53,9 @@ from opentelemetry.trace import NonRecordingSpan, SpanContext, Status, StatusCod
 from psycopg_pool import AsyncConnectionPool
 
 from . import ledger, metrics, shutdown
+from .decisions import Hold, agent_gate_inputs, hold_at_attempt
 from .instants import utcnow
-from .ledger import Job
+from .ledger import BUDGET_WINDOW, Job
 from .runner import LeaseLost, RunFailed, write_advance
 from .telemetry import tracer as default_tracer
 
@@ -250,11 +257,16 @@ class RunWorker:
                 "the last attempt's lease expired", outcome="lease-expired", retryable=False))
         result: str | None = None
         error: Exception | None = None
+        hold: Hold | None = None
         try:
             async with anyio.create_task_group() as tg:
                 tg.start_soon(self._renew, job, tg.cancel_scope)
                 try:
-                    result = await self.dispatcher.dispatch(job)
+                    # Under the lease like the run: a shutdown gives the attempt back, and
+                    # a database error here fails the attempt (tried again after backoff).
+                    hold = await self._hold(job)
+                    if hold is None:
+                        result = await self.dispatcher.dispatch(job)
                 except Exception as exc:  # not a cancellation: that must propagate
                     error = exc
                 finally:
@@ -277,6 +289,8 @@ class RunWorker:
             return "lost"
         if isinstance(error, RunFailed):
             return await self._failed(job, span, error)
+        if hold is not None:
+            return await self._release(job, span, hold)
         if error is not None:
             metrics.MISSION_ERRORS.inc()
             log.error(
@@ -295,6 +309,35 @@ class RunWorker:
         metrics.RUNS.labels(outcome=outcome).inc()
         metrics.RUN_ATTEMPTS.observe(job.attempt)
         return outcome
+
+    async def _hold(self, job: Job) -> Hold | None:
+        """What stops this attempt now (see the module docstring), or None."""
+        tokens = 0
+        if job.agent_id is not None and job.agent is not None and (
+            agent_gate_inputs(job.agent).max_tokens_per_day is not None
+        ):
+            pair = (job.user_id, job.agent_id)
+            async with autocommit(self.pool) as conn:
+                usage = await ledger.usage_since(conn, {pair}, self.clock() - BUDGET_WINDOW)
+            tokens = usage.get(pair, 0)
+        return hold_at_attempt(job.mission, job.agent, job.due_at, tokens)
+
+    async def _release(self, job: Job, span: trace.Span, hold: Hold) -> str:
+        span.set_attribute("run.gate", hold.gate)
+        span.set_attribute("run.gate_reason", hold.reason)
+        with shutdown.finishing():
+            async with autocommit(self.pool) as conn:
+                released = await ledger.release(conn, job)
+        if not released:
+            metrics.RUNS.labels(outcome="lost").inc()
+            return "lost"
+        metrics.RUNS.labels(outcome="released").inc()
+        log.info(
+            "mission %s of %s (%s): attempt %d not run: %s (%s); released, the scheduler "
+            "decides it again", job.mission_id, job.user_id, job.next_run_at, job.attempt,
+            hold.gate, hold.reason,
+        )
+        return "released"
 
     async def _renew(self, job: Job, scope: anyio.CancelScope) -> None:
         while True:

@@ -197,6 +197,90 @@ async def test_always_failing_ends_failed_and_the_interval_still_moves_on(env: E
     assert s.next_due == nxt
 
 
+def runs_of(env: Env, mission_id: str) -> list[dict[str, Any]]:
+    """The attributes of the mission's run spans, in the order they ended."""
+    return [dict(sp.attributes or {}) for sp in env.exporter.get_finished_spans()
+            if sp.name == "mission.run" and (sp.attributes or {}).get("mission.id") == mission_id]
+
+
+@pytest.mark.anyio
+async def test_a_retry_whose_agent_was_paused_meanwhile_does_not_run(env: Env) -> None:
+    due = at(-5)
+    agent(env.log, "a1", name="Scout", state="active")
+    mission(env.log, "m1", state="active", agentId="a1", nextRunAt=due, objective="o")
+    env.stub.script = [{"status": 503, "headers": {"Retry-After": "2"}}]
+    released = metric("mana_ai_runs_total", {"outcome": "released"})
+    s = env.make()
+    async with running(s):
+        # The first attempt failed; its retry waits out the planner's Retry-After.
+        await env.until(lambda: len(env.stub.requests) == 1
+                        and [r["state"] for r in ledger(env.dsn)] == ["claimed"])
+        agent(env.log, "a1", state="paused")
+        await env.until(lambda: ledger(env.dsn) == [])
+    assert len(env.stub.requests) == 1  # the retry did not call the planner
+    assert iterations_written(env.dsn) == {}
+    runs = runs_of(env, "m1")
+    assert [(r["run.attempt"], r["run.outcome"]) for r in runs] == [(1, "retry"), (2, "released")]
+    assert (runs[1]["run.gate"], runs[1]["run.gate_reason"]) == ("skipped-paused", "agent paused")
+    assert metric("mana_ai_runs_total", {"outcome": "released"}) == released + 1
+    # The mission is due as it was, and decided afresh: skipped while the agent is paused.
+    records = await s.run_pass()
+    assert [(r.mission_id, r.decision.value, r.dispatched) for r in records] == [
+        ("m1", "skipped-paused", False)]
+    # Resumed, the same occurrence is claimed anew and runs once.
+    agent(env.log, "a1", state="active")
+    async with running(s):
+        await env.until(lambda: iterations_written(env.dsn) == {"m1": 1})
+        await env.until(lambda: [r["state"] for r in ledger(env.dsn)] == ["done"])
+    (row,) = ledger(env.dsn)
+    assert (row["attempts"], row["outcome"]) == (1, "written-back")
+    assert len(env.stub.requests) == 2
+
+
+@pytest.mark.anyio
+async def test_a_retry_past_the_agents_budget_does_not_run(env: Env) -> None:
+    # The first attempt's answer does not parse, but its 123 tokens were spent: the budget
+    # of 100 is gone, so the retry must not spend more (upstream checks before every call).
+    due = at(-5)
+    agent(env.log, "a1", name="Scout", state="active", maxTokensPerDay=100)
+    mission(env.log, "m1", state="active", agentId="a1", nextRunAt=due, objective="o")
+    env.stub.script = [{"content": "I would rather not."}]
+    s = env.make()
+    async with running(s):
+        await env.until(lambda: len(runs_of(env, "m1")) == 2)
+    assert len(env.stub.requests) == 1
+    assert ledger(env.dsn) == [] and iterations_written(env.dsn) == {}
+    assert [(r["run.outcome"], r.get("run.gate")) for r in runs_of(env, "m1")] == [
+        ("retry", None), ("released", "skipped-budget")]
+    records = await s.run_pass()
+    assert [(r.decision.value, r.dispatched) for r in records] == [("skipped-budget", False)]
+
+
+@pytest.mark.anyio
+async def test_a_mission_moved_while_its_retry_waited_runs_once_at_the_new_instant(
+    env: Env,
+) -> None:
+    first, moved_to = at(-60), at(-30)
+    mission(env.log, "m1", state="active", nextRunAt=first, objective="o")
+    env.stub.script = [{"status": 503, "headers": {"Retry-After": "2"}}]
+    s = env.make()
+    async with running(s):
+        await env.until(lambda: len(env.stub.requests) == 1
+                        and [r["state"] for r in ledger(env.dsn)] == ["claimed"])
+        # The user moves the mission: the scheduler claims the new instant and runs it.
+        mission(env.log, "m1", nextRunAt=moved_to)
+        await env.until(lambda: iterations_written(env.dsn) == {"m1": 1})
+        # The first instant's retry finds the mission moved: released, not run.
+        await env.until(lambda: len(ledger(env.dsn)) == 1, within=15)
+    (row,) = ledger(env.dsn)
+    assert (row["state"], row["outcome"]) == ("done", "written-back")
+    assert len(env.stub.requests) == 2 and iterations_written(env.dsn) == {"m1": 1}
+    runs = runs_of(env, "m1")
+    assert sorted(r["run.outcome"] for r in runs) == ["released", "retry", "written-back"]
+    (gone,) = [r for r in runs if r["run.outcome"] == "released"]
+    assert gone["run.gate"] == "moved" and gone["mission.due_at"] == first
+
+
 @pytest.mark.anyio
 async def test_a_run_stopped_by_shutdown_is_given_back_at_once(env: Env) -> None:
     mission(env.log, "m1", state="active", nextRunAt=at(-5))

@@ -12,12 +12,14 @@ from hypothesis import strategies as st
 from consumer.decisions import (
     AgentLimits,
     Decision,
+    Hold,
     Verdict,
     agent_gate_inputs,
     agent_name,
     agent_present,
     decide,
     due_instant,
+    hold_at_attempt,
     is_due,
     is_legacy,
 )
@@ -250,6 +252,83 @@ def test_decision_is_first_matching_gate(
     assert verdict.decision is expected
     assert verdict.silent == (expected is Decision.SKIPPED_ARCHIVED)
     assert verdict.reason
+
+
+# --- at the start of an attempt -------------------------------------------------------------
+
+DUE_TEXT = "2026-03-01T08:00:00.000Z"
+DUE_AT = datetime(2026, 3, 1, 8, tzinfo=UTC)
+DUE_MISSION = {**MISSION, "nextRunAt": DUE_TEXT}
+
+
+def test_an_attempt_whose_gates_stay_open_runs() -> None:
+    assert hold_at_attempt(DUE_MISSION, agent(maxTokensPerDay=100), DUE_AT, 99) is None
+
+
+@pytest.mark.parametrize(("record", "used", "gate"), [
+    (None, 0, "skipped-agent-missing"),
+    (agent(deletedAt="2026-01-01T00:00:00Z"), 0, "skipped-agent-missing"),
+    (agent(state="archived"), 0, "skipped-archived"),
+    (agent(state="paused"), 0, "skipped-paused"),
+    (agent(maxTokensPerDay=100), 100, "skipped-budget"),
+    (agent(maxTokensPerDay=0), 0, "skipped-budget"),
+    (agent(maxConcurrentMissions=0), 0, "skipped-concurrency"),
+], ids=["missing", "deleted", "archived", "paused", "budget", "budget-0", "concurrency-0"])
+def test_an_attempt_holds_when_a_gate_closed_since_the_claim(
+    record: dict[str, Any] | None, used: int, gate: str
+) -> None:
+    hold = hold_at_attempt(DUE_MISSION, record, DUE_AT, used)
+    assert hold is not None and hold.gate == gate and hold.reason
+
+
+def test_the_attempt_does_not_count_itself_against_the_concurrency_limit() -> None:
+    # Its occurrence already holds the one slot: counting it again would stop every run.
+    assert hold_at_attempt(DUE_MISSION, agent(maxConcurrentMissions=1), DUE_AT, 0) is None
+    assert hold_at_attempt(DUE_MISSION, agent(), DUE_AT, 0) is None  # missing: one at a time
+
+
+@pytest.mark.parametrize("spelling", ["2026-03-01T08:00:00Z", "2026-03-01T09:00:00+01:00",
+                                      "2026-03-01 08:00"])
+def test_the_same_instant_spelt_otherwise_has_not_moved(spelling: str) -> None:
+    assert hold_at_attempt({**MISSION, "nextRunAt": spelling}, agent(), DUE_AT, 0) is None
+
+
+@pytest.mark.parametrize("next_run", ["2026-03-01T08:00:01Z", "2026-03-02", "soon", None])
+def test_a_mission_moved_to_another_instant_holds(next_run: str | None) -> None:
+    hold = hold_at_attempt({**MISSION, "nextRunAt": next_run}, agent(), DUE_AT, 0)
+    assert hold == Hold("moved", f"nextRunAt is now {next_run if next_run else 'null'}")
+
+
+def test_a_legacy_mission_holds_only_when_moved() -> None:
+    legacy = {"id": "m1", "state": "active", "nextRunAt": DUE_TEXT}
+    assert hold_at_attempt(legacy, None, DUE_AT, 10**9) is None
+    assert hold_at_attempt({**legacy, "nextRunAt": "2027-01-01"}, None, DUE_AT, 0) is not None
+
+
+@pytest.mark.parametrize("mission", [
+    None, {**DUE_MISSION, "state": "paused"}, {**DUE_MISSION, "deletedAt": ""},
+], ids=["gone", "inactive", "deleted"])
+def test_a_mission_gone_is_left_to_the_run_which_fails_it(mission: dict[str, Any] | None) -> None:
+    assert hold_at_attempt(mission, agent(state="paused"), DUE_AT, 0) is None
+
+
+@given(
+    agent_id=st.sampled_from([None, "", "a1"]),
+    a=agents(),
+    used=st.integers(0, 8),
+)
+def test_an_attempt_holds_exactly_when_the_scheduler_would_not_run_it_now(
+    agent_id: str | None, a: dict[str, Any] | None, used: int
+) -> None:
+    # With the instant unchanged, the attempt runs iff decide() says ran with nothing else in
+    # flight: the check adds no gate of its own and drops none but the slot it holds.
+    mission = {"id": "m1", "state": "active", "agentId": agent_id, "nextRunAt": DUE_TEXT}
+    verdict = decide(mission, a, 0, used)
+    hold = hold_at_attempt(mission, a, DUE_AT, used)
+    if verdict.decision is Decision.RAN:
+        assert hold is None
+    else:
+        assert hold == Hold(verdict.decision.value, verdict.reason)
 
 
 # --- helpers ----------------------------------------------------------------------------------
