@@ -27,9 +27,10 @@ name again and finds the new table. Everything the live tables held was applied
 by transactions committed before the lock, from rows committed before them: the shadow
 holds all of it, so the checkpoint row stays true untouched. A lock that does not come
 within `lock_timeout` (a long reader queued before us) is given up, so the live
-projector is never stuck behind us for long; we catch up and try again. (PostgreSQL
-bounds each table's wait on its own: a try that meets the four tables busy one after the
-other may hold the first ones for up to four times `lock_timeout`.)
+projector is never stuck behind us for long; we catch up and try again. The bound holds
+for the four tables together (the LOCK's statement timeout; lock_timeout alone bounds
+each table's wait on its own, so four tables busy one after the other would hold the
+first ones four times as long).
 
 Verify. The same build and catch-up under a SHARE lock (readers go on, the projector
 waits), then the shadow is compared with the live tables and dropped. Records with
@@ -432,9 +433,9 @@ class _Replay:
         async with ctl.transaction():
             # A reader of a leftover table (say of the *_retired ones, left after a swap
             # whose drop gave up) must not hold us, and the replay lock, without a bound.
-            await store.set_lock_timeout(ctl, self.lock_timeout, local=True)
             try:
-                await store.drop_leftovers(ctl)
+                async with store.waiting_at_most(ctl, self.lock_timeout):
+                    await store.drop_leftovers(ctl)
             except pgerr.LockNotAvailable:
                 raise ReplayError(
                     "the tables an earlier replay left behind (its shadow, or the *_retired "

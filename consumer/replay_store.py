@@ -7,10 +7,13 @@ mana_ai schema; every value is a bound parameter."""
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 import msgspec
 import psycopg
+from psycopg import errors as pgerr
 from psycopg import sql
 from psycopg.rows import args_row
 
@@ -244,9 +247,32 @@ async def log_cursor(conn: psycopg.AsyncConnection) -> psycopg.AsyncServerCursor
 
 async def lock_live(conn: psycopg.AsyncConnection, mode: str, wait: float) -> None:
     """LOCK the live tables in `mode` inside the caller's transaction, waiting at most
-    `wait` seconds (LockNotAvailable then)."""
-    await set_lock_timeout(conn, wait, local=True)
-    await conn.execute(lock_query(LIVE, mode))
+    `wait` seconds in all (LockNotAvailable then)."""
+    async with waiting_at_most(conn, wait):
+        await conn.execute(lock_query(LIVE, mode))
+
+
+@asynccontextmanager
+async def waiting_at_most(conn: psycopg.AsyncConnection, seconds: float) -> AsyncIterator[None]:
+    """Inside the caller's transaction: the block's statements (each one LOCK or DROP of
+    several tables) wait at most `seconds` for their locks, each statement in all, and
+    LockNotAvailable is raised past that. lock_timeout alone bounds each table's wait on its
+    own: four tables busy one after the other would hold those already locked (and every
+    session queued behind them) four times as long. The statement timeout bounds the four
+    together; it is set for the block alone. lock_timeout stays set to the end of the
+    transaction, as before."""
+    cur = await conn.execute("SELECT current_setting('statement_timeout')")
+    row = await cur.fetchone()
+    assert row is not None
+    await set_lock_timeout(conn, seconds, local=True)
+    await set_setting(conn, "statement_timeout", f"{int(seconds * 1000)}ms", local=True)
+    try:
+        yield
+    except pgerr.QueryCanceled as exc:
+        raise pgerr.LockNotAvailable(
+            f"the tables were not all locked within {seconds:g} s ({exc})"
+        ) from exc
+    await set_setting(conn, "statement_timeout", row[0], local=True)
 
 
 async def table_facts(conn: psycopg.AsyncConnection) -> list[TableFacts]:

@@ -13,6 +13,7 @@ import subprocess
 import sys
 import textwrap
 import threading
+import time
 import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -613,6 +614,62 @@ def test_a_long_transaction_on_the_live_tables_makes_the_swap_give_up(
     assert "could not lock the live snapshot tables" in capsys.readouterr().err
     assert live_rows(db) == before
     assert leftovers(db) == []
+
+
+def test_the_swap_holds_the_live_tables_at_most_lock_timeout_when_they_are_busy_in_turn(
+    db: str,
+) -> None:
+    """lock_timeout bounds each table's wait on its own. Three tables busy one after the
+    other, each freed within lock_timeout of the last, would let one LOCK hold the first
+    table (and every writer queued behind it) three times as long; the swap's wait is
+    bounded as a whole, then it lets go, catches up and tries again."""
+    wait = 2.0
+    with psycopg.connect(db, autocommit=True) as conn:
+        mission(conn, "m1", state="active")
+    project(db)
+    holders = []
+    for table in ("mission_due", "mission_snapshots", "agent_snapshots"):
+        holder = psycopg.connect(db)
+        holder.execute(f"SELECT 1 FROM mana_ai.{table} LIMIT 1")  # ACCESS SHARE, kept open
+        holders.append(holder)
+    result: list[int] = []
+    replaying = threading.Thread(
+        target=lambda: result.append(run_replay(db, lock_timeout=wait, **QUIET)), daemon=True)
+    try:
+        replaying.start()
+        with psycopg.connect(db, autocommit=True) as watch:
+            deadline = time.monotonic() + 60
+            # The swap has locked the clocks and waits for the due index.
+            while not watch.execute(
+                """SELECT 1 FROM pg_locks l JOIN pg_class c ON c.oid = l.relation
+                   WHERE c.relname = 'mission_due' AND NOT l.granted
+                     AND l.mode = 'AccessExclusiveLock'""").fetchone():
+                assert time.monotonic() < deadline and replaying.is_alive()
+                time.sleep(0.01)
+        started = time.monotonic()
+        # A writer of the clocks queues behind the swap's lock; the tables come free in turn.
+        waited: list[float] = []
+
+        def writer() -> None:
+            with psycopg.connect(db) as conn:
+                t = time.monotonic()
+                conn.execute("LOCK TABLE mana_ai.record_clocks IN ROW EXCLUSIVE MODE")
+                waited.append(time.monotonic() - t)
+
+        writing = threading.Thread(target=writer, daemon=True)
+        time.sleep(0.1)
+        writing.start()
+        for i, holder in enumerate(holders, 1):
+            time.sleep(max(0.0, started + 0.75 * wait * i - time.monotonic()))
+            holder.rollback()
+        writing.join(30)
+        replaying.join(60)
+    finally:
+        for holder in holders:
+            holder.close()
+    assert result == [EXIT_OK]  # a later try got them all
+    # Within the bound (and the machine's slack), far below the 4.4 s of three waits in a row.
+    assert waited and waited[0] < wait + 1.0, waited
 
 
 def test_read_plan_streams_through_the_record_index(db: str) -> None:
