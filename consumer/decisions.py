@@ -15,7 +15,7 @@ from typing import Any
 import msgspec
 
 # The package's one instant parser (the merge's too): "due" and "newer" read instants alike.
-from .instants import parse_instant
+from .instants import parse_instant, to_us
 
 
 class Decision(StrEnum):
@@ -185,7 +185,8 @@ def decide(
 
 class Hold(msgspec.Struct, frozen=True):
     """Why a claimed occurrence must not run now: `gate` is the decision that would be made
-    now (a Decision value), or "moved" when the mission is due at another instant."""
+    now (a Decision value), or what happened to the mission: "mission-gone",
+    "mission-inactive", "moved" (due at another instant), "reassigned" (another agent)."""
 
     gate: str
     reason: str
@@ -194,21 +195,32 @@ class Hold(msgspec.Struct, frozen=True):
 def hold_at_attempt(
     mission: dict[str, Any] | None,
     agent: dict[str, Any] | None,
+    agent_id: str | None,
     due_at: datetime,
     tokens_used_24h: int,
 ) -> Hold | None:
-    """Checked at the start of every attempt, with the records as projected now: a claim may
-    wait in the queue and a retry waits out its backoff, and meanwhile the agent may be
-    paused, archived, deleted or out of budget, or the mission moved. Upstream decides every
-    attempt afresh (a failed mission is due again at the next tick), so we do too.
+    """Checked at the start of every attempt at the occurrence (`due_at`, claimed for
+    `agent_id`), with the mission and its agent as projected when the attempt was taken: a
+    claim may wait in the queue and a retry waits out its backoff, and meanwhile the agent
+    may be paused, archived, deleted or out of budget, and the mission paused, deleted,
+    moved or given to another agent. Upstream decides every run afresh (a failed mission is
+    due again at the next tick), so we do too: None when the attempt may run.
 
     The concurrency gate is not counted again: the occurrence holds its slot (a limit of 0
-    or below still lets nothing run). A mission that is gone or no longer active is left
-    to the run, which fails the occurrence for good."""
-    if mission is None or mission.get("state") != "active" or mission.get("deletedAt") is not None:
-        return None
-    if due_instant(mission) != due_at:
+    or below still lets nothing run)."""
+    if mission is None:
+        return Hold("mission-gone", "the mission's snapshot is gone")
+    if mission.get("state") != "active" or mission.get("deletedAt") is not None:
+        state = "deleted" if mission.get("deletedAt") is not None else mission.get("state")
+        return Hold("mission-inactive", f"the mission is {js_string(state)}")
+    at = due_instant(mission)
+    # As instants: a datetime read in a session time zone with daylight saving never
+    # compares equal to a UTC one during the fall-back hour.
+    if at is None or to_us(at) != to_us(due_at):
         return Hold("moved", f"nextRunAt is now {js_string(mission.get('nextRunAt'))}")
+    now_for = None if is_legacy(mission) else mission["agentId"]
+    if now_for != agent_id:
+        return Hold("reassigned", f"the mission's agent is now {now_for or 'none (legacy)'}")
     verdict = decide(mission, agent, 0, tokens_used_24h)
     if verdict.decision is Decision.RAN:
         return None

@@ -10,8 +10,8 @@ Lifecycle, one row per occurrence:
 
     claimed --take--> running --done--> done
        ^                 |  \\--last attempt failed--> failed
-       +--attempt failed-+  \\--a gate closed before it ran--> (row deleted: due again)
-       +--lease expired (taken again as it stands)
+       +--attempt failed-+  \\--a gate closed before it ran--> released
+       +--lease expired (taken again as it stands)       (claimed again once due and open)
 
 - The leader inserts `claimed` rows for its `ran` decisions (`claim_many`). The primary key
   lets an occurrence be claimed once, whatever spelling or replica.
@@ -24,8 +24,9 @@ Lifecycle, one row per occurrence:
   last attempt, ends `failed` with its reason (`mark_retry`).
 - A lease that expired makes the row runnable again: the next `take` starts a new attempt.
 - Every attempt checks the gates again before it calls the planner (a claim may wait in the
-  queue, a retry waits out its backoff). When one closed, the row is deleted (`release`):
-  the mission is due as it was and the scheduler decides it afresh.
+  queue, a retry waits out its backoff). When one closed, the row is `released` (`release`):
+  the mission is due as it was, the scheduler decides it afresh, and its next claim takes
+  the same row back, attempts and all (ledger/claim.sql).
 
 Skipped decisions are not written: they are decided again when the agent, the mission or a
 slot changes.
@@ -93,7 +94,9 @@ class Job(msgspec.Struct, kw_only=True):
     parent_span: str | None
     lease_expired: bool  # taken over from a lease that ran out
     mission: dict[str, Any] | None  # the projected record now; None when it is gone
-    agent: dict[str, Any] | None
+    # Its agent, found as the scheduler finds it (the worker sets it when it checks the
+    # gates, before the run); None for a legacy mission or an agent not found.
+    agent: dict[str, Any] | None = None
 
     def key_params(self) -> dict[str, Any]:
         return {
@@ -182,7 +185,7 @@ async def take(
         rows = await cur.fetchall()
     jobs = []
     for (user_id, mission_id, due_at, text, agent_id, attempt, trace_id, parent_span, was,
-         mission, agent) in rows:
+         mission) in rows:
         jobs.append(
             Job(
                 user_id=user_id,
@@ -196,7 +199,6 @@ async def take(
                 parent_span=parent_span,
                 lease_expired=was == STATE_RUNNING,
                 mission=_decode.decode(mission) if mission is not None else None,
-                agent=_decode.decode(agent) if agent is not None else None,
             )
         )
     jobs.sort(key=lambda j: (j.due_at, j.user_id, j.mission_id))
@@ -278,10 +280,11 @@ async def mark_retry(
     return cur.rowcount == 1
 
 
-async def release(conn: psycopg.AsyncConnection, job: Job) -> bool:
-    """A gate closed before this attempt ran: the occurrence leaves the ledger, due again
-    and decided afresh by the scheduler (ledger/release.sql). False when the lease was lost."""
-    cur = await conn.execute(load("ledger/release"), job.key_params())
+async def release(conn: psycopg.AsyncConnection, job: Job, gate: str) -> bool:
+    """A gate closed before this attempt ran: the occurrence is `released`, due again and
+    decided afresh by the scheduler, its attempts kept (ledger/release.sql). False when the
+    lease was lost."""
+    cur = await conn.execute(load("ledger/release"), {**job.key_params(), "outcome": gate})
     return cur.rowcount == 1
 
 

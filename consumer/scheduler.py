@@ -16,7 +16,9 @@ statement and one commit (consumer/ledger.py); the run workers of every process 
 from there (consumer/worker.py). Only the leader runs a scheduler. A claim that finds its
 occurrence already in the ledger (another spelling of the same instant, a deposed leader)
 is lost: its decision span says so (claim.lost) and nothing runs; later passes do not see
-the occurrence (the due query skips ledgered occurrences). With no planner configured
+the occurrence (the due query skips ledgered occurrences), unless an attempt released it
+(a gate closed before it ran): then it is decided afresh and a `ran` claims the same row
+back. With no planner configured
 (`claims=False`) `ran` decisions are traced once per occurrence and nothing is claimed, so
 a planner configured later runs what is due then.
 
@@ -26,7 +28,8 @@ readable, its span (and its mana_ai_agent_decisions_total bump) is emitted only 
 decision changes, or again once `max_sleep` has passed since it was last emitted (a
 heartbeat for a mission that stays stuck). The memory of last decisions holds only
 occurrences still due, so it is bounded by the due set. mana_ai_decision_lateness_seconds
-is observed once per occurrence, at its first decision in this process.
+is observed once per occurrence, at its first decision in this process (and again when
+an attempt released it and it is decided afresh).
 
 In flight. The concurrency gate counts an agent's live occurrences in the ledger, queued
 (`claimed`) and running on any process, read once per pass; a `ran` decided in the pass

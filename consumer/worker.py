@@ -19,12 +19,15 @@ One attempt (`_attempt`):
   or for a failure no retry can fix, the occurrence is `failed` with its reason and an
   interval mission's nextRunAt is advanced anyway in the same transaction;
 - cancelled (shutdown): the attempt is given back (not counted) and runnable at once;
-- before the planner is called, the gates are checked again with the records as projected
-  now (`decisions.hold_at_attempt`): a claim may wait in the queue and a retry waits out
-  its backoff, and meanwhile the agent may be paused, archived, deleted or out of budget,
-  or the mission moved to another instant. Then the occurrence is released (its ledger row
-  deleted, `released`): the mission stays due as it is and the scheduler decides it
-  afresh, as upstream's next tick would.
+- before the planner is called, the gates are checked again, with the mission as projected
+  when the attempt was taken and its agent found as the scheduler finds it
+  (`decisions.hold_at_attempt`): a claim may wait in the queue and a retry waits out its
+  backoff, and meanwhile the agent may be paused, archived, deleted or out of budget, and
+  the mission paused, deleted, moved to another instant or given to another agent. Then
+  the attempt does not run and the occurrence is `released` (not counted): the mission
+  stays due as it is, the scheduler decides it afresh, as upstream's next tick would, and
+  its next claim takes the same row back, its attempts kept. A database error while
+  checking gives the attempt back uncounted, runnable again after the first backoff.
 
 A lease that expires (its process died, or stalled past it) is taken by the next `take`
 anywhere; the stalled process, should it wake, finds its fence gone and writes nothing.
@@ -52,8 +55,9 @@ from opentelemetry import trace
 from opentelemetry.trace import NonRecordingSpan, SpanContext, Status, StatusCode, TraceFlags
 from psycopg_pool import AsyncConnectionPool
 
-from . import ledger, metrics, shutdown
+from . import ledger, metrics, shutdown, snapshots
 from .decisions import Hold, agent_gate_inputs, hold_at_attempt
+from .due import key_agents
 from .instants import utcnow
 from .ledger import BUDGET_WINDOW, Job
 from .runner import LeaseLost, RunFailed, write_advance
@@ -71,6 +75,11 @@ class Dispatcher(Protocol):
     `commits_done = True` marks the occurrence done itself, in its write-back transaction."""
 
     async def dispatch(self, job: Job) -> str | None: ...
+
+
+class GatesUnknown(Exception):
+    """The gates could not be checked (the database did not answer): the attempt is given
+    back uncounted, runnable again after the first backoff."""
 
 
 def owner_id() -> str:
@@ -262,8 +271,7 @@ class RunWorker:
             async with anyio.create_task_group() as tg:
                 tg.start_soon(self._renew, job, tg.cancel_scope)
                 try:
-                    # Under the lease like the run: a shutdown gives the attempt back, and
-                    # a database error here fails the attempt (tried again after backoff).
+                    # Under the lease like the run: a shutdown gives the attempt back.
                     hold = await self._hold(job)
                     if hold is None:
                         result = await self.dispatcher.dispatch(job)
@@ -289,6 +297,14 @@ class RunWorker:
             return "lost"
         if isinstance(error, RunFailed):
             return await self._failed(job, span, error)
+        if isinstance(error, GatesUnknown):
+            # The planner was not called: the attempt is given back, not counted.
+            log.warning("mission %s of %s (%s): %s; tried again in %.1f s", job.mission_id,
+                        job.user_id, job.next_run_at, error, self.backoff)
+            with anyio.move_on_after(FINISH_TIMEOUT, shield=True):
+                await self._give_back(job, str(error), delay=self.backoff)
+            metrics.RUNS.labels(outcome="retry").inc()
+            return "retry"
         if hold is not None:
             return await self._release(job, span, hold)
         if error is not None:
@@ -311,23 +327,38 @@ class RunWorker:
         return outcome
 
     async def _hold(self, job: Job) -> Hold | None:
-        """What stops this attempt now (see the module docstring), or None."""
+        """What stops this attempt now (see the module docstring), or None. Sets job.agent:
+        the claim's agent found as the scheduler finds it (consumer/due.py), so the gates
+        and the prompt read the record the scheduler decided on. GatesUnknown when the
+        database could not tell."""
         tokens = 0
-        if job.agent_id is not None and job.agent is not None and (
-            agent_gate_inputs(job.agent).max_tokens_per_day is not None
-        ):
-            pair = (job.user_id, job.agent_id)
-            async with autocommit(self.pool) as conn:
-                usage = await ledger.usage_since(conn, {pair}, self.clock() - BUDGET_WINDOW)
-            tokens = usage.get(pair, 0)
-        return hold_at_attempt(job.mission, job.agent, job.due_at, tokens)
+        try:
+            if job.agent_id is not None:
+                async with autocommit(self.pool) as conn:
+                    agents = key_agents(await snapshots.active_agents(conn, {job.user_id}))
+                    job.agent = agents.get((job.user_id, job.agent_id))
+                    if job.agent is not None and (
+                        agent_gate_inputs(job.agent).max_tokens_per_day is not None
+                    ):
+                        pair = (job.user_id, job.agent_id)
+                        since = self.clock() - BUDGET_WINDOW
+                        tokens = (await ledger.usage_since(conn, {pair}, since)).get(pair, 0)
+        except Exception as exc:
+            raise GatesUnknown(f"checking the gates failed: {type(exc).__name__}: {exc}") from exc
+        return hold_at_attempt(job.mission, job.agent, job.agent_id, job.due_at, tokens)
 
     async def _release(self, job: Job, span: trace.Span, hold: Hold) -> str:
         span.set_attribute("run.gate", hold.gate)
         span.set_attribute("run.gate_reason", hold.reason)
+        released: bool | None = None
         with shutdown.finishing():
             async with autocommit(self.pool) as conn:
-                released = await ledger.release(conn, job)
+                released = await ledger.release(conn, job, hold.gate)
+        if released is None:
+            # Cut off by the shutdown's grace: the lease runs out and the next take checks
+            # the gates again.
+            metrics.RUNS.labels(outcome="stopped").inc()
+            return "stopped"
         if not released:
             metrics.RUNS.labels(outcome="lost").inc()
             return "lost"
@@ -396,12 +427,15 @@ class RunWorker:
         span.set_attribute("run.retry_in_s", delay)
         return "retry"
 
-    async def _give_back(self, job: Job) -> None:
+    async def _give_back(
+        self, job: Job, error: str = "stopped: the process shut down during the run",
+        delay: float = 0.0,
+    ) -> None:
+        """The attempt did not count: runnable again after `delay` seconds, on any process."""
         try:
             async with self.pool.connection() as conn, conn.transaction():
                 await ledger.mark_retry(
-                    conn, job, error="stopped: the process shut down during the run",
-                    final=False, refund=True,
+                    conn, job, error=error, final=False, refund=True, delay=delay,
                 )
         except Exception:
             log.warning("could not give back the lease of %s", job.mission_id, exc_info=True)

@@ -203,20 +203,34 @@ def runs_of(env: Env, mission_id: str) -> list[dict[str, Any]]:
             if sp.name == "mission.run" and (sp.attributes or {}).get("mission.id") == mission_id]
 
 
+def rows_of(dsn: str) -> list[tuple[str, int, str | None]]:
+    return [(r["state"], r["attempts"], r["outcome"]) for r in ledger(dsn)]
+
+
+def wake_retries(dsn: str) -> None:
+    """End every waiting retry's backoff now (the tests give it a long one, so that the
+    change they make lands while it waits, however slow the machine)."""
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute("UPDATE mana_ai.dispatch_ledger SET wake_at = now() WHERE state = 'claimed'")
+
+
+LONG_503 = {"status": 503, "headers": {"Retry-After": "600"}}
+
+
 @pytest.mark.anyio
 async def test_a_retry_whose_agent_was_paused_meanwhile_does_not_run(env: Env) -> None:
     due = at(-5)
     agent(env.log, "a1", name="Scout", state="active")
     mission(env.log, "m1", state="active", agentId="a1", nextRunAt=due, objective="o")
-    env.stub.script = [{"status": 503, "headers": {"Retry-After": "2"}}]
+    env.stub.script = [LONG_503]
     released = metric("mana_ai_runs_total", {"outcome": "released"})
     s = env.make()
     async with running(s):
-        # The first attempt failed; its retry waits out the planner's Retry-After.
-        await env.until(lambda: len(env.stub.requests) == 1
-                        and [r["state"] for r in ledger(env.dsn)] == ["claimed"])
+        await env.until(lambda: rows_of(env.dsn) == [("claimed", 1, None)])
         agent(env.log, "a1", state="paused")
-        await env.until(lambda: ledger(env.dsn) == [])
+        await env.until(lambda: True)  # projected
+        wake_retries(env.dsn)
+        await env.until(lambda: rows_of(env.dsn) == [("released", 1, "skipped-paused")])
     assert len(env.stub.requests) == 1  # the retry did not call the planner
     assert iterations_written(env.dsn) == {}
     runs = runs_of(env, "m1")
@@ -227,14 +241,11 @@ async def test_a_retry_whose_agent_was_paused_meanwhile_does_not_run(env: Env) -
     records = await s.run_pass()
     assert [(r.mission_id, r.decision.value, r.dispatched) for r in records] == [
         ("m1", "skipped-paused", False)]
-    # Resumed, the same occurrence is claimed anew and runs once.
+    # Resumed, the same row is claimed again, its first attempt still counted, and runs once.
     agent(env.log, "a1", state="active")
     async with running(s):
-        await env.until(lambda: iterations_written(env.dsn) == {"m1": 1})
-        await env.until(lambda: [r["state"] for r in ledger(env.dsn)] == ["done"])
-    (row,) = ledger(env.dsn)
-    assert (row["attempts"], row["outcome"]) == (1, "written-back")
-    assert len(env.stub.requests) == 2
+        await env.until(lambda: rows_of(env.dsn) == [("done", 2, "written-back")])
+    assert len(env.stub.requests) == 2 and iterations_written(env.dsn) == {"m1": 1}
 
 
 @pytest.mark.anyio
@@ -247,9 +258,8 @@ async def test_a_retry_past_the_agents_budget_does_not_run(env: Env) -> None:
     env.stub.script = [{"content": "I would rather not."}]
     s = env.make()
     async with running(s):
-        await env.until(lambda: len(runs_of(env, "m1")) == 2)
-    assert len(env.stub.requests) == 1
-    assert ledger(env.dsn) == [] and iterations_written(env.dsn) == {}
+        await env.until(lambda: rows_of(env.dsn) == [("released", 1, "skipped-budget")])
+    assert len(env.stub.requests) == 1 and iterations_written(env.dsn) == {}
     assert [(r["run.outcome"], r.get("run.gate")) for r in runs_of(env, "m1")] == [
         ("retry", None), ("released", "skipped-budget")]
     records = await s.run_pass()
@@ -262,23 +272,70 @@ async def test_a_mission_moved_while_its_retry_waited_runs_once_at_the_new_insta
 ) -> None:
     first, moved_to = at(-60), at(-30)
     mission(env.log, "m1", state="active", nextRunAt=first, objective="o")
-    env.stub.script = [{"status": 503, "headers": {"Retry-After": "2"}}]
+    env.stub.script = [LONG_503]
     s = env.make()
     async with running(s):
-        await env.until(lambda: len(env.stub.requests) == 1
-                        and [r["state"] for r in ledger(env.dsn)] == ["claimed"])
+        await env.until(lambda: rows_of(env.dsn) == [("claimed", 1, None)])
         # The user moves the mission: the scheduler claims the new instant and runs it.
         mission(env.log, "m1", nextRunAt=moved_to)
         await env.until(lambda: iterations_written(env.dsn) == {"m1": 1})
         # The first instant's retry finds the mission moved: released, not run.
-        await env.until(lambda: len(ledger(env.dsn)) == 1, within=15)
-    (row,) = ledger(env.dsn)
-    assert (row["state"], row["outcome"]) == ("done", "written-back")
+        wake_retries(env.dsn)
+        await env.until(lambda: sorted(rows_of(env.dsn)) == [
+            ("done", 1, "written-back"), ("released", 1, "moved")])
     assert len(env.stub.requests) == 2 and iterations_written(env.dsn) == {"m1": 1}
     runs = runs_of(env, "m1")
     assert sorted(r["run.outcome"] for r in runs) == ["released", "retry", "written-back"]
     (gone,) = [r for r in runs if r["run.outcome"] == "released"]
     assert gone["run.gate"] == "moved" and gone["mission.due_at"] == first
+    # A week on, the released row of the instant the mission left is forgotten; the
+    # current occurrence's row stays.
+    later = Scheduler(env.pool, tracer=env.tracer,
+                      clock=lambda: datetime.now(UTC) + timedelta(days=8))
+    assert await later.prune() == (1, 0)
+    assert rows_of(env.dsn) == [("done", 1, "written-back")]
+
+
+@pytest.mark.anyio
+async def test_gates_that_cannot_be_checked_give_the_attempt_back_uncounted(env: Env) -> None:
+    # The agents' table is away (renamed) when the retry starts: the database cannot say
+    # whether the agent may run, so nothing runs and the attempt does not count.
+    agent(env.log, "a1", name="Scout", state="active")
+    mission(env.log, "m1", state="active", agentId="a1", nextRunAt=at(-5), objective="o")
+    env.stub.script = [LONG_503]
+    s = env.make(attempts=2)
+    async with running(s):
+        await env.until(lambda: rows_of(env.dsn) == [("claimed", 1, None)])
+        env.log.execute("ALTER TABLE mana_ai.agent_snapshots RENAME TO agent_snapshots_away")
+        try:
+            wake_retries(env.dsn)
+            await env.until(lambda: any("checking the gates failed" in (r["last_error"] or "")
+                                        for r in ledger(env.dsn)))
+        finally:
+            env.log.execute("ALTER TABLE mana_ai.agent_snapshots_away RENAME TO agent_snapshots")
+        # Back: the second and last attempt runs and writes.
+        await env.until(lambda: rows_of(env.dsn) == [("done", 2, "written-back")])
+    assert len(env.stub.requests) == 2 and iterations_written(env.dsn) == {"m1": 1}
+
+
+@pytest.mark.anyio
+async def test_a_mission_paused_during_its_retry_and_resumed_still_runs(env: Env) -> None:
+    # Paused by its user while the retry waited, the occurrence is released, not failed: a
+    # failed row would keep the mission from ever running at this nextRunAt again.
+    due = at(-5)
+    mission(env.log, "m1", state="active", nextRunAt=due, objective="o")
+    env.stub.script = [LONG_503]
+    s = env.make()
+    async with running(s):
+        await env.until(lambda: rows_of(env.dsn) == [("claimed", 1, None)])
+        mission(env.log, "m1", state="paused")
+        await env.until(lambda: True)
+        wake_retries(env.dsn)
+        await env.until(lambda: rows_of(env.dsn) == [("released", 1, "mission-inactive")])
+        assert len(env.stub.requests) == 1
+        mission(env.log, "m1", state="active")
+        await env.until(lambda: rows_of(env.dsn) == [("done", 2, "written-back")])
+    assert len(env.stub.requests) == 2 and iterations_written(env.dsn) == {"m1": 1}
 
 
 @pytest.mark.anyio

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import pytest
 from hypothesis import given
@@ -261,8 +262,13 @@ DUE_AT = datetime(2026, 3, 1, 8, tzinfo=UTC)
 DUE_MISSION = {**MISSION, "nextRunAt": DUE_TEXT}
 
 
+def hold(mission: dict[str, Any] | None, record: dict[str, Any] | None = None,
+         used: int = 0, agent_id: str | None = "a1", due_at: datetime = DUE_AT) -> Hold | None:
+    return hold_at_attempt(mission, record, agent_id, due_at, used)
+
+
 def test_an_attempt_whose_gates_stay_open_runs() -> None:
-    assert hold_at_attempt(DUE_MISSION, agent(maxTokensPerDay=100), DUE_AT, 99) is None
+    assert hold(DUE_MISSION, agent(maxTokensPerDay=100), 99) is None
 
 
 @pytest.mark.parametrize(("record", "used", "gate"), [
@@ -277,39 +283,66 @@ def test_an_attempt_whose_gates_stay_open_runs() -> None:
 def test_an_attempt_holds_when_a_gate_closed_since_the_claim(
     record: dict[str, Any] | None, used: int, gate: str
 ) -> None:
-    hold = hold_at_attempt(DUE_MISSION, record, DUE_AT, used)
-    assert hold is not None and hold.gate == gate and hold.reason
+    found = hold(DUE_MISSION, record, used)
+    assert found is not None and found.gate == gate and found.reason
 
 
 def test_the_attempt_does_not_count_itself_against_the_concurrency_limit() -> None:
     # Its occurrence already holds the one slot: counting it again would stop every run.
-    assert hold_at_attempt(DUE_MISSION, agent(maxConcurrentMissions=1), DUE_AT, 0) is None
-    assert hold_at_attempt(DUE_MISSION, agent(), DUE_AT, 0) is None  # missing: one at a time
+    assert hold(DUE_MISSION, agent(maxConcurrentMissions=1)) is None
+    assert hold(DUE_MISSION, agent()) is None  # no limit given: one at a time
 
 
 @pytest.mark.parametrize("spelling", ["2026-03-01T08:00:00Z", "2026-03-01T09:00:00+01:00",
                                       "2026-03-01 08:00"])
 def test_the_same_instant_spelt_otherwise_has_not_moved(spelling: str) -> None:
-    assert hold_at_attempt({**MISSION, "nextRunAt": spelling}, agent(), DUE_AT, 0) is None
+    assert hold({**MISSION, "nextRunAt": spelling}, agent()) is None
+
+
+def test_the_claims_instant_read_in_a_zone_with_daylight_saving_has_not_moved() -> None:
+    # psycopg reads timestamptz in the session's time zone. In the hour a zone falls back,
+    # Python never finds such a datetime equal to one in another zone; had the check
+    # compared datetimes, every attempt would be released and claimed again, forever.
+    instant = datetime(2026, 10, 25, 0, 30, tzinfo=UTC)
+    berlin = instant.astimezone(ZoneInfo("Europe/Berlin"))
+    assert berlin != instant  # what the check must not rely on
+    mission = {**MISSION, "nextRunAt": "2026-10-25T00:30:00Z"}
+    assert hold(mission, agent(), due_at=berlin) is None
 
 
 @pytest.mark.parametrize("next_run", ["2026-03-01T08:00:01Z", "2026-03-02", "soon", None])
 def test_a_mission_moved_to_another_instant_holds(next_run: str | None) -> None:
-    hold = hold_at_attempt({**MISSION, "nextRunAt": next_run}, agent(), DUE_AT, 0)
-    assert hold == Hold("moved", f"nextRunAt is now {next_run if next_run else 'null'}")
+    assert hold({**MISSION, "nextRunAt": next_run}, agent()) == Hold(
+        "moved", f"nextRunAt is now {next_run if next_run else 'null'}")
 
 
-def test_a_legacy_mission_holds_only_when_moved() -> None:
+@pytest.mark.parametrize(("mission", "gate", "reason"), [
+    (None, "mission-gone", "the mission's snapshot is gone"),
+    ({**DUE_MISSION, "state": "paused"}, "mission-inactive", "the mission is paused"),
+    ({**DUE_MISSION, "deletedAt": ""}, "mission-inactive", "the mission is deleted"),
+], ids=["gone", "paused", "deleted"])
+def test_a_mission_paused_deleted_or_gone_holds(
+    mission: dict[str, Any] | None, gate: str, reason: str
+) -> None:
+    # Released, not failed: resumed at the same nextRunAt, it is due and runs again.
+    assert hold(mission, agent()) == Hold(gate, reason)
+
+
+@pytest.mark.parametrize(("agent_id", "claimed_for"), [
+    ("a2", "a1"), (None, "a1"), ("a1", None),
+], ids=["another-agent", "now-legacy", "was-legacy"])
+def test_a_mission_given_to_another_agent_holds(
+    agent_id: str | None, claimed_for: str | None
+) -> None:
+    # The claim's agent may be active while the mission's new one is paused: decided afresh.
+    found = hold({**DUE_MISSION, "agentId": agent_id}, agent(), agent_id=claimed_for)
+    assert found is not None and found.gate == "reassigned"
+
+
+def test_a_legacy_mission_holds_only_when_it_changed() -> None:
     legacy = {"id": "m1", "state": "active", "nextRunAt": DUE_TEXT}
-    assert hold_at_attempt(legacy, None, DUE_AT, 10**9) is None
-    assert hold_at_attempt({**legacy, "nextRunAt": "2027-01-01"}, None, DUE_AT, 0) is not None
-
-
-@pytest.mark.parametrize("mission", [
-    None, {**DUE_MISSION, "state": "paused"}, {**DUE_MISSION, "deletedAt": ""},
-], ids=["gone", "inactive", "deleted"])
-def test_a_mission_gone_is_left_to_the_run_which_fails_it(mission: dict[str, Any] | None) -> None:
-    assert hold_at_attempt(mission, agent(state="paused"), DUE_AT, 0) is None
+    assert hold(legacy, None, 10**9, agent_id=None) is None
+    assert hold({**legacy, "nextRunAt": "2027-01-01"}, None, agent_id=None) is not None
 
 
 @given(
@@ -320,15 +353,17 @@ def test_a_mission_gone_is_left_to_the_run_which_fails_it(mission: dict[str, Any
 def test_an_attempt_holds_exactly_when_the_scheduler_would_not_run_it_now(
     agent_id: str | None, a: dict[str, Any] | None, used: int
 ) -> None:
-    # With the instant unchanged, the attempt runs iff decide() says ran with nothing else in
-    # flight: the check adds no gate of its own and drops none but the slot it holds.
+    # With the mission as it was claimed, the attempt runs iff decide() says ran with
+    # nothing else in flight: the check adds no gate of its own and drops none but the
+    # slot the occurrence holds.
     mission = {"id": "m1", "state": "active", "agentId": agent_id, "nextRunAt": DUE_TEXT}
+    claimed_for = None if agent_id in (None, "") else agent_id
     verdict = decide(mission, a, 0, used)
-    hold = hold_at_attempt(mission, a, DUE_AT, used)
+    found = hold(mission, a, used, agent_id=claimed_for)
     if verdict.decision is Decision.RAN:
-        assert hold is None
+        assert found is None
     else:
-        assert hold == Hold(verdict.decision.value, verdict.reason)
+        assert found == Hold(verdict.decision.value, verdict.reason)
 
 
 # --- helpers ----------------------------------------------------------------------------------

@@ -1,9 +1,10 @@
--- Forget finished occurrences that ended before %(before)s and whose mission has moved on
--- (its current nextRunAt is another instant, or it is gone). The current occurrence is
--- never forgotten, whatever the mission's state: that would let it run a second time. Its
--- instant is read as the due index reads it (mana_ai.next_run_instant, migration 0011).
+-- Forget finished (or released) occurrences that ended before %(before)s and whose mission
+-- has moved on (its current nextRunAt is another instant, or it is gone). The current
+-- occurrence is never forgotten, whatever the mission's state: that would let it run a
+-- second time (or, released, start its attempts over). Its instant is read as the due
+-- index reads it (mana_ai.next_run_instant, migration 0011).
 DELETE FROM mana_ai.dispatch_ledger l
-WHERE l.state IN ('done', 'failed')
+WHERE l.state IN ('done', 'failed', 'released')
   AND l.finished_at < %(before)s
   AND NOT EXISTS (
       SELECT 1 FROM mana_ai.mission_snapshots m

@@ -2,9 +2,9 @@
 -- come, and `running` ones whose lease expired (their process died or stalled). SKIP LOCKED
 -- lets every process take at once without waiting on the others' rows. Each row taken
 -- starts a new attempt under this worker's lease. Returns what the run needs: the
--- occurrence, the attempt (the lease's fence), the decision's trace, and the mission and
--- agent as projected now (the agent as the scheduler finds it: by the record's id, with
--- deletedAt absent or null; of two with one id, the greatest key, as snapshots/agents.sql).
+-- occurrence, the attempt (the lease's fence), the decision's trace, and the mission as
+-- projected now (the worker then finds its agent as the scheduler does, and checks the
+-- gates again: consumer/worker.py).
 -- Not the occurrences this worker still runs (the busy_ arrays): their lease may have run out
 -- while the database was away, but their attempt lives and renews it when it is back;
 -- taking one again would call the planner a second time beside it.
@@ -33,8 +33,4 @@ WHERE l.user_id = c.user_id AND l.mission_id = c.mission_id AND l.due_at = c.due
 RETURNING l.user_id, l.mission_id, l.due_at, l.next_run_at, l.agent_id, l.attempts,
           l.trace_id, l.parent_span, c.was,
           (SELECT m.record::text FROM mana_ai.mission_snapshots m
-            WHERE m.user_id = l.user_id AND m.mission_id = l.mission_id),
-          (SELECT a.record::text FROM mana_ai.agent_snapshots a
-            WHERE a.user_id = l.user_id AND a.record->>'id' = l.agent_id
-              AND a.record->>'deletedAt' IS NULL
-            ORDER BY a.agent_id DESC LIMIT 1)
+            WHERE m.user_id = l.user_id AND m.mission_id = l.mission_id)

@@ -5,7 +5,7 @@
 -- record->>'deletedAt' IS NULL (a deletedAt of "" or false takes the mission out too).
 -- d.due_at is the occurrence's instant. Occurrences already in the dispatch ledger
 -- (compared as instants, so another spelling of the same instant is the same occurrence)
--- are not candidates. The due index is read (and locked) before the snapshots: the order
+-- are not candidates, unless released (a gate closed before their run: decided again). The due index is read (and locked) before the snapshots: the order
 -- in which the projector writes them and replay locks them.
 SELECT m.user_id, m.mission_id, m.next_run_at, m.body, d.due_at
 FROM mana_ai.mission_due d
@@ -21,4 +21,5 @@ CROSS JOIN LATERAL (
 WHERE d.due_at <= %(now)s
   AND NOT EXISTS (
       SELECT 1 FROM mana_ai.dispatch_ledger l
-      WHERE l.user_id = d.user_id AND l.mission_id = d.mission_id AND l.due_at = d.due_at)
+      WHERE l.user_id = d.user_id AND l.mission_id = d.mission_id AND l.due_at = d.due_at
+        AND l.state <> 'released')
