@@ -61,7 +61,7 @@ class Bounds(msgspec.Struct, frozen=True, kw_only=True):
         are kept (ours follow them, so ours win where both set the same)."""
         idle, interval, count = keepalive_split(self.peer_timeout)
         user_timeout_ms = int(self.peer_timeout * 1000)
-        server: dict[str, int] = {
+        server: dict[str, int | str] = {
             # The server's side of the same bounds (all settable per session).
             "tcp_keepalives_idle": idle,
             "tcp_keepalives_interval": interval,
@@ -72,6 +72,11 @@ class Bounds(msgspec.Struct, frozen=True, kw_only=True):
             # until the lock comes or the statement times out, and a new leader's first
             # write waits behind them.
             "client_connection_check_interval": CLIENT_CHECK_MS,
+            # Instants come back in UTC, whatever the server's or the database's zone: a
+            # datetime read in a zone with daylight saving never compares equal to a UTC one
+            # during the hour the zone falls back (the scheduler matches the claims it won
+            # by their instant).
+            "TimeZone": "UTC",
         }
         if self.statement_timeout > 0:  # else the role's or the database's default holds
             server["statement_timeout"] = int(self.statement_timeout * 1000)

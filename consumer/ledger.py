@@ -14,7 +14,8 @@ Lifecycle, one row per occurrence:
        +--lease expired (taken again as it stands)       (claimed again once due and open)
 
 - The leader inserts `claimed` rows for its `ran` decisions (`claim_many`). The primary key
-  lets an occurrence be claimed once, whatever spelling or replica.
+  lets an occurrence be claimed once, whatever spelling or replica (a `released` row is
+  claimed again, the same row: see below).
 - Any process takes runnable rows (`take`) with FOR UPDATE SKIP LOCKED into `running`,
   under a lease: an owner and an expiry (`wake_at`) it renews while the run lives (`renew`).
   The attempt number fences the lease: every later write names it.

@@ -7,6 +7,7 @@ mana_ai schema; every value is a bound parameter."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -175,7 +176,7 @@ async def set_setting(
 async def set_lock_timeout(
     conn: psycopg.AsyncConnection, seconds: float, *, local: bool
 ) -> None:
-    await set_setting(conn, "lock_timeout", f"{int(seconds * 1000)}ms", local=local)
+    await set_setting(conn, "lock_timeout", _ms(seconds), local=local)
 
 
 # --------------------------------------------------------------------------- shadow and hold
@@ -192,9 +193,9 @@ async def drop_tables(conn: psycopg.AsyncConnection, targets: Targets) -> None:
 
 
 async def drop_leftovers(conn: psycopg.AsyncConnection) -> None:
-    """The shadow tables, and old tables a swap could not drop."""
-    for targets in (SHADOW, RETIRED):
-        await drop_tables(conn, targets)
+    """The shadow tables, and old tables a swap could not drop (one statement)."""
+    old = {f"old_{k}": v for k, v in _four(RETIRED).items()}
+    await conn.execute(_template(load("replay/leftovers_drop.tmpl"), **_four(SHADOW), **old))
 
 
 async def analyze(conn: psycopg.AsyncConnection, targets: Targets) -> None:
@@ -254,25 +255,33 @@ async def lock_live(conn: psycopg.AsyncConnection, mode: str, wait: float) -> No
 
 @asynccontextmanager
 async def waiting_at_most(conn: psycopg.AsyncConnection, seconds: float) -> AsyncIterator[None]:
-    """Inside the caller's transaction: the block's statements (each one LOCK or DROP of
-    several tables) wait at most `seconds` for their locks, each statement in all, and
-    LockNotAvailable is raised past that. lock_timeout alone bounds each table's wait on its
-    own: four tables busy one after the other would hold those already locked (and every
-    session queued behind them) four times as long. The statement timeout bounds the four
-    together; it is set for the block alone. lock_timeout stays set to the end of the
-    transaction, as before."""
+    """Inside the caller's transaction: the block's statement (one LOCK or DROP of several
+    tables) waits at most `seconds` for its locks in all, and LockNotAvailable is raised
+    past that (a cancel that came sooner is an operator's, raised as it is). lock_timeout
+    alone bounds each table's wait on its own: four tables busy one after the other would
+    hold those already locked (and every session queued behind them) four times as long.
+    The statement timeout bounds the four together; it is set for the block alone.
+    lock_timeout stays set to the end of the transaction, as before."""
     cur = await conn.execute("SELECT current_setting('statement_timeout')")
     row = await cur.fetchone()
     assert row is not None
     await set_lock_timeout(conn, seconds, local=True)
-    await set_setting(conn, "statement_timeout", f"{int(seconds * 1000)}ms", local=True)
+    await set_setting(conn, "statement_timeout", _ms(seconds), local=True)
+    started = time.monotonic()
     try:
         yield
     except pgerr.QueryCanceled as exc:
+        if time.monotonic() - started < seconds:
+            raise  # not our timeout: an operator cancelled the statement
         raise pgerr.LockNotAvailable(
             f"the tables were not all locked within {seconds:g} s ({exc})"
         ) from exc
     await set_setting(conn, "statement_timeout", row[0], local=True)
+
+
+def _ms(seconds: float) -> str:
+    """A timeout setting; at least 1 ms, since 0 would turn the timeout off."""
+    return f"{max(1, int(seconds * 1000))}ms"
 
 
 async def table_facts(conn: psycopg.AsyncConnection) -> list[TableFacts]:

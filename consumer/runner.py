@@ -2,8 +2,9 @@
 
 `Runner` is the run worker's Dispatcher (consumer/worker.py). One attempt is:
 
-1. the mission and agent as projected when the attempt took its lease; a mission that is
-   gone, deleted or no longer active is not run (RunFailed, not retried);
+1. the mission and agent as projected when the attempt took its lease (the worker has
+   checked the gates on them and released the occurrence if one closed; a mission that is
+   gone, deleted or no longer active still ends a direct call with RunFailed, not retried);
 2. messages: prompt.build_messages (the <agent_context> block; ciphertext is never injected);
 3. the planner call, in a "planner.request" span (a child of the worker's "mission.run",
    itself a child of the leader's "mission.decision"). A planner error ends the attempt

@@ -28,6 +28,7 @@ from psycopg_pool import AsyncConnectionPool
 from consumer.db import aconnect
 from consumer.errors import Deposed
 from consumer.instants import parse_instant
+from consumer.ledger import Claim, Occurrence, claim_many
 from consumer.migrate import WRITE_ROLE, ensure_write_role
 from consumer.planner import Planner, PlannerConfig
 from consumer.projection import Projector
@@ -540,6 +541,24 @@ def test_migration_converts_the_old_ledger(empty_db: str, monkeypatch: pytest.Mo
         ("m2", ten, "2026-01-01T10:00:00.000Z", "claimed", None, 0, True),
         ("m3", ten, "2026-01-01T10:00:00.000Z", "claimed", None, 0, True),
     ]
+
+
+@pytest.mark.anyio
+async def test_a_claim_in_the_hour_a_zone_falls_back_is_won_whatever_the_databases_zone(
+    db: str,
+) -> None:
+    # The scheduler matches the claims it won by their instant. Read back in a zone with
+    # daylight saving, an instant of the fall-back hour never equalled the UTC one: the
+    # claim was reported lost (claim.lost in its span) though its row was inserted and ran.
+    with psycopg.connect(db, autocommit=True) as conn:
+        conn.execute(f"ALTER DATABASE \"{conn.info.dbname}\" SET timezone = 'Europe/Berlin'")
+    instant = datetime(2025, 10, 26, 0, 30, tzinfo=UTC)  # 02:30 in Berlin, twice that night
+    occ = Occurrence("u1", "m1", "2025-10-26T00:30:00Z", instant)
+    async with open_pool(db) as pool, pool.connection() as conn:
+        won = await claim_many(conn, [Claim(occ, "test", None)])
+        assert won == {occ.key}
+        # Our sessions read instants in UTC, whatever the database's zone.
+        assert (await (await conn.execute("SHOW TimeZone")).fetchone()) == ("UTC",)
 
 
 def test_the_sql_instant_agrees_with_the_parser(db: str) -> None:

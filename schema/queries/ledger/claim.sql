@@ -18,6 +18,6 @@ ON CONFLICT (user_id, mission_id, due_at) DO UPDATE
 SET state = 'claimed', wake_at = now(), decision = 'ran', reason = excluded.reason,
     next_run_at = excluded.next_run_at, agent_id = excluded.agent_id,
     trace_id = excluded.trace_id, parent_span = excluded.parent_span,
-    finished_at = NULL, outcome = NULL, lease_owner = NULL
+    started_at = NULL, finished_at = NULL, outcome = NULL, lease_owner = NULL
 WHERE mana_ai.dispatch_ledger.state = 'released'
 RETURNING user_id, mission_id, due_at
