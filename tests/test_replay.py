@@ -672,6 +672,44 @@ def test_the_swap_holds_the_live_tables_at_most_lock_timeout_when_they_are_busy_
     assert waited and waited[0] < wait + 1.0, waited
 
 
+def test_an_operators_cancel_of_the_swaps_lock_wait_is_not_taken_for_a_busy_table(
+    db: str,
+) -> None:
+    """The swap's LOCK runs under a statement timeout to bound its wait; a cancel before
+    that bound is an operator's (pg_cancel_backend), and the replay stops with it rather
+    than catch up and try again as if the tables were busy."""
+    with psycopg.connect(db, autocommit=True) as conn:
+        mission(conn, "m1", state="active")
+    project(db)
+    outcome: list[BaseException | int] = []
+
+    def go() -> None:
+        try:
+            outcome.append(run_replay(db, lock_timeout=60, **QUIET))
+        except BaseException as exc:  # noqa: BLE001 - examined below
+            outcome.append(exc)
+
+    with psycopg.connect(db) as holder:
+        holder.execute("SELECT 1 FROM mana_ai.agent_snapshots LIMIT 1")  # kept open
+        replaying = threading.Thread(target=go, daemon=True)
+        replaying.start()
+        with psycopg.connect(db, autocommit=True) as watch:
+            deadline = time.monotonic() + 60
+            while not (row := watch.execute(
+                """SELECT l.pid FROM pg_locks l JOIN pg_class c ON c.oid = l.relation
+                   WHERE c.relname = 'agent_snapshots' AND NOT l.granted
+                     AND l.mode = 'AccessExclusiveLock'""").fetchone()):
+                assert time.monotonic() < deadline and replaying.is_alive()
+                time.sleep(0.01)
+            cancelled_at = time.monotonic()
+            watch.execute("SELECT pg_cancel_backend(%s)", row)
+            replaying.join(30)
+        waited = time.monotonic() - cancelled_at
+    assert len(outcome) == 1 and isinstance(outcome[0], psycopg.errors.QueryCanceled), outcome
+    assert waited < 10  # no second try of 60 s
+    assert leftovers(db) == []
+
+
 def test_read_plan_streams_through_the_record_index(db: str) -> None:
     """Replay's cursor reads the log in index order: no sort of the whole log anywhere."""
     with psycopg.connect(db, autocommit=True) as conn:
