@@ -303,16 +303,17 @@ async def prune(conn: psycopg.AsyncConnection, before: datetime) -> int:
         return cur.rowcount
 
 
-async def usage_since(
-    conn: psycopg.AsyncConnection, pairs: set[tuple[str, str]], since: datetime
+async def usage_within(
+    conn: psycopg.AsyncConnection, pairs: set[tuple[str, str]], window: timedelta = BUDGET_WINDOW
 ) -> dict[tuple[str, str], int]:
-    """Tokens spent per (user, agent) after `since`; pairs without usage are absent."""
+    """Tokens spent per (user, agent) in the last `window` by the database's clock; pairs
+    without usage are absent."""
     if not pairs:
         return {}
     ordered = sorted(pairs)
     cur = await conn.execute(
         load("ledger/usage_24h"),
-        {"users": [p[0] for p in ordered], "agents": [p[1] for p in ordered], "since": since},
+        {"users": [p[0] for p in ordered], "agents": [p[1] for p in ordered], "window": window},
     )
     return {(u, a): int(n) for u, a, n in await cur.fetchall()}
 

@@ -301,9 +301,7 @@ class Scheduler:
                 selected = await self.selector.select(conn, now)
                 due, agents = selected.due, selected.agents
                 users = {d.occ.user_id for d in due}
-                usage = await ledger.usage_since(
-                    conn, selected.agent_pairs(), now - BUDGET_WINDOW
-                )
+                usage = await ledger.usage_within(conn, selected.agent_pairs())
                 self.in_flight = InFlight(await ledger.live_counts(conn, users))
             decided = [x for d in due if (x := self._decide(d, agents, usage)) is not None]
             ran = [x for x in decided if x.verdict.decision is Decision.RAN]

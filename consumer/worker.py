@@ -59,7 +59,7 @@ from . import ledger, metrics, shutdown, snapshots
 from .decisions import Hold, agent_gate_inputs, hold_at_attempt
 from .due import key_agents
 from .instants import utcnow
-from .ledger import BUDGET_WINDOW, Job
+from .ledger import Job
 from .runner import LeaseLost, RunFailed, write_advance
 from .telemetry import tracer as default_tracer
 
@@ -341,8 +341,7 @@ class RunWorker:
                         agent_gate_inputs(job.agent).max_tokens_per_day is not None
                     ):
                         pair = (job.user_id, job.agent_id)
-                        since = self.clock() - BUDGET_WINDOW
-                        tokens = (await ledger.usage_since(conn, {pair}, since)).get(pair, 0)
+                        tokens = (await ledger.usage_within(conn, {pair})).get(pair, 0)
         except Exception as exc:
             raise GatesUnknown(f"checking the gates failed: {type(exc).__name__}: {exc}") from exc
         return hold_at_attempt(job.mission, job.agent, job.agent_id, job.due_at, tokens)

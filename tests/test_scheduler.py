@@ -234,6 +234,22 @@ async def test_budget_spent_or_zero_is_skipped_and_usage_rolls(env: Env) -> None
     assert sorted(dispatcher.missions()) == ["m-free", "m-rolled"]
 
 
+async def test_the_budget_window_ends_at_the_databases_clock(env: Env) -> None:
+    # Usage is stamped by the database; a process whose clock runs an hour behind must not
+    # count what the database already rolled out of the 24 h (nor the workers, on other
+    # hosts, disagree with the leader about it).
+    agent(env.log, "a1", name="a1", state="active", maxTokensPerDay=100)
+    mission(env.log, "m1", state="active", agentId="a1", nextRunAt=at(-7200))
+    with psycopg.connect(env.dsn, autocommit=True) as conn:
+        conn.execute("""INSERT INTO mana_ai.token_usage (user_id, agent_id, tokens, at)
+                        VALUES ('u1', 'a1', 500, now() - interval '24 hours 30 minutes')""")
+    await env.apply()
+    behind = env.scheduler(GatedDispatcher(gated=False),
+                           clock=lambda: datetime.now(UTC) - timedelta(hours=1))
+    (record,) = await behind.run_pass()
+    assert record.decision is Decision.RAN
+
+
 async def test_missing_agent_is_decided_when_it_arrives(env: Env) -> None:
     dispatcher = GatedDispatcher(gated=False)
     s = env.scheduler(dispatcher)
