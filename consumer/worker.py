@@ -342,7 +342,7 @@ class RunWorker:
                     ):
                         pair = (job.user_id, job.agent_id)
                         tokens = (await ledger.usage_within(conn, {pair})).get(pair, 0)
-        except Exception as exc:
+        except psycopg.Error as exc:  # the pool's timeout too; a fault of ours counts (failed)
             raise GatesUnknown(f"checking the gates failed: {type(exc).__name__}: {exc}") from exc
         return hold_at_attempt(job.mission, job.agent, job.agent_id, job.due_at, tokens)
 
