@@ -139,6 +139,20 @@ def is_legacy(mission: dict[str, Any]) -> bool:
     return type(agent_id) is not str or agent_id == ""
 
 
+def agent_id_of(mission: dict[str, Any]) -> str | None:
+    """The mission's agentId, or None for a legacy mission (no non-empty string)."""
+    return None if is_legacy(mission) else mission["agentId"]
+
+
+def runnable(mission: dict[str, Any] | None) -> bool:
+    """Still active and not deleted (upstream's rule: any deletedAt but JSON null deletes)."""
+    return (
+        mission is not None
+        and mission.get("state") == "active"
+        and mission.get("deletedAt") is None
+    )
+
+
 def decide(
     mission: dict[str, Any],
     agent: dict[str, Any] | None,
@@ -210,7 +224,7 @@ def hold_at_attempt(
     or below still lets nothing run)."""
     if mission is None:
         return Hold("mission-gone", "the mission's snapshot is gone")
-    if mission.get("state") != "active" or mission.get("deletedAt") is not None:
+    if not runnable(mission):
         state = "deleted" if mission.get("deletedAt") is not None else mission.get("state")
         return Hold("mission-inactive", f"the mission is {js_string(state)}")
     at = due_instant(mission)
@@ -218,7 +232,7 @@ def hold_at_attempt(
     # compares equal to a UTC one during the fall-back hour.
     if at is None or to_us(at) != to_us(due_at):
         return Hold("moved", f"nextRunAt is now {js_string(mission.get('nextRunAt'))}")
-    now_for = None if is_legacy(mission) else mission["agentId"]
+    now_for = agent_id_of(mission)
     if now_for != agent_id:
         return Hold("reassigned", f"the mission's agent is now {now_for or 'none (legacy)'}")
     verdict = decide(mission, agent, 0, tokens_used_24h)

@@ -29,7 +29,7 @@ import msgspec
 import psycopg
 
 from . import snapshots
-from .decisions import due_instant, is_legacy, js_string
+from .decisions import agent_id_of, due_instant, js_string
 from .ledger import Occurrence
 from .snapshots import AgentRow, DueMission
 
@@ -62,12 +62,6 @@ class Selection(msgspec.Struct, frozen=True):
             for d in self.due
             if (aid := agent_id_of(d.mission)) is not None and (d.occ.user_id, aid) in self.agents
         }
-
-
-def agent_id_of(mission: dict[str, Any]) -> str | None:
-    """The mission's agentId, or None for a legacy mission (no non-empty string)."""
-    value = mission.get("agentId")
-    return None if is_legacy(mission) or type(value) is not str else value
 
 
 def pick(rows: Iterable[DueMission], now: datetime) -> list[Due]:

@@ -187,15 +187,18 @@ async def create_shadow(conn: psycopg.AsyncConnection) -> None:
         await conn.execute(_template(load("replay/shadow_create.tmpl"), live=live, shadow=shadow))
 
 
-async def drop_tables(conn: psycopg.AsyncConnection, targets: Targets) -> None:
-    """Drop the four tables of `targets` that exist (a shadow, or retired live tables)."""
-    await conn.execute(_template(load("replay/shadow_drop.tmpl"), **_four(targets)))
+async def drop_tables(conn: psycopg.AsyncConnection, *targets: Targets) -> None:
+    """Drop the four tables of each of `targets` that exist (a shadow, retired live tables),
+    in one statement."""
+    tables = [sql.Identifier(t.schema, name) for t in targets for name in _four(t).values()]
+    await conn.execute(
+        sql.SQL(load("replay/shadow_drop.tmpl")).format(tables=sql.SQL(", ").join(tables))
+    )
 
 
 async def drop_leftovers(conn: psycopg.AsyncConnection) -> None:
     """The shadow tables, and old tables a swap could not drop (one statement)."""
-    old = {f"old_{k}": v for k, v in _four(RETIRED).items()}
-    await conn.execute(_template(load("replay/leftovers_drop.tmpl"), **_four(SHADOW), **old))
+    await drop_tables(conn, SHADOW, RETIRED)
 
 
 async def analyze(conn: psycopg.AsyncConnection, targets: Targets) -> None:

@@ -55,7 +55,7 @@ from opentelemetry import trace
 from psycopg_pool import AsyncConnectionPool
 
 from . import ledger, metrics, shutdown, snapshots
-from .decisions import is_legacy
+from .decisions import is_legacy, runnable
 from .instants import utcnow
 from .iteration import (
     ParseFailure,
@@ -135,15 +135,6 @@ def next_run_after(cadence: Any, finished_at: datetime) -> datetime | None:
         return finished_at + timedelta(minutes=minutes)
     except OverflowError:
         return None  # an absurd interval: leave nextRunAt to the devices
-
-
-def runnable(mission: dict[str, Any] | None) -> bool:
-    """Still active and not deleted (upstream's rule: any deletedAt but JSON null deletes)."""
-    return (
-        mission is not None
-        and mission.get("state") == "active"
-        and mission.get("deletedAt") is None
-    )
 
 
 def insert_params(wb: WriteBack, change_id: str) -> dict[str, Any]:

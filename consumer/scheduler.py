@@ -59,9 +59,9 @@ from psycopg_pool import AsyncConnectionPool
 
 from . import ledger, metrics, shutdown
 from .apply import Applied
-from .decisions import Decision, Verdict, decide
+from .decisions import Decision, Verdict, agent_id_of, decide
 from .decisions import agent_name as agent_name_of
-from .due import Due, DueSelector, agent_id_of
+from .due import Due, DueSelector
 from .errors import Deposed
 from .instants import iso, utcnow
 from .ledger import BUDGET_WINDOW, Occurrence

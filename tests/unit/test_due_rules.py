@@ -10,7 +10,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from consumer.due import Due, Selection, agent_id_of, key_agents, pick
+from consumer.decisions import agent_id_of
+from consumer.due import Due, Selection, key_agents, pick
 from consumer.ledger import Occurrence
 from consumer.snapshots import AgentRow, DueMission
 from tests.due_records import NOW, expected, mission_record, record_key

@@ -1,2 +1,3 @@
--- Drops four tables if they exist: the shadow (an aborted run) or the retired ones.
-DROP TABLE IF EXISTS {clocks}, {missions}, {due}, {agents}
+-- Drops the given tables if they exist, in one statement (one bound on its lock waits): a
+-- shadow (an aborted run), the retired live tables (a swap whose drop gave up), or both.
+DROP TABLE IF EXISTS {tables}
